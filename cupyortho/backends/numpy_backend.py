@@ -1,0 +1,180 @@
+r"""NumPy reference backend: the readable specification every other backend is tested against.
+
+Design rule: one function per public operation, each taking arrays that the public layer in
+:mod:`cupyortho._api` has already validated and cast (same floating dtype, angles on the last axis,
+``x`` as ``(..., n, k)``) and a resolved :class:`~cupyortho.schedule.Schedule`.  Every round is one
+vectorized step over its disjoint pairs; the only Python loop is over rounds.  Nothing the caller
+passed is written to: every sweep works on its own copy.
+
+Maths (``docs/conventions.md``): a round rotates rows ``i`` and ``j`` of its operand,
+``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j``; ``U = B_{R-1} ... B_0``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "matrix",
+    "apply",
+    "matrix_vjp",
+    "apply_vjp",
+    "matrix_jvp",
+    "apply_jvp",
+]
+
+name = "numpy"
+xp = np
+
+
+def all_finite(a) -> bool:
+    """True when every entry of ``a`` is finite."""
+    return bool(np.isfinite(a).all())
+
+
+def _round_cos_sin(theta, schedule, ndim):
+    """cos and sin of the angles in round-major order, shaped ``(..., A, 1)`` with ``ndim`` batch axes."""
+    t = schedule.to_round_order(theta)
+    t = t.reshape((1,) * (ndim - (t.ndim - 1)) + t.shape)
+    return np.cos(t)[..., None], np.sin(t)[..., None]
+
+
+def _rotate_rows(y, i, j, c, s):
+    """In place: rows i, j of y <- (c y_i - s y_j, s y_i + c y_j)."""
+    yi = y[..., i, :]
+    yj = y[..., j, :]
+    y[..., i, :] = c * yi - s * yj
+    y[..., j, :] = s * yi + c * yj
+
+
+def _rotate_cols(y, i, j, c, s):
+    """In place: columns i, j of y <- (c y_i - s y_j, s y_i + c y_j) (c, s shaped (..., 1, P))."""
+    yi = y[..., :, i]
+    yj = y[..., :, j]
+    y[..., :, i] = c * yi - s * yj
+    y[..., :, j] = s * yi + c * yj
+
+
+def _rounds(schedule, transpose):
+    """(slice into round-major arrays, i, j) in application order; transpose runs them backwards."""
+    off = schedule.round_offsets
+    items = [(slice(off[r], off[r + 1]), rd.i, rd.j) for r, rd in enumerate(schedule.rounds)]
+    return items[::-1] if transpose else items
+
+
+def _work(x, batch, dtype):
+    """A private, writable copy of x broadcast to ``batch + x.shape[-2:]``."""
+    return np.array(np.broadcast_to(x, batch + x.shape[-2:]), dtype=dtype, copy=True, order="C")
+
+
+def _sum_to(a, shape):
+    """Sum a broadcast result back to ``shape`` (reverse of broadcasting)."""
+    if a.shape == shape:
+        return a
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
+    )
+    return a.sum(axis=axes).reshape(shape)
+
+
+def apply(theta, x, schedule, transpose=False):
+    r"""``U(theta) @ x`` (or ``U(theta).T @ x``) without forming U.
+
+    theta: ``(..., A)``; x: ``(..., n, k)``; batch axes broadcast.  Returns ``(..., n, k)``.
+    """
+    batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
+    y = _work(x, batch, x.dtype)
+    c, s = _round_cos_sin(theta, schedule, len(batch))
+    sign = -1 if transpose else 1
+    for sl, i, j in _rounds(schedule, transpose):
+        _rotate_rows(y, i, j, c[..., sl, :], sign * s[..., sl, :])
+    return y
+
+
+def matrix(theta, schedule):
+    """``U(theta)`` of shape ``(..., n, n)``: the rounds applied to the identity."""
+    eye = np.eye(schedule.n, dtype=theta.dtype)
+    return apply(theta, eye, schedule)
+
+
+def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
+    r"""Cotangents ``(d_theta, d_x)`` of ``y = apply(theta, x)`` for ``cotangent = dL/dy``.
+
+    Walks the rounds backwards, recovering each round's input by undoing it on ``y`` (so only theta
+    and x, or y, are kept), rotating the cotangent by the round's transpose, and reading
+    :math:`\partial L/\partial\theta_{ij} = \sum_{cols} (x_i \bar g_j - x_j \bar g_i)`.
+    ``output`` may pass ``y`` to skip recomputing it.  Results are summed to the shapes of theta, x.
+    """
+    y = apply(theta, x, schedule, transpose) if output is None else output
+    batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
+    y = _work(y, batch, x.dtype)
+    g = _work(cotangent, batch, x.dtype)
+    c, s = _round_cos_sin(theta, schedule, len(batch))
+    d_round = np.empty(batch + (schedule.num_angles,), dtype=x.dtype)
+    # Forward applied B_r (sign +1) or B_r^T (sign -1); undoing it applies the opposite sign.
+    sign = 1 if transpose else -1
+    for sl, i, j in reversed(_rounds(schedule, transpose)):
+        cr, sr = c[..., sl, :], sign * s[..., sl, :]
+        _rotate_rows(y, i, j, cr, sr)
+        _rotate_rows(g, i, j, cr, sr)
+        d_round[..., sl] = np.sum(y[..., i, :] * g[..., j, :] - y[..., j, :] * g[..., i, :], axis=-1)
+    if transpose:
+        d_round = -d_round
+    d_theta = _sum_to(schedule.from_round_order(d_round), theta.shape)
+    d_x = _sum_to(g, x.shape)
+    return d_theta, d_x
+
+
+def matrix_vjp(theta, cotangent, schedule):
+    r"""``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU``, by the reduction-free formula.
+
+    :math:`W_{R-1} = \bar G U^T`, :math:`W_{r-1} = B_r^T W_r B_r`, and the angle of pair ``(i, j)`` in
+    round ``r`` gets :math:`W_r[j, i] - W_r[i, j]`: one GEMM, then two-sided rotation sweeps; every
+    gradient is a single difference of two entries, with no sums over columns.
+    """
+    u = matrix(theta, schedule)
+    batch = np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2])
+    w = np.matmul(cotangent, np.swapaxes(u, -1, -2))
+    w = _work(w, batch, u.dtype)
+    c, s = _round_cos_sin(theta, schedule, len(batch))
+    d_round = np.empty(batch + (schedule.num_angles,), dtype=u.dtype)
+    for sl, i, j in reversed(_rounds(schedule, False)):
+        d_round[..., sl] = w[..., j, i] - w[..., i, j]
+        cr, sr = c[..., sl, :], -s[..., sl, :]
+        _rotate_rows(w, i, j, cr, sr)
+        _rotate_cols(w, i, j, np.swapaxes(cr, -1, -2), np.swapaxes(sr, -1, -2))
+    return _sum_to(schedule.from_round_order(d_round), theta.shape)
+
+
+def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
+    r"""Tangent of ``y = apply(theta, x)``: carries ``(y_r, dy_r)`` through the rounds,
+    :math:`dy_r = B_r\,dy_{r-1} + K_r y_r` with :math:`K_r = \sum_{p \in r} d\theta_p K_p`,
+    :math:`(K_p y)_i = -y_j`, :math:`(K_p y)_j = y_i`.  ``x_tangent`` may be None (zero).
+    """
+    shapes = [theta.shape[:-1], x.shape[:-2], theta_tangent.shape[:-1]]
+    if x_tangent is not None:
+        shapes.append(x_tangent.shape[:-2])
+    batch = np.broadcast_shapes(*shapes)
+    y = _work(x, batch, x.dtype)
+    if x_tangent is None:
+        dy = np.zeros(batch + x.shape[-2:], dtype=x.dtype)
+    else:
+        dy = _work(x_tangent, batch, x.dtype)
+    c, s = _round_cos_sin(theta, schedule, len(batch))
+    dt = schedule.to_round_order(theta_tangent)
+    dt = dt.reshape((1,) * (len(batch) - (dt.ndim - 1)) + dt.shape)[..., None]
+    sign = -1 if transpose else 1
+    for sl, i, j in _rounds(schedule, transpose):
+        cr, sr, dr = c[..., sl, :], sign * s[..., sl, :], sign * dt[..., sl, :]
+        _rotate_rows(y, i, j, cr, sr)
+        _rotate_rows(dy, i, j, cr, sr)
+        dy[..., i, :] -= dr * y[..., j, :]
+        dy[..., j, :] += dr * y[..., i, :]
+    return dy
+
+
+def matrix_jvp(theta, theta_tangent, schedule):
+    """Tangent ``dU`` of ``U = matrix(theta)`` along ``theta_tangent``."""
+    eye = np.eye(schedule.n, dtype=theta.dtype)
+    return apply_jvp(theta, eye, theta_tangent, None, schedule)
