@@ -126,6 +126,8 @@ def _resolve(theta, n, schedule, m=None, n_name="n"):
         if n is not None and n != schedule.n:
             raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n}")
         n = schedule.n
+        if m is None:
+            m = schedule.m  # a restricted (Stiefel) schedule carries its own angle count
     if n is None:
         n = _n_from_angles(count)
     n = _sched._check_int(n_name, n, 2)

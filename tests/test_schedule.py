@@ -1,0 +1,135 @@
+"""Schedules are 1-factorizations of K_n: every pair once, rounds disjoint, the right number of rounds."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import cupyortho as co
+from cupyortho.errors import ScheduleError, SizeError
+
+SPOT = [96, 127, 128, 129, 255, 256, 257, 513]
+
+
+def check_factorization(s, n):
+    assert s.n == n
+    a = co.num_angles(n) if s.m is None else co.num_angles(n, s.m)
+    # every pair exactly once, each with its public triu index
+    assert s.num_angles == a
+    assert np.array_equal(np.sort(s.angle_index), np.arange(a))
+    assert np.all(s.pair_i < s.pair_j) and np.all(s.pair_j < n)
+    iu, ju = np.triu_indices(n, 1)
+    assert np.array_equal(iu[s.angle_index], s.pair_i)
+    assert np.array_equal(ju[s.angle_index], s.pair_j)
+    # rounds are disjoint sets of pairs
+    for rd in s.rounds:
+        assert rd.i.size > 0
+        coords = np.concatenate([rd.i, rd.j])
+        assert np.unique(coords).size == coords.size
+    assert s.round_offsets[0] == 0 and s.round_offsets[-1] == a
+    assert np.all(np.diff(s.round_offsets) > 0)
+    assert s.max_round_size <= n // 2
+
+
+@pytest.mark.parametrize("n", list(range(2, 71)) + SPOT)
+def test_circle_is_a_one_factorization(n):
+    s = co.circle_schedule(n)
+    check_factorization(s, n)
+    assert s.num_rounds == (n - 1 if n % 2 == 0 else n)
+    if n % 2 == 0:
+        assert all(rd.i.size == n // 2 for rd in s.rounds)
+
+
+@pytest.mark.parametrize("n", list(range(2, 71)) + SPOT)
+def test_team_is_a_one_factorization(n):
+    s = co.team_schedule(n)
+    check_factorization(s, n)
+    assert s.num_rounds <= s.padded_n - 1
+    if s.padded_n == n:  # no dummy coordinates: a perfect 1-factorization
+        assert s.num_rounds == n - 1
+        assert all(rd.i.size == n // 2 for rd in s.rounds)
+
+
+@pytest.mark.parametrize("t", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 64])
+def test_team_sizes(n, t):
+    s = co.team_schedule(n, t)
+    check_factorization(s, n)
+    assert s.team_size == t and s.padded_n % (2 * t) == 0
+    if s.padded_n == n:
+        assert s.num_rounds == n - 1
+
+
+def test_team_round_structure():
+    """A team round acts on disjoint 2t-coordinate blocks: each of its t rounds pairs team a with team b."""
+    t, n = 4, 16
+    s = co.team_schedule(n, t)
+    rounds = s.rounds
+    for rd in rounds[: t - 1]:  # intra-team phase
+        assert np.all(rd.i // t == rd.j // t)
+    for k in range(n // t - 1):
+        block = rounds[t - 1 + k * t : t - 1 + (k + 1) * t]
+        meetings = {(int(a), int(b)) for rd in block for a, b in zip(rd.i // t, rd.j // t)}
+        teams = [x for m in meetings for x in m]
+        assert len(meetings) == n // t // 2 and len(set(teams)) == n // t
+
+
+@pytest.mark.parametrize("kind", ["circle", "team"])
+@pytest.mark.parametrize("n,m", [(5, 1), (5, 2), (8, 3), (9, 8), (33, 4)])
+def test_restriction_is_the_prefix(kind, n, m):
+    s = co.get_schedule(kind, n, m)
+    check_factorization(s, n)
+    assert s.m == m
+    assert np.all(s.pair_i < m)
+    assert np.array_equal(np.sort(s.angle_index), np.arange(co.num_angles(n, m)))
+
+
+def test_schedules_are_cached_immutable_and_picklable():
+    s = co.circle_schedule(10)
+    assert s is co.circle_schedule(10)
+    assert co.team_schedule(10, 2) is co.team_schedule(10, 2)
+    with pytest.raises(AttributeError):
+        s.n = 3
+    with pytest.raises(ValueError):
+        s.pair_i[0] = 5
+    assert pickle.loads(pickle.dumps(s)) is s
+    assert hash(s) == hash(co.circle_schedule(10)) and s != co.team_schedule(10)
+    assert "circle" in repr(s)
+
+
+def test_round_order_permutation():
+    s = co.team_schedule(9)
+    theta = np.arange(co.num_angles(9), dtype=float)
+    r = s.to_round_order(theta)
+    assert np.array_equal(s.from_round_order(r), theta)
+    assert np.array_equal(s.round_of_angle[s.angle_index], np.repeat(np.arange(s.num_rounds), np.diff(s.round_offsets)))
+
+
+def test_num_angles():
+    assert co.num_angles(2) == 1 and co.num_angles(5) == 10
+    assert co.num_angles(5, 5) == co.num_angles(5, 4) == 10
+    assert co.num_angles(5, 1) == 4 and co.num_angles(6, 2) == 9
+    iu, _ = np.triu_indices(7, 1)
+    for m in range(1, 8):
+        assert co.num_angles(7, m) == np.count_nonzero(iu < m)
+
+
+@pytest.mark.parametrize(
+    "call, exc, text",
+    [
+        (lambda: co.circle_schedule(1), SizeError, "n must be an integer >= 2, got 1"),
+        (lambda: co.circle_schedule(4.0), SizeError, "float"),
+        (lambda: co.circle_schedule(True), SizeError, "bool"),
+        (lambda: co.team_schedule(8, 3), SizeError, "power of two, got 3"),
+        (lambda: co.team_schedule(8, 0), SizeError, "team_size must be an integer >= 1, got 0"),
+        (lambda: co.get_schedule("spiral", 4), ScheduleError, "'spiral'"),
+        (lambda: co.get_schedule(3, 4), ScheduleError, "int"),
+        (lambda: co.get_schedule(co.circle_schedule(5), 4), ScheduleError, "n = 5"),
+        (lambda: co.num_angles(4, 5), SizeError, "m = 5"),
+        (lambda: co.num_angles(4, 0), SizeError, "m must be an integer >= 1, got 0"),
+    ],
+)
+def test_schedule_errors(call, exc, text):
+    with pytest.raises(exc, match=None) as info:
+        call()
+    assert text in str(info.value)
