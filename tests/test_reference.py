@@ -13,7 +13,7 @@ import cupyortho as co
 from oracle import central_gradient, dense_matrix, dense_matrix_expm, generator
 
 KINDS = ["circle", "team"]
-EDGE_N = [2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33]
+EDGE_N = [2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65]
 EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).eps}
 
 
@@ -72,7 +72,7 @@ def test_rotation_sign_convention():
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [2, 3, 17, 64, 255, 512])
+@pytest.mark.parametrize("n", [2, 3, 17, 63, 64, 65, 127, 129, 255, 512])
 def test_orthogonal_with_unit_determinant(kind, dtype, n, rng):
     u = co.matrix(angles(rng, n, dtype=dtype), schedule=kind)
     assert u.dtype == dtype and u.shape == (n, n)
