@@ -1,0 +1,330 @@
+"""PyTorch adapter: ops against the NumPy reference, gradcheck/opcheck, torch.compile, the layer.
+
+Every op is checked against cupyortho's NumPy functions (the reference), its gradients against
+finite differences (``torch.autograd.gradcheck``, float64), and its registration with
+``torch.library.opcheck``.  CUDA tests skip without a GPU (torch here is a CPU build).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import cupyortho as co  # noqa: E402
+import cupyortho.torch as ct  # noqa: E402
+from cupyortho.errors import AngleCountError, DtypeError, ShapeError  # noqa: E402
+
+SCHEDULES = ["circle", "team", co.team_schedule(7, 2)]
+cuda_only = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch (not on this machine)"
+)
+
+
+def _t(a, requires_grad=False):
+    return torch.tensor(a, dtype=torch.float64, requires_grad=requires_grad)
+
+
+def _sched_name(s):
+    return s if isinstance(s, str) else repr(s)
+
+
+# --------------------------------------------------------------------------- forward = reference
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=_sched_name)
+def test_forward_matches_numpy(rng, schedule):
+    n, m = 7, 3
+    theta = rng.normal(size=(2, co.num_angles(n)))
+    x = rng.normal(size=(3, 1, n, 4))
+    tf = rng.normal(size=co.num_angles(n, m))
+    np.testing.assert_allclose(
+        ct.matrix(_t(theta), schedule=schedule).numpy(), co.matrix(theta, schedule=schedule), rtol=0, atol=1e-14
+    )
+    for transpose in (False, True):
+        got = ct.apply(_t(theta), _t(x), transpose=transpose, schedule=schedule).numpy()
+        ref = co.apply(theta, x, transpose=transpose, schedule=schedule)
+        assert got.shape == (3, 2, n, 4)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14)
+    v = rng.normal(size=n)
+    np.testing.assert_allclose(
+        ct.apply(_t(theta[0]), _t(v), schedule=schedule).numpy(), co.apply(theta[0], v, schedule=schedule), atol=1e-14
+    )
+    np.testing.assert_allclose(
+        ct.frame(_t(tf), n, m, schedule=schedule).numpy(), co.frame(tf, n, m, schedule=schedule), atol=1e-14
+    )
+
+
+def test_float32_and_promotion(rng):
+    theta = rng.normal(size=co.num_angles(5)).astype(np.float32)
+    u = ct.matrix(torch.from_numpy(theta))
+    assert u.dtype == torch.float32
+    np.testing.assert_allclose(u.numpy(), co.matrix(theta), atol=1e-6)
+    y = ct.apply(torch.from_numpy(theta), torch.ones(5, 2, dtype=torch.float64))
+    assert y.dtype == torch.float64
+
+
+def test_cpu_inputs_are_shared_not_copied():
+    t = torch.arange(6.0, dtype=torch.float64)
+    view = ct._to_numpy(t)
+    assert np.shares_memory(view, t.numpy())
+    a = np.arange(4.0)
+    assert ct._from_numpy(a).data_ptr() == a.ctypes.data
+
+
+def test_inputs_unchanged(rng):
+    theta = _t(rng.normal(size=co.num_angles(6)), requires_grad=True)
+    x = _t(rng.normal(size=(6, 3)), requires_grad=True)
+    before = theta.detach().clone(), x.detach().clone()
+    (ct.apply(theta, x).sum() + ct.matrix(theta).sum() + ct.frame(theta[:9], 6, 2).sum()).backward()
+    assert torch.equal(theta.detach(), before[0]) and torch.equal(x.detach(), before[1])
+
+
+# --------------------------------------------------------------------------- derivatives
+
+
+@pytest.mark.parametrize("schedule", ["circle", "team"])
+def test_gradcheck(rng, schedule):
+    n = 5
+    theta = _t(rng.normal(size=(2, co.num_angles(n))), requires_grad=True)
+    x = _t(rng.normal(size=(3, 1, n, 2)), requires_grad=True)
+    v = _t(rng.normal(size=n), requires_grad=True)
+    tf = _t(rng.normal(size=co.num_angles(n, 2)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ct.matrix(t, schedule=schedule), (theta,))
+    assert torch.autograd.gradcheck(lambda t: ct.frame(t, n, 2, schedule=schedule), (tf,))
+    for transpose in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda t, a: ct.apply(t, a, transpose=transpose, schedule=schedule), (theta, x)
+        )
+    assert torch.autograd.gradcheck(lambda t, a: ct.apply(t, a, schedule=schedule), (theta[0].detach().requires_grad_(), v))
+
+
+def test_gradient_matches_numpy_vjp(rng):
+    n = 6
+    theta = rng.normal(size=co.num_angles(n))
+    g = rng.normal(size=(n, n))
+    t = _t(theta, requires_grad=True)
+    (ct.matrix(t) * _t(g)).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), co.matrix_vjp(theta, g), atol=1e-13)
+
+
+def test_double_backward_raises_clearly(rng):
+    theta = _t(rng.normal(size=co.num_angles(4)), requires_grad=True)
+    x = _t(rng.normal(size=(4, 2)), requires_grad=True)
+    for f in (lambda: ct.matrix(theta), lambda: ct.frame(theta[:5], 4, 2), lambda: ct.apply(theta, x)):
+        (g,) = torch.autograd.grad((f() ** 2).sum(), theta, create_graph=True)
+        with pytest.raises(NotImplementedError, match="once differentiable"):
+            g.sum().backward()
+
+
+def _opcheck_cases(rng):
+    n, m = 5, 2
+    A, Af = co.num_angles(n), co.num_angles(n, m)
+    th = _t(rng.normal(size=(2, A)), requires_grad=True)
+    tf = _t(rng.normal(size=Af), requires_grad=True)
+    x = _t(rng.normal(size=(n, 3)), requires_grad=True)
+    y = ct.apply(th, x).detach()
+    # The backward ops take detached inputs: differentiating them raises by design (once differentiable),
+    # which test_double_backward_raises_clearly covers.
+    d = {id(a): a.detach() for a in (th, tf, x)}
+    thd, tfd, xd = d[id(th)], d[id(tf)], d[id(x)]
+    return [
+        (ct._matrix_op, (th, n, None, None)),
+        (ct._matrix_op, (th, n, "team", 2)),
+        (ct._matrix_vjp_op, (thd, _t(rng.normal(size=(2, n, n))), n, None, None)),
+        (ct._frame_op, (tf, n, m, "circle", None)),
+        (ct._frame_vjp_op, (tfd, _t(rng.normal(size=(n, m))), n, m, None, None)),
+        (ct._apply_op, (th, x, False, None, None)),
+        (ct._apply_op, (th, x, True, "team", 4)),
+        (ct._apply_vjp_op, (thd, xd, y, _t(rng.normal(size=(2, n, 3))), False, None, None)),
+    ]
+
+
+def test_opcheck_every_op(rng):
+    for op, args in _opcheck_cases(rng):
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_forward_backward(rng):
+    n = 5
+    theta = rng.normal(size=co.num_angles(n))
+    x = rng.normal(size=(n, 3))
+
+    def loss(t, a):
+        return (ct.apply(t, a) ** 2 * torch.arange(3.0, dtype=t.dtype)).sum() + ct.matrix(t)[0, 1:].sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    results = []
+    for f in (loss, compiled):
+        t, a = _t(theta, requires_grad=True), _t(x, requires_grad=True)
+        value = f(t, a)
+        value.backward()
+        results.append((value.detach(), t.grad, a.grad))
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(comp, eager, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(DtypeError, match="theta"):
+        ct.matrix(torch.zeros(3, dtype=torch.float16))
+    with pytest.raises(AngleCountError, match="theta"):
+        ct.matrix(torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(AngleCountError):
+        ct.apply(torch.zeros(3, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ShapeError, match="input"):
+        ct.Orthogonal(4)(torch.zeros(2, 3))
+
+
+def test_import_cupyortho_imports_no_framework():
+    code = "import sys, cupyortho; assert 'torch' not in sys.modules and 'jax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- layer
+
+
+@pytest.mark.parametrize("rows", [2, 9])  # fewer rows than n -> apply; more -> materialize + matmul
+def test_orthogonal_layer_is_linear_with_orthogonal_weight(rng, rows):
+    n = 6
+    layer = ct.Orthogonal(n, dtype=torch.float64)
+    with torch.no_grad():
+        layer.theta.copy_(_t(rng.normal(size=co.num_angles(n))))
+    x = _t(rng.normal(size=(rows, n)))
+    w = layer.matrix()
+    torch.testing.assert_close(layer(x), x @ w.mT, rtol=0, atol=1e-13)
+    torch.testing.assert_close(w.mT @ w, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-13)
+    assert torch.linalg.det(w).item() == pytest.approx(1.0, abs=1e-12)
+    # gradients agree between the two forward paths
+    grads = []
+    for path_rows in (rows, 3 * n):
+        layer.theta.grad = None
+        xx = x.repeat(path_rows // rows + 1, 1)[:path_rows] if path_rows != rows else x
+        layer(xx).pow(2).mul(torch.arange(n, dtype=torch.float64)).sum().backward()
+        ref = _t(layer.theta.detach().numpy())
+        ref.requires_grad_(True)
+        (xx @ ct.matrix(ref).mT).pow(2).mul(torch.arange(n, dtype=torch.float64)).sum().backward()
+        torch.testing.assert_close(layer.theta.grad, ref.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_orthogonal_layer_stiefel(rng):
+    n, m = 6, 2
+    layer = ct.Orthogonal(n, m, schedule="team", dtype=torch.float64)
+    with torch.no_grad():
+        layer.theta.normal_()
+    x = _t(rng.normal(size=(4, 3, n)))
+    w = layer.weight
+    assert w.shape == (m, n)
+    torch.testing.assert_close(w @ w.mT, torch.eye(m, dtype=torch.float64), rtol=0, atol=1e-13)
+    torch.testing.assert_close(layer(x), x @ w.mT, rtol=0, atol=1e-13)
+    assert layer(x).shape == (4, 3, m)
+
+
+def test_state_dict_round_trip(rng, tmp_path):
+    layer = ct.Orthogonal(5, 3, schedule="circle", dtype=torch.float64)
+    with torch.no_grad():
+        layer.theta.normal_()
+    torch.save(layer.state_dict(), tmp_path / "o.pt")
+    other = ct.Orthogonal(5, 3, schedule="circle", dtype=torch.float64)
+    other.load_state_dict(torch.load(tmp_path / "o.pt"))
+    assert set(other.state_dict()) == {"theta"}
+    x = _t(rng.normal(size=(2, 5)))
+    assert torch.equal(other(x), layer(x))
+    assert torch.equal(other.matrix(), layer.matrix())
+
+
+def _procrustes_problem(n, seed):
+    from scipy.stats import special_ortho_group
+
+    r = np.random.default_rng(seed)
+    target = special_ortho_group.rvs(n, random_state=r)
+    x = r.normal(size=(40, n))
+    return _t(x), _t(x @ target.T), _t(target)
+
+
+def test_training_fits_procrustes_target():
+    n = 5
+    x, y, target = _procrustes_problem(n, 3)
+    layer = ct.Orthogonal(n, dtype=torch.float64)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=200, tolerance_grad=1e-14,
+                            tolerance_change=0, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = ((layer(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    err = (layer.matrix() - target).abs().max().item()
+    assert err < 1e-6, err
+
+
+def test_checkpoint_save_load_continue(tmp_path):
+    n = 5
+    x, y, _ = _procrustes_problem(n, 4)
+
+    def make():
+        layer = ct.Orthogonal(n, dtype=torch.float64)
+        return layer, torch.optim.Adam(layer.parameters(), lr=0.05)
+
+    def steps(layer, opt, k):
+        for _ in range(k):
+            opt.zero_grad()
+            ((layer(x) - y) ** 2).mean().backward()
+            opt.step()
+
+    layer, opt = make()
+    steps(layer, opt, 5)
+    torch.save({"model": layer.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    steps(layer, opt, 5)
+
+    resumed, ropt = make()
+    ckpt = torch.load(tmp_path / "ckpt.pt")
+    resumed.load_state_dict(ckpt["model"])
+    ropt.load_state_dict(ckpt["opt"])
+    steps(resumed, ropt, 5)
+    assert torch.equal(resumed.theta, layer.theta)
+    loss = ((layer(x) - y) ** 2).mean().item()
+    assert loss < ((x - y) ** 2).mean().item()  # the ten steps did descend
+
+
+# --------------------------------------------------------------------------- CUDA (skipped here)
+
+
+@cuda_only
+def test_cuda_matches_cpu(rng):  # pragma: no cover - needs a GPU
+    pytest.importorskip("cupy")
+    n = 9
+    theta = rng.normal(size=(2, co.num_angles(n)))
+    x = rng.normal(size=(n, 4))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        cpu_t = torch.tensor(theta, dtype=dtype, requires_grad=True)
+        cpu_x = torch.tensor(x, dtype=dtype, requires_grad=True)
+        gpu_t = cpu_t.detach().cuda().requires_grad_(True)
+        gpu_x = cpu_x.detach().cuda().requires_grad_(True)
+        for t, a in ((cpu_t, cpu_x), (gpu_t, gpu_x)):
+            (ct.apply(t, a).sum() + ct.matrix(t).pow(2).mul(torch.arange(n, device=t.device)).sum()
+             + ct.frame(t[:, :co.num_angles(n, 3)], n, 3).sum()).backward()
+        torch.testing.assert_close(gpu_t.grad.cpu(), cpu_t.grad, rtol=tol, atol=tol)
+        torch.testing.assert_close(gpu_x.grad.cpu(), cpu_x.grad, rtol=tol, atol=tol)
+        torch.testing.assert_close(ct.matrix(gpu_t).cpu(), ct.matrix(cpu_t), rtol=tol, atol=tol)
+
+
+@cuda_only
+def test_cuda_on_side_stream(rng):  # pragma: no cover - needs a GPU
+    pytest.importorskip("cupy")
+    n = 64
+    theta = torch.tensor(rng.normal(size=co.num_angles(n)), device="cuda")
+    ref = ct.matrix(theta)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        u = ct.matrix(theta * 1.0)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.testing.assert_close(u, ref)
