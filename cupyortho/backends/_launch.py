@@ -1,0 +1,221 @@
+"""One launcher per kernel: grid, block and shared memory are chosen here, nowhere else.
+
+Design rule: every launcher takes the device object ``dev`` first (see :mod:`._device`), C-contiguous
+``dev.xp`` arrays and Python ints, converts the scalars to the exact C types of the kernel's
+parameters (``np.int32`` for ``int``, ``np.int64`` for ``long long``, the array's float type for
+``T``) and launches on the current stream.  The algorithms in :mod:`.cupy_backend` call these and
+nothing lower.  The CPU harness in ``tests/cudasim`` runs the same launchers with its own ``dev``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kernels import name_expression
+
+__all__ = [
+    "THREADS",
+    "cos_sin",
+    "apply_round",
+    "apply_vjp_round",
+    "apply_jvp_round",
+    "matrix_vjp_round",
+    "reduce_partials",
+    "apply_fused",
+    "apply_vjp_fused",
+    "apply_jvp_fused",
+    "build_blocks",
+    "block_vjp",
+]
+
+#: Threads per block of the element-wise (one item per thread) kernels.
+THREADS = 256
+#: Largest block of the fused kernels (one block owns a column tile for all rounds).
+FUSED_THREADS = 1024
+#: Threads per block of the block kernels (one block per L x L block).
+BLOCK_THREADS = 256
+
+_i32 = np.int32
+_i64 = np.int64
+
+
+def _scalar(dtype, value):
+    return np.dtype(dtype).type(value)
+
+
+def _flat_grid(total: int, threads: int = THREADS):
+    return (max(1, -(-int(total) // threads)),), (threads,)
+
+
+def _check(name, a, dtype=None):
+    # Kernels ignore strides: every array must be C-contiguous (and of the kernel's type).
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: kernel argument must be C-contiguous")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name}: kernel argument must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+
+
+def cos_sin(dev, theta, angle_index, out):
+    """``out[b, q] = (cos, sin)(theta[b, angle_index[q]])``.  theta: (B, A_theta); angle_index:
+    int32 (A,); out: (B, A, 2)."""
+    B, A_theta = theta.shape
+    A = angle_index.shape[0]
+    _check("theta", theta)
+    _check("angle_index", angle_index, np.int32)
+    _check("cos_sin out", out, theta.dtype)
+    total = B * A
+    if total == 0:
+        return out
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("cos_sin", theta.dtype))
+    f(grid, block, (theta, angle_index, out, _i32(A), _i32(A_theta), _i64(total)))
+    return out
+
+
+def apply_round(dev, y, cs, pair_i, pair_j, q0, P, cs_bstride, sign):
+    """Rotate rows of y (B, n, k) in place by one round (pairs ``q0 .. q0+P``)."""
+    B, n, k = y.shape
+    total = B * P * k
+    if total == 0:
+        return
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("apply_round", y.dtype))
+    f(grid, block, (y, cs, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k), _i64(cs_bstride),
+                    _scalar(y.dtype, sign), _i64(total)))
+
+
+def apply_vjp_round(dev, y, g, d, cs, pair_i, pair_j, q0, P, cs_bstride, sign, dsign):
+    """Undo one round on y and g (B, n, k) in place; ``d[b, q0+p] = dsign * sum_col(...)``.
+    d: (B, A) round-major."""
+    B, n, k = y.shape
+    A = d.shape[-1]
+    total = B * P
+    if total == 0:
+        return
+    grid, block = _flat_grid(total, 128)
+    f = dev.get_function(name_expression("apply_vjp_round", y.dtype))
+    f(grid, block, (y, g, d, cs, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k), _i32(A),
+                    _i64(cs_bstride), _scalar(y.dtype, sign), _scalar(y.dtype, dsign), _i64(total)))
+
+
+def apply_jvp_round(dev, y, dy, cs, dt, pair_i, pair_j, q0, P, cs_bstride, dt_bstride, sign):
+    """One forward-mode round on (y, dy), both (B, n, k), in place.  dt: (Bt, A) round-major."""
+    B, n, k = y.shape
+    total = B * P * k
+    if total == 0:
+        return
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("apply_jvp_round", y.dtype))
+    f(grid, block, (y, dy, cs, dt, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k),
+                    _i64(cs_bstride), _i64(dt_bstride), _scalar(y.dtype, sign), _i64(total)))
+
+
+def matrix_vjp_round(dev, w, d, cs, slot_i, slot_j, slot_q, s0, S, cs_bstride):
+    """One backward round of the reduction-free materialized VJP on w (B, n, n), in place; writes
+    the round's angle cotangents into d (B, A) round-major."""
+    B, n, _ = w.shape
+    A = d.shape[-1]
+    total = B * S * S
+    if total == 0:
+        return
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("matrix_vjp_round", w.dtype))
+    f(grid, block, (w, d, cs, slot_i, slot_j, slot_q, _i32(s0), _i32(S), _i32(n), _i32(A),
+                    _i64(cs_bstride), _i64(total)))
+
+
+def reduce_partials(dev, partial, d, angle_index, dsign):
+    """``d[b, angle_index[q]] = dsign * sum_tile partial[b, tile, q]`` in tile order.
+    partial: (B, ntiles, A); d: (B, A) public order."""
+    B, ntiles, A = partial.shape
+    total = B * A
+    if total == 0:
+        return
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("reduce_partials", partial.dtype))
+    f(grid, block, (partial, d, angle_index, _i32(ntiles), _i32(A), _scalar(partial.dtype, dsign),
+                    _i64(total)))
+
+
+def _fused_block(n, TK):
+    # Enough threads to cover one round's (pair, column) items, a multiple of 32, at most 1024.
+    items = max(1, (n // 2) * TK)
+    return int(min(FUSED_THREADS, max(32, -(-items // 32) * 32)))
+
+
+def fused_shared_bytes(n, TK, buffers, itemsize):
+    """Dynamic shared memory of a fused kernel holding ``buffers`` (n, TK) tiles."""
+    return int(buffers * n * TK * itemsize)
+
+
+def apply_fused(dev, y, cs, pair_i, pair_j, round_offsets, reverse, TK, cs_bstride, sign):
+    """All rounds on y (B, n, k) in place, one block per (batch, column tile of width TK)."""
+    B, n, k = y.shape
+    R = round_offsets.shape[0] - 1
+    ntiles = -(-k // TK)
+    if B * ntiles == 0:
+        return
+    shared = fused_shared_bytes(n, TK, 1, y.itemsize)
+    f = dev.get_function(name_expression("apply_fused", y.dtype))
+    f((B * ntiles,), (_fused_block(n, TK),),
+      (y, cs, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k), _i32(TK),
+       _i32(ntiles), _i64(cs_bstride), _scalar(y.dtype, sign)),
+      shared_mem=shared)
+
+
+def apply_vjp_fused(dev, y, g, partial, cs, pair_i, pair_j, round_offsets, reverse, TK, cs_bstride, sign):
+    """Backward sweep of all rounds on (y, g) (B, n, k) in place; per-tile angle sums into
+    partial (B, ntiles, A) round-major."""
+    B, n, k = y.shape
+    A = partial.shape[-1]
+    R = round_offsets.shape[0] - 1
+    ntiles = partial.shape[1]
+    if B * ntiles == 0:
+        return
+    shared = fused_shared_bytes(n, TK, 2, y.itemsize)
+    threads = int(min(FUSED_THREADS, max(32, -(-(n // 2) // 32) * 32)))
+    f = dev.get_function(name_expression("apply_vjp_fused", y.dtype))
+    f((B * ntiles,), (threads,),
+      (y, g, partial, cs, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k),
+       _i32(TK), _i32(ntiles), _i32(A), _i64(cs_bstride), _scalar(y.dtype, sign)),
+      shared_mem=shared)
+
+
+def apply_jvp_fused(dev, y, dy, cs, dt, pair_i, pair_j, round_offsets, reverse, TK, cs_bstride,
+                    dt_bstride, sign):
+    """All forward-mode rounds on (y, dy) (B, n, k) in place."""
+    B, n, k = y.shape
+    R = round_offsets.shape[0] - 1
+    ntiles = -(-k // TK)
+    if B * ntiles == 0:
+        return
+    shared = fused_shared_bytes(n, TK, 2, y.itemsize)
+    f = dev.get_function(name_expression("apply_jvp_fused", y.dtype))
+    f((B * ntiles,), (_fused_block(n, TK),),
+      (y, dy, cs, dt, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k),
+       _i32(TK), _i32(ntiles), _i64(cs_bstride), _i64(dt_bstride), _scalar(y.dtype, sign)),
+      shared_mem=shared)
+
+
+def build_blocks(dev, blocks, cs, block_angle, local_i, local_j, cs_bstride):
+    """blocks (B, S, NB, L, L) <- the dense blocks of every stage from cs (public order)."""
+    B, S, NB, L, _ = blocks.shape
+    t = L // 2
+    if B * S * NB == 0:
+        return
+    f = dev.get_function(name_expression("build_blocks", blocks.dtype))
+    f((B * S * NB,), (BLOCK_THREADS,),
+      (blocks, cs, block_angle, local_i, local_j, _i32(t), _i32(S), _i32(NB), _i64(cs_bstride)))
+
+
+def block_vjp(dev, w, d, cs, block_angle, local_i, local_j, stage, cs_bstride):
+    """Angle cotangents of stage ``stage`` from its block cotangents w (B, NB, L, L) (overwritten);
+    written into d (B, A) public order."""
+    B, NB, L, _ = w.shape
+    t = L // 2
+    A = d.shape[-1]
+    if B * NB == 0:
+        return
+    f = dev.get_function(name_expression("block_vjp", w.dtype))
+    f((B * NB,), (BLOCK_THREADS,),
+      (w, d, cs, block_angle, local_i, local_j, _i32(t), _i32(stage), _i32(NB), _i32(A), _i64(cs_bstride)))

@@ -1,0 +1,557 @@
+r"""CuPy backend: the NumPy backend's operations as CUDA kernels (RawKernels) and cuBLAS GEMMs.
+
+Design rule: every public function is a thin call ``_impl_x(get_device(...), ...)``; the ``_impl_*``
+functions take a *device object* ``dev`` first (:mod:`._device`) and use only ``dev.xp`` functions
+that exist in both NumPy and CuPy and the launchers of :mod:`._launch`.  So the whole algorithm runs
+on a GPU with :class:`~._device.CupyDevice`, and on the CPU (numpy arrays, kernels compiled with g++)
+with the harness device of ``tests/cudasim``.  Nothing in the hot path copies to the host or
+synchronizes; everything runs on CuPy's current stream and on the device of the inputs.  Inputs are
+never written to: every sweep works on its own copy.
+
+Maths and conventions are the NumPy backend's (:mod:`.numpy_backend`, ``docs/conventions.md``):
+a round rotates rows ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j``; ``U = B_{R-1} ... B_0``.
+
+Paths (chosen per call, or forced with ``path=`` in the ``_impl_*`` functions):
+
+``"fused"``
+    All rounds in one launch: a thread block owns a tile of ``TK`` columns of one batch entry in
+    shared memory for the whole sweep, ``__syncthreads`` between rounds.  Used when a column of the
+    operand (two, for the backward and forward-mode sweeps) fits in shared memory.  The backward
+    writes per-tile angle sums (``partial``, one row per tile) that a second kernel adds in tile
+    order: no atomics, bitwise reproducible.
+``"rounds"``
+    One launch per round, operands in global memory: any ``n``.  The backward sums the columns of
+    one pair in one thread (deterministic).
+``"blocked"``
+    Team schedules (DESIGN.md section 3), for :func:`matrix` and :func:`matrix_vjp`: each stage is
+    block-diagonal with ``2t x 2t`` blocks built from the angles by a kernel (one thread block per
+    block), applied by batched GEMMs (``xp.matmul``); the VJP maps block cotangents to angle
+    cotangents with the reduction-free formula inside each block.
+
+cos and sin of the angles are computed once per call (kernel ``cos_sin``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+
+from .. import schedule as _sched
+from . import _launch
+from ._device import get_device
+
+__all__ = [
+    "matrix",
+    "apply",
+    "matrix_vjp",
+    "apply_vjp",
+    "matrix_jvp",
+    "apply_jvp",
+]
+
+name = "cupy"
+PATHS = ("fused", "rounds", "blocked")
+
+#: Upper bound on the scratch of per-tile partial angle sums of the fused backward, in bytes (it is
+#: also allowed 8 gradients' worth); beyond it the tiles are widened, or the per-round path is used.
+PARTIAL_BYTES = 256 * 1024 * 1024
+
+
+def __getattr__(attr):
+    # ``xp`` is CuPy, imported on first use so that importing this module needs no GPU.
+    if attr == "xp":
+        import cupy
+
+        return cupy
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def all_finite(a) -> bool:
+    """True when every entry of ``a`` is finite (one device-to-host transfer of a flag)."""
+    import cupy
+
+    return bool(cupy.isfinite(a).all())
+
+
+# --------------------------------------------------------------------------- per-device data
+
+_cache: dict = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(dev, schedule, what, build):
+    """Device arrays derived from a schedule, built once per (device, schedule, what)."""
+    key = (dev.key, schedule.key, what)
+    value = _cache.get(key)
+    if value is None:
+        with _cache_lock:
+            value = _cache.get(key)
+            if value is None:
+                value = build()
+                _cache[key] = value
+    return value
+
+
+def _to_dev(dev, a):
+    return dev.xp.asarray(np.ascontiguousarray(a, dtype=np.int32))
+
+
+def _rounds_data(dev, schedule):
+    """Round-major pairs, offsets and angle indices as int32 device arrays (plus host offsets)."""
+
+    def build():
+        return SimpleNamespace(
+            pair_i=_to_dev(dev, schedule.pair_i),
+            pair_j=_to_dev(dev, schedule.pair_j),
+            angle_index=_to_dev(dev, schedule.angle_index),
+            round_offsets=_to_dev(dev, schedule.round_offsets),
+            offsets=np.asarray(schedule.round_offsets, dtype=np.int64),
+            identity=_to_dev(dev, np.arange(schedule.num_angles)),
+        )
+
+    return _cached(dev, schedule, "rounds", build)
+
+
+def _slot_data(dev, schedule):
+    """Per round, its pairs ``(i, j, q)`` and its untouched coordinates ``(i, -1, -1)`` ("slots"),
+    for the two-sided sweep of the materialized VJP."""
+
+    def build():
+        si, sj, sq, offsets = [], [], [], [0]
+        q = 0
+        for rd in schedule.rounds:
+            P = rd.i.size
+            free = np.setdiff1d(np.arange(schedule.n), np.concatenate([rd.i, rd.j]))
+            si.append(np.concatenate([rd.i, free]))
+            sj.append(np.concatenate([rd.j, -np.ones(free.size, dtype=np.int64)]))
+            sq.append(np.concatenate([np.arange(q, q + P), -np.ones(free.size, dtype=np.int64)]))
+            q += P
+            offsets.append(offsets[-1] + P + free.size)
+        return SimpleNamespace(
+            slot_i=_to_dev(dev, np.concatenate(si)),
+            slot_j=_to_dev(dev, np.concatenate(sj)),
+            slot_q=_to_dev(dev, np.concatenate(sq)),
+            offsets=np.asarray(offsets, dtype=np.int64),
+        )
+
+    return _cached(dev, schedule, "slots", build)
+
+
+def team_block_tables(schedule):
+    """Host tables of the blocked form of a team schedule (see ``kernels/blocks.cu``).
+
+    Returns a namespace with ``t``, ``L = 2t``, ``N`` (padded size), ``S`` stages, ``NB`` blocks per
+    stage, ``coords`` (S, NB, L) padded coordinates of each block's local indices (increasing),
+    ``local_i``, ``local_j`` (2, t, t) local pairs (table 0 for stage 0, 1 for the team rounds) and
+    ``block_angle`` (S, NB, t, t): public angle index of each local pair, -1 where absent.
+    """
+    n, m, t = schedule.n, schedule.m, schedule.team_size
+    T, meetings = _sched._team_structure(n, t)
+    N, L, NB, S = T * t, 2 * t, T // 2, T
+    local_i = np.zeros((2, t, t), dtype=np.int64)
+    local_j = np.zeros((2, t, t), dtype=np.int64)
+    real = np.zeros((2, t), dtype=bool)  # which local rounds of each table are real rounds
+    intra = list(_sched._circle_rounds(t)) if t >= 2 else []
+    for l in range(t):
+        if l < len(intra):
+            i, j = np.minimum(*intra[l]), np.maximum(*intra[l])
+            local_i[0, l] = np.concatenate([i, i + t])
+            local_j[0, l] = np.concatenate([j, j + t])
+            real[0, l] = True
+        else:  # filler round of stage 0: an identity, any perfect matching of the L coordinates
+            local_i[0, l] = np.arange(t)
+            local_j[0, l] = np.arange(t) + t
+        local_i[1, l] = np.arange(t)
+        local_j[1, l] = t + (np.arange(t) + l) % t
+        real[1, l] = True
+    coords = np.zeros((S, NB, L), dtype=np.int64)
+    coords[0] = np.arange(N).reshape(NB, L)
+    for s, team_round in enumerate(meetings, start=1):
+        for nb, (a, b) in enumerate(team_round):
+            coords[s, nb] = np.concatenate([a * t + np.arange(t), b * t + np.arange(t)])
+    table = np.minimum(np.arange(S), 1)
+    # Global coordinates of every local pair: (S, NB, t, t).
+    li = local_i[table][:, None, :, :]
+    lj = local_j[table][:, None, :, :]
+    cidx = coords[:, :, None, :]
+    gi = np.take_along_axis(np.broadcast_to(cidx, (S, NB, t, L)), np.broadcast_to(li, (S, NB, t, t)), axis=3)
+    gj = np.take_along_axis(np.broadcast_to(cidx, (S, NB, t, L)), np.broadcast_to(lj, (S, NB, t, t)), axis=3)
+    valid = (gj < n) & real[table][:, None, :, None]
+    if m is not None:
+        valid &= gi < m
+    angle = np.where(valid, _sched.pair_index(gi, np.where(valid, gj, gi + 1), n), -1)
+    return SimpleNamespace(t=t, L=L, N=N, S=S, NB=NB, coords=coords, local_i=local_i, local_j=local_j,
+                           block_angle=angle)
+
+
+def _block_data(dev, schedule):
+    def build():
+        tab = team_block_tables(schedule)
+        return SimpleNamespace(
+            t=tab.t, L=tab.L, N=tab.N, S=tab.S, NB=tab.NB,
+            coords=[dev.xp.asarray(c.astype(np.int64)) for c in tab.coords],
+            local_i=_to_dev(dev, tab.local_i),
+            local_j=_to_dev(dev, tab.local_j),
+            block_angle=_to_dev(dev, tab.block_angle),
+        )
+
+    return _cached(dev, schedule, "blocks", build)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _prod(shape) -> int:
+    return int(math.prod(shape))
+
+
+def _work(xp, a, batch, dtype):
+    """A private C-contiguous copy of ``a`` broadcast to ``batch + a.shape[-2:]``, as (B, r, c)."""
+    shape = tuple(batch) + tuple(a.shape[-2:])
+    w = xp.array(xp.broadcast_to(a, shape), dtype=dtype, order="C", copy=True)
+    return w.reshape((_prod(batch),) + tuple(a.shape[-2:]))
+
+
+def _angles_per_batch(xp, theta, batch):
+    """theta (..., A) as a C-contiguous (Bt, A) array and its batch stride in rows (0 or 1)."""
+    A = theta.shape[-1]
+    if _prod(theta.shape[:-1]) == 1:
+        return xp.ascontiguousarray(theta.reshape(1, A)), 0
+    t = xp.ascontiguousarray(xp.broadcast_to(theta, tuple(batch) + (A,)))
+    return t.reshape(_prod(batch), A), 1
+
+
+def _cos_sin(dev, theta, batch, index):
+    """cos/sin of theta (..., A) at ``index`` (round-major or identity), once per call.
+
+    Returns ``(cs, cs_bstride)``: cs (Bt, A, 2), and the element stride between batch entries (0 when
+    one angle vector serves the whole batch)."""
+    xp = dev.xp
+    t, step = _angles_per_batch(xp, theta, batch)
+    A = index.shape[0]
+    cs = xp.empty((t.shape[0], A, 2), dtype=theta.dtype)
+    _launch.cos_sin(dev, t, index, cs)
+    return cs, step * 2 * A
+
+
+def _sum_to(xp, a, shape):
+    """Sum a broadcast result back to ``shape`` (the reverse of broadcasting)."""
+    shape = tuple(shape)
+    if tuple(a.shape) == shape:
+        return a
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
+    )
+    return a.sum(axis=axes).reshape(shape)
+
+
+def _tile_width(dev, n, k, B, buffers, itemsize, A=None, path=None):
+    """Columns per thread block of a fused sweep, or None for the per-round path.
+
+    The tile must fit in shared memory (``buffers`` (n, TK) tiles); within that, tiles are as narrow
+    as keeps about two blocks per SM busy (narrow tiles = more blocks), and wide enough that the
+    per-tile partial sums of a backward (``A`` angles per tile) stay within ``PARTIAL_BYTES``.
+    """
+    if path == "rounds":
+        return None
+    smem = int(getattr(dev, "max_shared_memory", 48 * 1024))
+    tk_max = min(k, smem // (buffers * n * itemsize))
+    if tk_max < 1:
+        if path == "fused":
+            raise ValueError(f"path='fused' needs {buffers * n * itemsize} bytes of shared memory, "
+                             f"the device offers {smem}")
+        return None
+    sms = int(getattr(dev, "multiprocessor_count", 80))
+    tk = max(1, min(tk_max, -(-(B * k) // (2 * sms))))
+    if A:
+        budget = max(PARTIAL_BYTES, 8 * B * A * itemsize)
+        max_tiles = max(1, budget // max(1, B * A * itemsize))
+        tk = max(tk, -(-k // max_tiles))
+        if tk > tk_max:
+            if path == "fused":
+                tk = tk_max
+            else:
+                return None
+    return int(tk)
+
+
+def _check_path(path, allowed):
+    if path is not None and path not in allowed:
+        raise ValueError(f"path must be one of {allowed} or None, got {path!r}")
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def _sweep(dev, y, cs, cs_bstride, rd, transpose, path=None):
+    """y (B, n, k) <- U y (or U^T y) in place."""
+    B, n, k = y.shape
+    sign = -1.0 if transpose else 1.0
+    tk = _tile_width(dev, n, k, B, 1, y.itemsize, path=path)
+    if tk is not None:
+        _launch.apply_fused(dev, y, cs, rd.pair_i, rd.pair_j, rd.round_offsets, transpose, tk,
+                            cs_bstride, sign)
+        return y
+    off = rd.offsets
+    R = off.size - 1
+    for r in (range(R - 1, -1, -1) if transpose else range(R)):
+        _launch.apply_round(dev, y, cs, rd.pair_i, rd.pair_j, int(off[r]), int(off[r + 1] - off[r]),
+                            cs_bstride, sign)
+    return y
+
+
+def _impl_apply(dev, theta, x, schedule, transpose=False, path=None):
+    """``U(theta) @ x`` (or ``U^T @ x``).  theta (..., A), x (..., n, k) -> (..., n, k)."""
+    _check_path(path, ("fused", "rounds"))
+    xp = dev.xp
+    batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
+    rd = _rounds_data(dev, schedule)
+    cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
+    y = _work(xp, x, batch, x.dtype)
+    _sweep(dev, y, cs, cs_bstride, rd, bool(transpose), path)
+    return y.reshape(tuple(batch) + tuple(x.shape[-2:]))
+
+
+def _impl_apply_vjp(dev, theta, x, cotangent, schedule, transpose=False, output=None, path=None):
+    r"""Cotangents ``(d_theta, d_x)`` of ``y = apply(theta, x)`` (see numpy_backend.apply_vjp).
+
+    Undoes each round on y (recovering its input), rotates the cotangent by the round's transpose and
+    sums :math:`x_i \bar g_j - x_j \bar g_i` over the columns, deterministically."""
+    _check_path(path, ("fused", "rounds"))
+    xp = dev.xp
+    transpose = bool(transpose)
+    batch = tuple(np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2]))
+    rd = _rounds_data(dev, schedule)
+    cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
+    n, k = x.shape[-2:]
+    B = _prod(batch)
+    if output is None:
+        y = _work(xp, x, batch, x.dtype)
+        _sweep(dev, y, cs, cs_bstride, rd, transpose, path)
+    else:
+        y = _work(xp, output, batch, x.dtype)
+    g = _work(xp, cotangent, batch, x.dtype)
+    A = schedule.num_angles
+    undo = 1.0 if transpose else -1.0
+    dsign = -1.0 if transpose else 1.0
+    d = xp.empty((B, A), dtype=x.dtype)
+    tk = _tile_width(dev, n, k, B, 2, x.itemsize, A=A, path=path)
+    if tk is not None:
+        partial = xp.empty((B, -(-k // tk), A), dtype=x.dtype)
+        _launch.apply_vjp_fused(dev, y, g, partial, cs, rd.pair_i, rd.pair_j, rd.round_offsets,
+                                transpose, tk, cs_bstride, undo)
+        _launch.reduce_partials(dev, partial, d, rd.angle_index, dsign)
+    else:
+        d_round = xp.empty((B, A), dtype=x.dtype)
+        off = rd.offsets
+        R = off.size - 1
+        for r in (range(R) if transpose else range(R - 1, -1, -1)):
+            _launch.apply_vjp_round(dev, y, g, d_round, cs, rd.pair_i, rd.pair_j, int(off[r]),
+                                    int(off[r + 1] - off[r]), cs_bstride, undo, dsign)
+        d[:, rd.angle_index] = d_round
+    d_theta = _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
+    d_x = _sum_to(xp, g.reshape(batch + (n, k)), x.shape)
+    return d_theta, d_x
+
+
+def _impl_apply_jvp(dev, theta, x, theta_tangent, x_tangent, schedule, transpose=False, path=None):
+    r"""Tangent of ``y = apply(theta, x)``: :math:`dy_r = B_r dy_{r-1} + K_r y_r` round by round."""
+    _check_path(path, ("fused", "rounds"))
+    xp = dev.xp
+    transpose = bool(transpose)
+    shapes = [theta.shape[:-1], x.shape[:-2], theta_tangent.shape[:-1]]
+    if x_tangent is not None:
+        shapes.append(x_tangent.shape[:-2])
+    batch = tuple(np.broadcast_shapes(*shapes))
+    rd = _rounds_data(dev, schedule)
+    cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
+    n, k = x.shape[-2:]
+    B = _prod(batch)
+    y = _work(xp, x, batch, x.dtype)
+    if x_tangent is None:
+        dy = xp.zeros((B, n, k), dtype=x.dtype)
+    else:
+        dy = _work(xp, x_tangent, batch, x.dtype)
+    tt, step = _angles_per_batch(xp, theta_tangent, batch)
+    dt = xp.ascontiguousarray(xp.take(tt, rd.angle_index, axis=1))
+    dt_bstride = step * schedule.num_angles
+    sign = -1.0 if transpose else 1.0
+    tk = _tile_width(dev, n, k, B, 2, x.itemsize, path=path)
+    if tk is not None:
+        _launch.apply_jvp_fused(dev, y, dy, cs, dt, rd.pair_i, rd.pair_j, rd.round_offsets, transpose,
+                                tk, cs_bstride, dt_bstride, sign)
+    else:
+        off = rd.offsets
+        R = off.size - 1
+        for r in (range(R - 1, -1, -1) if transpose else range(R)):
+            _launch.apply_jvp_round(dev, y, dy, cs, dt, rd.pair_i, rd.pair_j, int(off[r]),
+                                    int(off[r + 1] - off[r]), cs_bstride, dt_bstride, sign)
+    return dy.reshape(batch + (n, k))
+
+
+# --------------------------------------------------------------------------- blocked (team) path
+
+def _use_blocked(schedule, path):
+    if path == "blocked":
+        if schedule.kind != "team":
+            raise ValueError(f"path='blocked' needs a team schedule, got {schedule!r}")
+        return True
+    return path is None and schedule.kind == "team"
+
+
+def _blocked_forward(dev, theta, batch, schedule):
+    """Padded ``U`` (B, N, N), the stage blocks (B, S, NB, L, L) and the public-order cos/sin."""
+    xp = dev.xp
+    bd = _block_data(dev, schedule)
+    rd = _rounds_data(dev, schedule)
+    B = _prod(batch)
+    cs, cs_bstride = _cos_sin(dev, theta, batch, rd.identity)
+    blocks = xp.empty((B, bd.S, bd.NB, bd.L, bd.L), dtype=theta.dtype)
+    _launch.build_blocks(dev, blocks, cs, bd.block_angle, bd.local_i, bd.local_j, cs_bstride)
+    # Stage 0 acts on contiguous coordinates: U starts as its block diagonal.
+    u = xp.zeros((B, bd.NB, bd.L, bd.NB, bd.L), dtype=theta.dtype)
+    diag = xp.arange(bd.NB)
+    u[:, diag, :, diag, :] = xp.swapaxes(blocks[:, 0], 0, 1)
+    u = u.reshape(B, bd.N, bd.N)
+    for s in range(1, bd.S):
+        c = bd.coords[s]
+        u[:, c, :] = xp.matmul(blocks[:, s], u[:, c, :])
+    return u, blocks, cs, cs_bstride, bd
+
+
+def _impl_matrix_blocked(dev, theta, schedule):
+    xp = dev.xp
+    batch = tuple(theta.shape[:-1])
+    n = schedule.n
+    u, _, _, _, _ = _blocked_forward(dev, theta, batch, schedule)
+    return xp.ascontiguousarray(u[:, :n, :n]).reshape(batch + (n, n))
+
+
+def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule):
+    r"""Materialized VJP by stages: :math:`W = \bar G U^T`; for each stage, last first, the angle
+    cotangents of its blocks from the diagonal blocks of W (kernel ``block_vjp``), then
+    :math:`W \leftarrow P_s^T W P_s` by two batched GEMMs."""
+    xp = dev.xp
+    batch = tuple(np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2]))
+    n, A = schedule.n, schedule.num_angles
+    B = _prod(batch)
+    u, blocks, cs, cs_bstride, bd = _blocked_forward(dev, theta, batch, schedule)
+    gbar = xp.zeros((B, bd.N, bd.N), dtype=theta.dtype)
+    gbar[:, :n, :n] = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
+    w = xp.matmul(gbar, xp.swapaxes(u, -1, -2))
+    d = xp.zeros((B, A), dtype=theta.dtype)
+    for s in range(bd.S - 1, -1, -1):
+        c = bd.coords[s]
+        wb = xp.ascontiguousarray(w[:, c[:, :, None], c[:, None, :]])
+        _launch.block_vjp(dev, wb, d, cs, bd.block_angle, bd.local_i, bd.local_j, s, cs_bstride)
+        if s > 0:
+            blk = blocks[:, s]
+            w[:, c, :] = xp.matmul(xp.swapaxes(blk, -1, -2), w[:, c, :])
+            cols = xp.matmul(xp.swapaxes(w[:, :, c], 1, 2), blk)
+            w[:, :, c] = xp.swapaxes(cols, 1, 2)
+    return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
+
+
+# --------------------------------------------------------------------------- materialized
+
+def _eye(xp, n, dtype):
+    return xp.eye(n, dtype=dtype)
+
+
+def _impl_matrix(dev, theta, schedule, path=None):
+    """``U(theta)`` (..., n, n): blocked stages for team schedules, else the rounds applied to I."""
+    _check_path(path, PATHS)
+    if _use_blocked(schedule, path):
+        return _impl_matrix_blocked(dev, theta, schedule)
+    return _impl_apply(dev, theta, _eye(dev.xp, schedule.n, theta.dtype), schedule, False, path)
+
+
+def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None):
+    r"""``d_theta`` of ``U = matrix(theta)`` by the reduction-free formula (DESIGN.md section 2).
+
+    Team schedules: by stages (:func:`_impl_matrix_vjp_blocked`).  Otherwise
+    :math:`W = \bar G U^T` and one launch per round (last first) reads
+    :math:`W[j,i] - W[i,j]` for the round's pairs and updates :math:`W \leftarrow B_r^T W B_r`;
+    every angle's cotangent is one difference of two entries: no sums, no atomics."""
+    _check_path(path, PATHS)
+    if _use_blocked(schedule, path):
+        return _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule)
+    xp = dev.xp
+    batch = tuple(np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2]))
+    rd = _rounds_data(dev, schedule)
+    sl = _slot_data(dev, schedule)
+    n, A = schedule.n, schedule.num_angles
+    B = _prod(batch)
+    cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
+    u = _work(xp, _eye(xp, n, theta.dtype), batch, theta.dtype)
+    _sweep(dev, u, cs, cs_bstride, rd, False, None if path == "blocked" else path)
+    g = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
+    w = xp.ascontiguousarray(xp.matmul(g, xp.swapaxes(u, -1, -2)))
+    d_round = xp.empty((B, A), dtype=theta.dtype)
+    off = sl.offsets
+    for r in range(off.size - 2, -1, -1):
+        _launch.matrix_vjp_round(dev, w, d_round, cs, sl.slot_i, sl.slot_j, sl.slot_q, int(off[r]),
+                                 int(off[r + 1] - off[r]), cs_bstride)
+    d = xp.empty((B, A), dtype=theta.dtype)
+    d[:, rd.angle_index] = d_round
+    return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
+
+
+def _impl_matrix_jvp(dev, theta, theta_tangent, schedule, path=None):
+    """Tangent ``dU`` of ``U = matrix(theta)``: the forward-mode sweep on the identity."""
+    _check_path(path, ("fused", "rounds"))
+    return _impl_apply_jvp(dev, theta, _eye(dev.xp, schedule.n, theta.dtype), theta_tangent, None,
+                           schedule, False, path)
+
+
+# --------------------------------------------------------------------------- public (thin calls)
+
+def _on(array):
+    dev = get_device(array)
+    ctx = getattr(dev, "context", None)
+    return dev, (ctx() if ctx is not None else contextlib.nullcontext())
+
+
+def apply(theta, x, schedule, transpose=False):
+    """``U(theta) @ x`` (or ``U(theta).T @ x``): theta (..., A), x (..., n, k) -> (..., n, k)."""
+    dev, ctx = _on(x)
+    with ctx:
+        return _impl_apply(dev, theta, x, schedule, transpose)
+
+
+def matrix(theta, schedule):
+    """``U(theta)`` of shape (..., n, n)."""
+    dev, ctx = _on(theta)
+    with ctx:
+        return _impl_matrix(dev, theta, schedule)
+
+
+def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
+    """``(d_theta, d_x)`` of ``y = apply(theta, x)`` for ``cotangent = dL/dy``, shaped like theta, x."""
+    dev, ctx = _on(x)
+    with ctx:
+        return _impl_apply_vjp(dev, theta, x, cotangent, schedule, transpose, output)
+
+
+def matrix_vjp(theta, cotangent, schedule):
+    """``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU``, shaped like theta."""
+    dev, ctx = _on(theta)
+    with ctx:
+        return _impl_matrix_vjp(dev, theta, cotangent, schedule)
+
+
+def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
+    """Tangent of ``y = apply(theta, x)`` along ``(theta_tangent, x_tangent)`` (x_tangent may be None)."""
+    dev, ctx = _on(x)
+    with ctx:
+        return _impl_apply_jvp(dev, theta, x, theta_tangent, x_tangent, schedule, transpose)
+
+
+def matrix_jvp(theta, theta_tangent, schedule):
+    """Tangent ``dU`` of ``U = matrix(theta)`` along ``theta_tangent``."""
+    dev, ctx = _on(theta)
+    with ctx:
+        return _impl_matrix_jvp(dev, theta, theta_tangent, schedule)
