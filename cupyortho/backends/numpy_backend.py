@@ -47,14 +47,6 @@ def _rotate_rows(y, i, j, c, s):
     y[..., j, :] = s * yi + c * yj
 
 
-def _rotate_cols(y, i, j, c, s):
-    """In place: columns i, j of y <- (c y_i - s y_j, s y_i + c y_j) (c, s shaped (..., 1, P))."""
-    yi = y[..., :, i]
-    yj = y[..., :, j]
-    y[..., :, i] = c * yi - s * yj
-    y[..., :, j] = s * yi + c * yj
-
-
 def _rounds(schedule, transpose):
     """(slice into round-major arrays, i, j) in application order; transpose runs them backwards."""
     off = schedule.round_offsets
@@ -139,11 +131,18 @@ def matrix_vjp(theta, cotangent, schedule):
     w = _work(w, batch, u.dtype)
     c, s = _round_cos_sin(theta, schedule, len(batch))
     d_round = np.empty(batch + (schedule.num_angles,), dtype=u.dtype)
+    # Column rotations are strided gathers; instead rotate rows, transpose, rotate rows again:
+    # B^T (B^T X)^T = (B^T X B)^T, so ``w`` alternately holds W_r and W_r^T (``flip``), and the
+    # gradient read from W^T changes sign.
+    flip = False
     for sl, i, j in reversed(_rounds(schedule, False)):
-        d_round[..., sl] = w[..., j, i] - w[..., i, j]
+        d = w[..., j, i] - w[..., i, j]
+        d_round[..., sl] = -d if flip else d
         cr, sr = c[..., sl, :], -s[..., sl, :]
         _rotate_rows(w, i, j, cr, sr)
-        _rotate_cols(w, i, j, np.swapaxes(cr, -1, -2), np.swapaxes(sr, -1, -2))
+        w = np.ascontiguousarray(np.swapaxes(w, -1, -2))
+        _rotate_rows(w, i, j, cr, sr)
+        flip = not flip
     return _sum_to(schedule.from_round_order(d_round), theta.shape)
 
 
