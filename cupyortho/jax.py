@@ -1,0 +1,318 @@
+r"""JAX adapter: :func:`matrix`, :func:`frame` and :func:`apply` as ``jax.custom_vjp`` functions.
+
+Design rule: this module only wires.  The forward and backward rules call cupyortho's public
+functions (:func:`cupyortho.matrix`, :func:`cupyortho.frame`, :func:`cupyortho.apply` and their
+``_vjp``) through JAX callbacks; the mathematics lives there.  ``import cupyortho`` never imports
+jax: import ``cupyortho.jax`` explicitly.
+
+How the arrays travel:
+
+* CPU (and any platform without the CuPy path): :func:`jax.pure_callback` hands NumPy views to
+  cupyortho's NumPy backend.  On an accelerator this copies through the host.
+* CUDA, when CuPy is installed: :func:`jax.experimental.buffer_callback.buffer_callback` hands the
+  device buffers to the CuPy backend without a host copy, running on XLA's stream, and the results
+  are written into XLA's output buffers.  The platform is chosen per lowering with
+  :func:`jax.lax.platform_dependent`.  This path is *not tested* on a GPU yet (no GPU here); its
+  wiring is tested on the CPU, where the same callback runs with NumPy buffers.
+
+Transformations: ``jit`` and ``grad``/``vjp`` (exact, reverse mode, cupyortho's VJPs) work;
+``vmap`` works through ``vmap_method="expand_dims"`` (the callbacks broadcast the mapped axes as
+views and cupyortho's batch axes do the rest).  ``custom_vjp`` excludes a custom JVP, so forward
+mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) is *not* supported (JAX raises), and
+derivatives are first order only: the backward rule is itself a callback.
+
+NaN and infinity propagate (cupyortho is called with ``check_finite=False``).  Dtypes: float32 and
+float64 (float64 needs ``jax_enable_x64``); ``apply`` promotes theta and x to a common dtype.
+
+Shapes are those of :mod:`cupyortho`: theta ``(..., A)``; ``matrix`` -> ``(..., n, n)``;
+``frame`` -> ``(..., n, m)``; ``apply`` takes ``x`` of shape ``(n,)`` or ``(..., n, k)`` with batch
+axes broadcasting against theta's.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import cupyortho as _co
+from . import schedule as _sched
+from .errors import AngleCountError, DtypeError, ShapeError, SizeError
+
+__all__ = ["matrix", "frame", "apply"]
+
+_VMAP_METHOD = "expand_dims"
+
+
+# --------------------------------------------------------------------------- callbacks
+
+def _xp(a):
+    return sys.modules["cupy"] if type(a).__module__.split(".")[0] == "cupy" else np
+
+
+def _lift(arrays, core_ndims):
+    """Broadcast the leading axes that vmap added (as views) so every array shares them.
+
+    ``core_ndims[i]`` is the rank array ``i`` had when the function was traced; with
+    ``vmap_method="expand_dims"`` every array gets the same number of extra leading axes, of size 1
+    where it is not mapped.
+    """
+    extra = arrays[0].ndim - core_ndims[0]
+    if extra == 0:
+        return arrays
+    lead = np.broadcast_shapes(*[a.shape[:extra] for a in arrays])
+    return [_xp(a).broadcast_to(a, lead + a.shape[extra:]) for a in arrays]
+
+
+def _host_call(fn, out_types, core_ndims, *args):
+    """``fn`` on NumPy views of ``args`` through :func:`jax.pure_callback`; returns a tuple."""
+
+    def callback(*arrays):
+        arrays = _lift([np.asarray(a) for a in arrays], core_ndims)
+        out = fn(*arrays)
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(np.asarray(o, dtype=t.dtype) for o, t in zip(out, out_types))
+
+    return jax.pure_callback(callback, tuple(out_types), *args, vmap_method=_VMAP_METHOD)
+
+
+class _CudaStreamRef:
+    """XLA's raw stream handle exposed through the CUDA stream protocol (for CuPy)."""
+
+    def __init__(self, ptr):
+        self._ptr = int(ptr)
+
+    def __cuda_stream__(self):
+        return (0, self._ptr)
+
+
+def _on_gpu(buffer) -> bool:
+    """Whether a ``buffer_callback`` Buffer lives on a GPU (its CUDA array interface works)."""
+    try:
+        buffer.__cuda_array_interface__
+    except Exception:  # the CPU buffers raise UNIMPLEMENTED
+        return False
+    return True
+
+
+def _buffer_call(fn, out_types, core_ndims, *args):
+    """``fn`` on the device buffers through ``buffer_callback``, writing XLA's output buffers.
+
+    On a GPU the buffers are viewed as CuPy arrays (``__cuda_array_interface__``, no copy) and CuPy
+    runs on XLA's stream; on the CPU they are NumPy arrays (which is how this path is tested here).
+    """
+    from jax.experimental.buffer_callback import buffer_callback
+
+    def callback(ctx, out, *buffers):
+        if _on_gpu(buffers[0]):  # pragma: no cover - needs a GPU
+            import cupy
+
+            ptr = buffers[0].__cuda_array_interface__["data"][0]
+            device = cupy.cuda.runtime.pointerGetAttributes(ptr).device
+            with cupy.cuda.Device(device), cupy.cuda.Stream.from_external(_CudaStreamRef(ctx.stream)):
+                arrays = _lift([cupy.asarray(b) for b in buffers], core_ndims)
+                result = fn(*arrays)
+                result = result if isinstance(result, tuple) else (result,)
+                for o, r in zip(out, result):
+                    cupy.asarray(o)[...] = r
+            return
+        arrays = _lift([np.asarray(b) for b in buffers], core_ndims)
+        result = fn(*arrays)
+        result = result if isinstance(result, tuple) else (result,)
+        for o, r in zip(out, result):
+            np.asarray(o)[...] = r
+
+    return buffer_callback(callback, tuple(out_types), vmap_method=_VMAP_METHOD)(*args)
+
+
+def _has_cupy() -> bool:
+    return importlib.util.find_spec("cupy") is not None
+
+
+def _call(fn, out_types, core_ndims, *args):
+    """Run ``fn`` (a cupyortho function of arrays) on the platform the computation is lowered for."""
+    host = functools.partial(_host_call, fn, out_types, core_ndims)
+    if not _has_cupy():
+        return host(*args)
+    device = functools.partial(_buffer_call, fn, out_types, core_ndims)
+    return jax.lax.platform_dependent(*args, cuda=device, default=host)
+
+
+def _like(a, shape=None):
+    return jax.ShapeDtypeStruct(a.shape if shape is None else shape, a.dtype)
+
+
+# --------------------------------------------------------------------------- custom_vjp cores
+# Every core takes arrays already checked and cast by the public functions below, and the
+# schedule (a hashable Schedule) as a non-differentiable argument.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _matrix(theta, sched):
+    n = sched.n
+    fn = lambda t: _co.matrix(t, schedule=sched, check_finite=False)  # noqa: E731
+    return _call(fn, [_like(theta, theta.shape[:-1] + (n, n))], [theta.ndim], theta)[0]
+
+
+def _matrix_fwd(theta, sched):
+    return _matrix(theta, sched), theta
+
+
+def _matrix_bwd(sched, theta, g):
+    fn = lambda t, c: _co.matrix_vjp(t, c, schedule=sched, check_finite=False)  # noqa: E731
+    return _call(fn, [_like(theta)], [theta.ndim, g.ndim], theta, g)
+
+
+_matrix.defvjp(_matrix_fwd, _matrix_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _frame(theta, sched, n, m):
+    fn = lambda t: _co.frame(t, n, m, schedule=sched, check_finite=False)  # noqa: E731
+    return _call(fn, [_like(theta, theta.shape[:-1] + (n, m))], [theta.ndim], theta)[0]
+
+
+def _frame_fwd(theta, sched, n, m):
+    return _frame(theta, sched, n, m), theta
+
+
+def _frame_bwd(sched, n, m, theta, g):
+    fn = lambda t, c: _co.frame_vjp(t, c, n, m, schedule=sched, check_finite=False)  # noqa: E731
+    return _call(fn, [_like(theta)], [theta.ndim, g.ndim], theta, g)
+
+
+_frame.defvjp(_frame_fwd, _frame_bwd)
+
+
+def _apply_out(theta, x):
+    return _like(x, jnp.broadcast_shapes(theta.shape[:-1], x.shape[:-2]) + x.shape[-2:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _apply(theta, x, sched, transpose):
+    fn = lambda t, a: _co.apply(t, a, transpose=transpose, schedule=sched, check_finite=False)  # noqa: E731
+    return _call(fn, [_apply_out(theta, x)], [theta.ndim, x.ndim], theta, x)[0]
+
+
+def _apply_fwd(theta, x, sched, transpose):
+    y = _apply(theta, x, sched, transpose)
+    return y, (theta, x, y)
+
+
+def _apply_bwd(sched, transpose, res, g):
+    theta, x, y = res
+
+    def fn(t, a, out, c):
+        return _co.apply_vjp(t, a, c, transpose=transpose, schedule=sched, output=out, check_finite=False)
+
+    return _call(fn, [_like(theta), _like(x)], [theta.ndim, x.ndim, y.ndim, g.ndim], theta, x, y, g)
+
+
+_apply.defvjp(_apply_fwd, _apply_bwd)
+
+
+# --------------------------------------------------------------------------- public functions
+
+def _float_array(name, a):
+    a = jnp.asarray(a)
+    if a.dtype not in (jnp.float32, jnp.float64):
+        raise DtypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if a.ndim == 0:
+        raise ShapeError(f"{name} must have at least one dimension, got a scalar")
+    return a
+
+
+def _check_count(theta, n, m=None):
+    expected = _sched.num_angles(n, m)
+    if theta.shape[-1] != expected:
+        what = f"n = {n}" + (f", m = {m}" if m is not None else "")
+        raise AngleCountError(
+            f"theta must hold {expected} angles on its last axis for {what}; got shape {tuple(theta.shape)}"
+        )
+
+
+def _n_from_count(count):
+    n = (1 + math.isqrt(1 + 8 * count)) // 2
+    if n >= 2 and n * (n - 1) // 2 == count:
+        return n
+    raise AngleCountError(f"theta must hold n(n-1)/2 angles on its last axis for some n >= 2; got {count}")
+
+
+def _full_schedule(schedule, n):
+    """A hashable, unrestricted Schedule for ``n`` (checks names and sizes)."""
+    s = _sched.get_schedule(schedule, n)
+    return s if s.m is None else _sched._rebuild(s.kind, s.n, None, s.team_size)
+
+
+def matrix(theta, *, n=None, schedule=None):
+    r"""The rotation :math:`U(\theta) = B_{R-1}\cdots B_0 \in SO(n)` (see :func:`cupyortho.matrix`).
+
+    Args:
+        theta: ``(..., n(n-1)/2)`` angles, float32 or float64.
+        n (int, optional): inferred from the angle count when omitted.
+        schedule (str | Schedule | None): as in :func:`cupyortho.matrix`.
+
+    Returns:
+        ``jax.Array`` ``(..., n, n)``; differentiable in reverse mode, jit- and vmap-compatible.
+    """
+    theta = _float_array("theta", theta)
+    if isinstance(schedule, _sched.Schedule):
+        if n is not None and n != schedule.n:
+            raise SizeError(f"n = {n} disagrees with the schedule, built for n = {schedule.n}")
+        n = schedule.n
+    n = _n_from_count(theta.shape[-1]) if n is None else _sched._check_int("n", n, 2)
+    _check_count(theta, n)
+    return _matrix(theta, _full_schedule(schedule, n))
+
+
+def frame(theta, n, m, *, schedule=None):
+    r"""The first ``m`` columns of the Stiefel-restricted :math:`U(\theta)` (see :func:`cupyortho.frame`).
+
+    Args:
+        theta: ``(..., n*m - m(m+1)/2)`` angles.  n, m (int): ``1 <= m <= n``.
+        schedule: as in :func:`matrix`.
+
+    Returns:
+        ``jax.Array`` ``(..., n, m)`` with orthonormal columns.
+    """
+    theta = _float_array("theta", theta)
+    n = _sched._check_int("n", n, 2)
+    _check_count(theta, n, m)  # validates m
+    return _frame(theta, _full_schedule(schedule, n), n, int(m))
+
+
+def apply(theta, x, *, transpose=False, schedule=None):
+    r"""``U(theta) @ x`` (or ``U(theta).T @ x``) without forming U (see :func:`cupyortho.apply`).
+
+    Args:
+        theta: ``(..., A)`` angles.  x: ``(n,)`` or ``(..., n, k)``; batch axes broadcast.
+        transpose (bool): apply :math:`U^T`.  schedule: as in :func:`matrix`.
+
+    Returns:
+        ``jax.Array`` of the ``matmul`` broadcast shape, dtype ``result_type(theta, x)``.
+    """
+    theta = _float_array("theta", theta)
+    x = _float_array("x", x)
+    vector = x.ndim == 1
+    x2 = x[:, None] if vector else x
+    n = x2.shape[-2]
+    if n < 2:
+        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
+    _check_count(theta, n)
+    try:
+        np.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"batch axes do not broadcast: theta {tuple(theta.shape)}, x {tuple(x.shape)}") from None
+    dtype = jnp.result_type(theta, x)
+    theta, x2 = theta.astype(dtype), x2.astype(dtype)
+    # Give theta and x batch axes of equal rank (size-1 padding, a free reshape) so the axes vmap
+    # adds in front line up in the callbacks.
+    rank = max(theta.ndim - 1, x2.ndim - 2)
+    theta_p = theta.reshape((1,) * (rank - theta.ndim + 1) + theta.shape)
+    x_p = x2.reshape((1,) * (rank - x2.ndim + 2) + x2.shape)
+    y = _apply(theta_p, x_p, _full_schedule(schedule, n), bool(transpose))
+    return y[..., 0] if vector else y
