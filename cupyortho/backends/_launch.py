@@ -35,6 +35,9 @@ FUSED_THREADS = 1024
 #: Threads per block of the block kernels (one block per L x L block).
 BLOCK_THREADS = 256
 
+#: Dynamic shared memory a kernel may use without opting in.
+DEFAULT_SHARED = 48 * 1024
+
 _i32 = np.int32
 _i64 = np.int64
 
@@ -148,6 +151,12 @@ def fused_shared_bytes(n, TK, buffers, itemsize):
     return int(buffers * n * TK * itemsize)
 
 
+def _allow_shared(f, shared):
+    # Above 48 KiB a kernel must opt in (cupy#2118); the attribute is per kernel.
+    if shared > DEFAULT_SHARED and int(getattr(f, "max_dynamic_shared_size_bytes", 0)) < shared:
+        f.max_dynamic_shared_size_bytes = int(shared)
+
+
 def apply_fused(dev, y, cs, pair_i, pair_j, round_offsets, reverse, TK, cs_bstride, sign):
     """All rounds on y (B, n, k) in place, one block per (batch, column tile of width TK)."""
     B, n, k = y.shape
@@ -157,6 +166,7 @@ def apply_fused(dev, y, cs, pair_i, pair_j, round_offsets, reverse, TK, cs_bstri
         return
     shared = fused_shared_bytes(n, TK, 1, y.itemsize)
     f = dev.get_function(name_expression("apply_fused", y.dtype))
+    _allow_shared(f, shared)
     f((B * ntiles,), (_fused_block(n, TK),),
       (y, cs, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k), _i32(TK),
        _i32(ntiles), _i64(cs_bstride), _scalar(y.dtype, sign)),
@@ -175,6 +185,7 @@ def apply_vjp_fused(dev, y, g, partial, cs, pair_i, pair_j, round_offsets, rever
     shared = fused_shared_bytes(n, TK, 2, y.itemsize)
     threads = int(min(FUSED_THREADS, max(32, -(-(n // 2) // 32) * 32)))
     f = dev.get_function(name_expression("apply_vjp_fused", y.dtype))
+    _allow_shared(f, shared)
     f((B * ntiles,), (threads,),
       (y, g, partial, cs, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k),
        _i32(TK), _i32(ntiles), _i32(A), _i64(cs_bstride), _scalar(y.dtype, sign)),
@@ -191,6 +202,7 @@ def apply_jvp_fused(dev, y, dy, cs, dt, pair_i, pair_j, round_offsets, reverse, 
         return
     shared = fused_shared_bytes(n, TK, 2, y.itemsize)
     f = dev.get_function(name_expression("apply_jvp_fused", y.dtype))
+    _allow_shared(f, shared)
     f((B * ntiles,), (_fused_block(n, TK),),
       (y, dy, cs, dt, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k),
        _i32(TK), _i32(ntiles), _i64(cs_bstride), _i64(dt_bstride), _scalar(y.dtype, sign)),

@@ -85,7 +85,7 @@ _cache_lock = threading.Lock()
 
 def _cached(dev, schedule, what, build):
     """Device arrays derived from a schedule, built once per (device, schedule, what)."""
-    key = (dev.key, schedule.key, what)
+    key = (getattr(dev, "key", None) or ("object", id(dev)), schedule.key, what)
     value = _cache.get(key)
     if value is None:
         with _cache_lock:
