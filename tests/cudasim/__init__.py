@@ -184,7 +184,7 @@ def build_module(source: str, name_expressions: Iterable[str], include_dirs=(), 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     cxx = _compiler()
-    flags = ["-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
+    flags = ["-std=gnu++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
              *MODES[mode], *(f"-I{d}" for d in include_dirs)]
     text = _generated_source(source, names, filename)
     h = hashlib.sha256()

@@ -1,0 +1,93 @@
+// Deliberately broken kernels (and their correct twins) for tests/test_cudasim.py: each shows one
+// class of bug the harness must catch.
+#include "helpers.cuh"
+
+// y[i] = 2 x[i], i < n: correct.
+template <typename T>
+__global__ void scale(const T* __restrict__ x, T* __restrict__ y, const int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = add(x[i], x[i]);
+}
+
+// Off by one in the read index: y[i] = 2 x[i + 1] reads one element past the end of x.
+template <typename T>
+__global__ void scale_read_past(const T* __restrict__ x, T* __restrict__ y, const int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = add(x[i + 1], x[i + 1]);
+}
+
+// Off by one in the bound: i <= n writes one element past the end of y.
+template <typename T>
+__global__ void scale_write_past(const T* __restrict__ x, T* __restrict__ y, const int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) y[i] = add(x[i < n ? i : 0], x[i < n ? i : 0]);
+}
+
+// In place through two pointers that may alias: y[i] += x[i].
+template <typename T>
+__global__ void accumulate(const T* x, T* y, const int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = add(y[i], x[i]);
+}
+
+// A barrier only half of the block reaches.
+extern "C" __global__ void divergent_barrier(float* out)
+{
+    if (threadIdx.x < blockDim.x / 2) __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
+
+// Threads past n return early, the others then wait at a barrier.
+extern "C" __global__ void early_return_barrier(float* out, const int n)
+{
+    const int i = threadIdx.x;
+    if (i >= n) return;
+    out[i] = 1.0f;
+    __syncthreads();
+    out[i] = 2.0f;
+}
+
+// Threads wait at two different barriers.
+extern "C" __global__ void two_barriers(float* out)
+{
+    if (threadIdx.x % 2) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    out[threadIdx.x] = 1.0f;
+}
+
+// Writes one element past the dynamic shared memory it was given (blockDim.x floats).
+extern "C" __global__ void shared_write_past(float* out)
+{
+    extern __shared__ float sh[];
+    sh[threadIdx.x + 1] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = sh[threadIdx.x];
+}
+
+// Reads dynamic shared memory nobody wrote: NaN in the harness, garbage on a GPU.
+template <typename T>
+__global__ void shared_uninitialized(T* out)
+{
+    extern __shared__ __align__(sizeof(T)) unsigned char raw[];
+    const T* sh = reinterpret_cast<const T*>(raw);
+    out[threadIdx.x] = sh[threadIdx.x];
+}
+
+// Writes through a non-const pointer (used with a read-only array).
+extern "C" __global__ void overwrite(double* a)
+{
+    a[threadIdx.x] = -1.0;
+}
+
+extern "C" __global__ void trap_at_five(int* out)
+{
+    if (threadIdx.x == 5) __trap();
+    out[threadIdx.x] = 1;
+}
