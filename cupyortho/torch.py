@@ -33,6 +33,9 @@ Derivatives.  Reverse mode is exact (cupyortho's VJPs).  The ops are *once diffe
 backward ops carry an autograd formula that raises :class:`NotImplementedError`, so a second
 backward (``create_graph=True`` followed by another ``backward``, ``torch.func.hessian``) fails
 loudly instead of returning wrong numbers.  Forward-mode AD (``torch.func.jvp``) is not registered.
+``torch.vmap`` works (a vmap rule per op: cupyortho's functions take batch axes natively), including
+ordinary ``backward`` through a vmapped graph; ``torch.func.grad``/``jacrev`` over the ops fail
+inside torch itself for every ``custom_op`` with ``register_autograd`` (pytorch#168393, #179652).
 
 NaN and infinity propagate (the ops call cupyortho with ``check_finite=False``), as in torch.
 Dtypes: float32 and float64; ``apply`` promotes theta and x to a common dtype.
@@ -318,6 +321,44 @@ def _once_differentiable(op, name):
 _once_differentiable(_matrix_vjp_op, "matrix")
 _once_differentiable(_frame_vjp_op, "frame")
 _once_differentiable(_apply_vjp_op, "apply")
+
+
+# --------------------------------------------------------------------------- vmap
+# cupyortho's functions already take batch axes, so a vmap rule only has to line the mapped axis up
+# in front of every tensor (expanding, as a view, the tensors that are not mapped) and give the
+# batch axes of all tensors the same rank (size-1 axes, a view), then call the op once.
+
+def _vmap_rule(op, core_ndims, n_tensors, outputs_like=None):
+    """Register a vmap rule for ``op`` whose first ``n_tensors`` arguments are tensors with
+    ``core_ndims`` non-batch axes; ``outputs_like[i]`` is the input index output ``i`` is shaped
+    like (VJP ops), or None for outputs of the broadcast batch shape."""
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        tensors = []
+        for t, d in zip(args[:n_tensors], in_dims[:n_tensors]):
+            tensors.append(t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand((size,) + t.shape))
+        rank = max(t.dim() - 1 - c for t, c in zip(tensors, core_ndims))
+        padded = [
+            t.reshape(t.shape[:1] + (1,) * (rank - (t.dim() - 1 - c)) + t.shape[1:])
+            for t, c in zip(tensors, core_ndims)
+        ]
+        out = op(*padded, *args[n_tensors:])
+        if outputs_like is None:
+            return out, 0
+        out = tuple(o.reshape(tensors[i].shape) for o, i in zip(out, outputs_like)) if isinstance(out, tuple) \
+            else out.reshape(tensors[outputs_like[0]].shape)
+        return out, (tuple(0 for _ in out) if isinstance(out, tuple) else 0)
+
+    torch.library.register_vmap(op, rule)
+
+
+_vmap_rule(_matrix_op, (1,), 1)
+_vmap_rule(_frame_op, (1,), 1)
+_vmap_rule(_apply_op, (1, 2), 2)
+_vmap_rule(_matrix_vjp_op, (1, 2), 2, outputs_like=(0,))
+_vmap_rule(_frame_vjp_op, (1, 2), 2, outputs_like=(0,))
+_vmap_rule(_apply_vjp_op, (1, 2, 2, 2), 4, outputs_like=(0, 1))
 
 
 # --------------------------------------------------------------------------- public functions

@@ -166,6 +166,37 @@ def test_torch_compile_forward_backward(rng):
         torch.testing.assert_close(comp, eager, rtol=1e-12, atol=1e-12)
 
 
+def test_vmap_forward_and_backward(rng):
+    """torch.vmap of the ops (register_vmap), and ordinary backward through the vmapped graph.
+
+    (torch.func.grad/jacrev over these ops fail in torch itself: pytorch#168393, pytorch#179652.)
+    """
+    from torch.func import vmap
+
+    n, B = 5, 3
+    ths = _t(rng.normal(size=(B, co.num_angles(n))))
+    xs = _t(rng.normal(size=(B, 2, n, 2)))
+    for in_dims, args in (((0, 0), (ths, xs)), ((None, 0), (ths[0], xs)), ((0, None), (ths, xs[0]))):
+        mapped = vmap(lambda t, a: ct.apply(t, a, transpose=True), in_dims=in_dims)(*args)
+        loop = torch.stack([ct.apply(*[a if d is None else a[b] for a, d in zip(args, in_dims)], transpose=True)
+                            for b in range(B)])
+        torch.testing.assert_close(mapped, loop, rtol=0, atol=1e-14)
+    torch.testing.assert_close(vmap(ct.matrix)(ths), ct.matrix(ths), rtol=0, atol=0)
+    tf = ths[:, : co.num_angles(n, 2)]
+    torch.testing.assert_close(vmap(lambda t: ct.frame(t, n, 2))(tf), ct.frame(tf, n, 2), rtol=0, atol=0)
+    vs = _t(rng.normal(size=(2, B, n)))
+    torch.testing.assert_close(vmap(vmap(lambda v: ct.apply(ths[0], v)))(vs), ct.apply(ths[0], vs[..., None])[..., 0])
+    # gradients through vmap with a shared theta (the VJP ops are vmapped too)
+    results = []
+    for use_vmap in (True, False):
+        t = ths[0].clone().requires_grad_(True)
+        x = xs.clone().requires_grad_(True)
+        y = vmap(lambda a: ct.apply(t, a))(x) if use_vmap else ct.apply(t, x)
+        (y ** 2 * torch.arange(2.0, dtype=y.dtype)).sum().backward()
+        results.append((t.grad, x.grad))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- errors
 
 
