@@ -1,0 +1,516 @@
+"""The CuPy backend against the NumPy reference: on the CPU harness, and on a GPU when there is one.
+
+One set of test bodies runs the backend's algorithm code (``cupy_backend._impl_*``) twice:
+
+* ``cudasim``: with the CPU harness of ``tests/cudasim`` as the device (numpy arrays, the same
+  ``.cu`` kernels compiled with g++, threads in shuffled order, real barriers).  Runs in CI.
+* ``gpu``: with the real :class:`~cupyortho.backends._device.CupyDevice` on CuPy arrays.  Skipped,
+  with the reason, when CuPy or a GPU is missing.
+
+Every path is exercised explicitly (``fused`` all-rounds kernels, ``rounds`` per-round launches,
+``blocked`` team stages), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
+float64 ``1e-12`` (relative to the size of the values; apply/VJP sums of ``n`` rotations each), float32
+``2e-5`` for apply and ``1e-4`` relative for angle cotangents (sums over columns and rounds).
+GPU-only tests at the end go through the public API: dispatch, non-contiguous inputs, another device,
+a non-default stream, and mixing NumPy with CuPy arguments.
+"""
+
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+import cupyortho as co
+from cupyortho import schedule as S
+from cupyortho.backends import cupy_backend as cb
+from cupyortho.backends import numpy_backend as nb
+from cupyortho.errors import BackendMismatchError
+
+
+# ----------------------------------------------------------------------------- devices
+
+def _gpu_reason():
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver
+        return f"no CUDA device ({type(exc).__name__}: {exc})"
+    return None if count > 0 else "no CUDA device"
+
+
+GPU_REASON = _gpu_reason()
+needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU test: {GPU_REASON}")
+
+
+def _cudasim_reason():
+    if shutil.which("g++") is None:
+        return "g++ is not installed (the CPU harness compiles the kernels with it)"
+    if not (pathlib.Path(__file__).parent / "cudasim" / "__init__.py").exists():
+        return "tests/cudasim (the CPU harness) is missing"
+    return None
+
+
+class SimOps:
+    """Runs the backend algorithms on the CPU harness device, numpy in and out."""
+
+    name = "cudasim"
+
+    def __init__(self, seed=0, **attrs):
+        from cudasim import CpuDevice
+
+        self.dev = CpuDevice(seed)
+        for key, value in attrs.items():
+            setattr(self.dev, key, value)
+
+    def to(self, a):
+        return a
+
+    def back(self, a):
+        return a
+
+    def __getattr__(self, op):
+        impl = getattr(cb, "_impl_" + op)
+
+        def call(*args, **kwargs):
+            return impl(self.dev, *args, **kwargs)
+
+        return call
+
+
+class GpuOps(SimOps):
+    """Runs the same algorithms on the GPU: numpy inputs are copied to the device and results back."""
+
+    name = "gpu"
+
+    def __init__(self, seed=0, **attrs):
+        import cupy
+
+        from cupyortho.backends._device import get_device
+
+        self.cupy = cupy
+        self.dev = get_device()
+        self.attrs = attrs  # the real device's limits are kept: attrs only shape the CPU harness
+
+    def __getattr__(self, op):
+        impl = getattr(cb, "_impl_" + op)
+        cupy = self.cupy
+
+        def conv(a):
+            return cupy.asarray(a) if isinstance(a, np.ndarray) else a
+
+        def back(a):
+            if isinstance(a, tuple):
+                return tuple(back(v) for v in a)
+            return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else a
+
+        def call(*args, **kwargs):
+            args = [conv(a) for a in args]
+            kwargs = {k: conv(v) for k, v in kwargs.items()}
+            return back(impl(self.dev, *args, **kwargs))
+
+        return call
+
+
+@pytest.fixture(params=["cudasim", "gpu"])
+def make_ops(request):
+    if request.param == "gpu":
+        if GPU_REASON is not None:
+            pytest.skip(f"GPU test: {GPU_REASON}")
+        return GpuOps
+    reason = _cudasim_reason()
+    if reason is not None:
+        pytest.fail(f"the CPU harness cannot run: {reason}")
+    return SimOps
+
+
+@pytest.fixture
+def ops(make_ops):
+    return make_ops()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+TOL = {np.float64: 1e-12, np.float32: 2e-5}
+DTYPES = [np.float64, np.float32]
+# (n, k) crossing the kernels' boundaries: tiles of columns, 32-thread groups, blocks of pairs.
+SIZES = [(2, 1), (3, 7), (31, 33), (32, 1), (33, 7), (64, 33), (65, 1), (130, 7)]
+
+
+def _rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _angles(rng, sched, batch=(), dtype=np.float64):
+    return rng.uniform(-np.pi, np.pi, size=tuple(batch) + (sched.num_angles,)).astype(dtype)
+
+
+def assert_close(actual, expected, dtype, scale=1.0, what=""):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    ref = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    err = float(np.abs(actual - expected).max(initial=0.0))
+    assert err <= TOL[dtype] * scale * ref, f"{what}: max error {err:.3g} (scale {ref:.3g}) > {TOL[dtype] * scale:.3g}"
+
+
+def _schedules(n):
+    out = [S.circle_schedule(n), S.team_schedule(n)]
+    if n >= 5:
+        out.append(S.team_schedule(n, 2 if n < 40 else 8))  # several team stages, padding
+    return out
+
+
+# ----------------------------------------------------------------------------- apply
+
+@pytest.mark.parametrize("path", ["fused", "rounds"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", SIZES)
+def test_apply_matches_numpy(ops, n, k, dtype, path, rng):
+    for sched in _schedules(n)[:2]:
+        theta = _angles(rng, sched, dtype=dtype)
+        x = _rand(rng, (n, k), dtype)
+        for transpose in (False, True):
+            y = ops.apply(ops.to(theta), ops.to(x), sched, transpose, path=path)
+            assert_close(y, nb.apply(theta, x, sched, transpose), dtype, what=f"{sched} T={transpose}")
+
+
+@pytest.mark.parametrize("path", ["fused", "rounds"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", SIZES)
+def test_apply_vjp_matches_numpy(ops, n, k, dtype, path, rng):
+    for sched in _schedules(n)[:2]:
+        theta = _angles(rng, sched, dtype=dtype)
+        x = _rand(rng, (n, k), dtype)
+        g = _rand(rng, (n, k), dtype)
+        for transpose in (False, True):
+            d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
+            e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
+            assert_close(d_theta, e_theta, dtype, scale=5 * k, what=f"d_theta {sched} T={transpose}")
+            assert_close(d_x, e_x, dtype, what=f"d_x {sched} T={transpose}")
+            y = nb.apply(theta, x, sched, transpose)
+            d2_theta, d2_x = ops.apply_vjp(theta, x, g, sched, transpose, y, path=path)
+            assert_close(d2_theta, e_theta, dtype, scale=5 * k, what="d_theta with output=")
+            assert_close(d2_x, e_x, dtype, what="d_x with output=")
+
+
+@pytest.mark.parametrize("path", ["fused", "rounds"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(2, 1), (3, 7), (33, 7), (65, 33)])
+def test_apply_jvp_matches_numpy(ops, n, k, dtype, path, rng):
+    for sched in _schedules(n)[:2]:
+        theta = _angles(rng, sched, dtype=dtype)
+        t_theta = _rand(rng, theta.shape, dtype)
+        x = _rand(rng, (n, k), dtype)
+        t_x = _rand(rng, (n, k), dtype)
+        for transpose in (False, True):
+            for tx in (None, t_x):
+                dy = ops.apply_jvp(theta, x, t_theta, tx, sched, transpose, path=path)
+                assert_close(dy, nb.apply_jvp(theta, x, t_theta, tx, sched, transpose), dtype, scale=10,
+                             what=f"{sched} T={transpose} x_tangent={'no' if tx is None else 'yes'}")
+
+
+# ----------------------------------------------------------------------------- materialized
+
+def _paths(sched):
+    return ["fused", "rounds"] + (["blocked"] if sched.kind == "team" else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [2, 3, 8, 17, 33, 65])
+def test_matrix_and_matrix_vjp_match_numpy(ops, n, dtype, rng):
+    for sched in _schedules(n):
+        theta = _angles(rng, sched, dtype=dtype)
+        g = _rand(rng, (n, n), dtype)
+        u_ref = nb.matrix(theta, sched)
+        d_ref = nb.matrix_vjp(theta, g, sched)
+        for path in _paths(sched):
+            assert_close(ops.matrix(theta, sched, path=path), u_ref, dtype, what=f"U {sched} {path}")
+            assert_close(ops.matrix_vjp(theta, g, sched, path=path), d_ref, dtype, scale=5 * n,
+                         what=f"matrix_vjp {sched} {path}")
+
+
+def test_default_paths_match_numpy(ops, rng):
+    # path=None: team schedules take the blocked path for matrix and matrix_vjp.
+    for sched in _schedules(20):
+        theta = _angles(rng, sched)
+        g = _rand(rng, (20, 20), np.float64)
+        assert_close(ops.matrix(theta, sched), nb.matrix(theta, sched), np.float64)
+        assert_close(ops.matrix_vjp(theta, g, sched), nb.matrix_vjp(theta, g, sched), np.float64, scale=100)
+        t = _rand(rng, theta.shape, np.float64)
+        assert_close(ops.matrix_jvp(theta, t, sched), nb.matrix_jvp(theta, t, sched), np.float64, scale=10)
+
+
+@pytest.mark.parametrize("path", ["fused", "rounds"])
+@pytest.mark.parametrize("n", [2, 7, 16])
+def test_matrix_jvp_matches_numpy(ops, n, path, rng):
+    for sched in _schedules(n):
+        theta = _angles(rng, sched)
+        t = _rand(rng, theta.shape, np.float64)
+        assert_close(ops.matrix_jvp(theta, t, sched, path=path), nb.matrix_jvp(theta, t, sched), np.float64,
+                     scale=10)
+
+
+def test_batched_matrix_and_vjp(ops, rng):
+    for sched in _schedules(9):
+        theta = _angles(rng, sched, batch=(2, 3))
+        g = _rand(rng, (2, 3, 9, 9), np.float64)
+        for path in _paths(sched):
+            assert_close(ops.matrix(theta, sched, path=path), nb.matrix(theta, sched), np.float64)
+            assert_close(ops.matrix_vjp(theta, g, sched, path=path), nb.matrix_vjp(theta, g, sched),
+                         np.float64, scale=50)
+
+
+# ----------------------------------------------------------------------------- batches, frames
+
+@pytest.mark.parametrize("path", ["fused", "rounds"])
+def test_batch_axes_broadcast_and_reduce(ops, path, rng):
+    n, k = 6, 3
+    sched = S.circle_schedule(n)
+    cases = [((3, 1), (1, 2)), ((), (4,)), ((4,), ()), ((2, 1), (2, 5))]
+    for tb, xb in cases:
+        theta = _angles(rng, sched, batch=tb)
+        x = _rand(rng, xb + (n, k), np.float64)
+        batch = np.broadcast_shapes(tb, xb)
+        g = _rand(rng, batch + (n, k), np.float64)
+        t_theta = _rand(rng, theta.shape, np.float64)
+        assert_close(ops.apply(theta, x, sched, False, path=path), nb.apply(theta, x, sched), np.float64)
+        d = ops.apply_vjp(theta, x, g, sched, False, None, path=path)
+        e = nb.apply_vjp(theta, x, g, sched)
+        assert d[0].shape == theta.shape and d[1].shape == x.shape
+        assert_close(d[0], e[0], np.float64, scale=50, what=f"d_theta {tb} {xb}")
+        assert_close(d[1], e[1], np.float64, scale=10, what=f"d_x {tb} {xb}")
+        assert_close(ops.apply_jvp(theta, x, t_theta, None, sched, False, path=path),
+                     nb.apply_jvp(theta, x, t_theta, None, sched), np.float64, scale=10)
+
+
+@pytest.mark.parametrize("path", ["fused", "rounds"])
+def test_frames_use_the_restricted_schedule(ops, path, rng):
+    for n, m in [(5, 2), (9, 4), (33, 3)]:
+        for kind in ("circle", "team"):
+            sched = S.get_schedule(kind, n, m)
+            theta = _angles(rng, sched)
+            eye = np.eye(n, m)
+            g = _rand(rng, (n, m), np.float64)
+            assert_close(ops.apply(theta, eye, sched, False, path=path), nb.apply(theta, eye, sched), np.float64)
+            d = ops.apply_vjp(theta, eye, g, sched, False, None, path=path)
+            assert_close(d[0], nb.apply_vjp(theta, eye, g, sched)[0], np.float64, scale=20)
+
+
+def test_inputs_are_not_modified(ops, rng):
+    n, k = 9, 4
+    for sched in _schedules(n):
+        theta = _angles(rng, sched)
+        x, g, t_x = (_rand(rng, (n, k), np.float64) for _ in range(3))
+        gm = _rand(rng, (n, n), np.float64)
+        t_theta = _rand(rng, theta.shape, np.float64)
+        y = nb.apply(theta, x, sched)
+        args = [theta, x, g, t_x, gm, t_theta, y]
+        copies = [a.copy() for a in args]
+        dev_args = [ops.to(a) for a in args]
+        th, xx, gg, tx, ggm, tt, yy = dev_args
+        for path in ("fused", "rounds"):
+            ops.apply(th, xx, sched, False, path=path)
+            ops.apply_vjp(th, xx, gg, sched, False, None, path=path)
+            ops.apply_vjp(th, xx, gg, sched, True, yy, path=path)
+            ops.apply_jvp(th, xx, tt, tx, sched, False, path=path)
+        for path in _paths(sched):
+            ops.matrix(th, sched, path=path)
+            ops.matrix_vjp(th, ggm, sched, path=path)
+        for a, c in zip(dev_args, copies):
+            np.testing.assert_array_equal(ops.back(a), c)
+
+
+# ----------------------------------------------------------------------------- tiles, determinism
+
+def test_wide_tiles_and_partial_last_tile(make_ops, rng):
+    # One advertised SM: the fused kernels take tiles of several columns, the last one partial.
+    ops = make_ops(multiprocessor_count=1)
+    n, k = 17, 11
+    sched = S.circle_schedule(n)
+    theta = _angles(rng, sched)
+    x, g = _rand(rng, (n, k), np.float64), _rand(rng, (n, k), np.float64)
+    if ops.name == "cudasim":
+        assert cb._tile_width(ops.dev, n, k, 1, 2, 8, A=sched.num_angles) == 6  # tiles of 6 + 5 columns
+    assert_close(ops.apply(theta, x, sched, False, path="fused"), nb.apply(theta, x, sched), np.float64)
+    d = ops.apply_vjp(theta, x, g, sched, False, None, path="fused")
+    e = nb.apply_vjp(theta, x, g, sched)
+    assert_close(d[0], e[0], np.float64, scale=50)
+    assert_close(d[1], e[1], np.float64)
+
+
+def test_tile_width_limits():
+    class Dev:
+        max_shared_memory = 48 * 1024
+        multiprocessor_count = 100
+
+    dev = Dev()
+    # Too big for shared memory -> per-round path; forcing 'fused' is an error.
+    assert cb._tile_width(dev, 8192, 4, 1, 1, 8) is None
+    with pytest.raises(ValueError, match="shared memory"):
+        cb._tile_width(dev, 8192, 4, 1, 1, 8, path="fused")
+    assert cb._tile_width(dev, 64, 4, 1, 1, 8, path="rounds") is None
+    # Never wider than k or than shared memory allows.
+    for n, k, buffers, itemsize in [(64, 1000, 1, 8), (64, 3, 2, 4), (1000, 10**5, 2, 8)]:
+        tk = cb._tile_width(dev, n, k, 1, buffers, itemsize)
+        assert 1 <= tk <= k and buffers * n * tk * itemsize <= dev.max_shared_memory
+    # Backward partial sums: ntiles * A * itemsize stays within the budget (or 8 gradients).
+    n, k, A = 256, 4096, 256 * 255 // 2
+    tk = cb._tile_width(dev, n, k, 1, 2, 4, A=A)
+    budget = max(cb.PARTIAL_BYTES, 8 * A * 4)
+    assert tk is None or -(-k // tk) * A * 4 <= budget
+
+
+def test_partial_budget_falls_back_to_rounds(make_ops, rng, monkeypatch):
+    ops = make_ops()
+    monkeypatch.setattr(cb, "PARTIAL_BYTES", 1)  # only 8 gradients' worth of partial sums allowed
+    n, k = 12, 40
+    sched = S.circle_schedule(n)
+    theta = _angles(rng, sched)
+    x, g = _rand(rng, (n, k), np.float64), _rand(rng, (n, k), np.float64)
+    if ops.name == "cudasim":
+        tk = cb._tile_width(ops.dev, n, k, 1, 2, 8, A=sched.num_angles)
+        assert tk is not None and -(-k // tk) <= 8
+    d = ops.apply_vjp(theta, x, g, sched, False, None)
+    e = nb.apply_vjp(theta, x, g, sched)
+    assert_close(d[0], e[0], np.float64, scale=100)
+
+
+def test_backward_is_bitwise_reproducible(make_ops, rng):
+    # Different thread/block orders (harness seeds; repeated GPU runs) give identical bits:
+    # the column sums have a fixed order and no atomics.
+    n, k = 33, 40
+    results = []
+    for seed in (1, 2, 3):
+        ops = make_ops(seed=seed, multiprocessor_count=1)
+        for sched in (S.circle_schedule(n), S.team_schedule(n, 4)):
+            theta = _angles(np.random.default_rng(5), sched, dtype=np.float32)
+            x = _rand(np.random.default_rng(6), (n, k), np.float32)
+            g = _rand(np.random.default_rng(7), (n, k), np.float32)
+            gm = _rand(np.random.default_rng(8), (n, n), np.float32)
+            out = [ops.apply_vjp(theta, x, g, sched, False, None, path=p)[0] for p in ("fused", "rounds")]
+            out += [ops.matrix_vjp(theta, gm, sched, path=p) for p in _paths(sched)]
+            results.append([np.asarray(o).tobytes() for o in out])
+    assert results[0] == results[2] and results[1] == results[3] and results[0] == results[4]
+
+
+# ----------------------------------------------------------------------------- team tables
+
+@pytest.mark.parametrize("n,t", [(2, 1), (5, 2), (8, 4), (17, 4), (33, 8), (64, 16)])
+def test_team_block_tables_cover_every_angle_once(n, t):
+    sched = S.team_schedule(n, t)
+    tab = cb.team_block_tables(sched)
+    angles = tab.block_angle[tab.block_angle >= 0]
+    np.testing.assert_array_equal(np.sort(angles), np.arange(sched.num_angles))
+    for s in range(tab.S):
+        np.testing.assert_array_equal(np.sort(tab.coords[s].ravel()), np.arange(tab.N))
+        assert (np.diff(tab.coords[s], axis=1) > 0).all()  # local order = global order
+    for table in tab.local_i, tab.local_j:
+        assert table.shape == (2, t, t)
+    for r in range(2):
+        for l in range(t):
+            both = np.concatenate([tab.local_i[r, l], tab.local_j[r, l]])
+            np.testing.assert_array_equal(np.sort(both), np.arange(2 * t))  # a perfect matching
+
+
+# ----------------------------------------------------------------------------- GPU-only (public API)
+
+@needs_gpu
+def test_public_api_dispatches_to_cupy(rng):
+    import cupy
+
+    n, k = 20, 5
+    theta = rng.uniform(-3, 3, co.num_angles(n))
+    x = rng.standard_normal((n, k))
+    g = rng.standard_normal((n, k))
+    for kind in ("circle", "team"):
+        u = co.matrix(cupy.asarray(theta), schedule=kind)
+        assert isinstance(u, cupy.ndarray) and u.device.id == cupy.cuda.Device().id
+        np.testing.assert_allclose(u.get(), co.matrix(theta, schedule=kind), atol=1e-12)
+        y = co.apply(cupy.asarray(theta), cupy.asarray(x[:, 0]), schedule=kind)
+        np.testing.assert_allclose(y.get(), co.apply(theta, x[:, 0], schedule=kind), atol=1e-12)
+        d = co.apply_vjp(cupy.asarray(theta), cupy.asarray(x), cupy.asarray(g), schedule=kind)
+        e = co.apply_vjp(theta, x, g, schedule=kind)
+        np.testing.assert_allclose(d[0].get(), e[0], atol=1e-11)
+        np.testing.assert_allclose(d[1].get(), e[1], atol=1e-12)
+        q = co.frame(cupy.asarray(theta[: co.num_angles(n, 3)]), n, 3, schedule=kind)
+        np.testing.assert_allclose(q.get(), co.frame(theta[: co.num_angles(n, 3)], n, 3, schedule=kind),
+                                   atol=1e-12)
+
+
+@needs_gpu
+def test_mixing_numpy_and_cupy_is_an_error(rng):
+    import cupy
+
+    n = 5
+    theta = rng.uniform(-3, 3, co.num_angles(n))
+    with pytest.raises(BackendMismatchError, match="x is a numpy array"):
+        co.apply(cupy.asarray(theta), np.eye(n))
+    with pytest.raises(BackendMismatchError):
+        co.matrix_vjp(theta, cupy.eye(n))
+
+
+@needs_gpu
+def test_non_contiguous_inputs(rng):
+    import cupy
+
+    n, k = 24, 6
+    theta = rng.uniform(-3, 3, (2, co.num_angles(n)))
+    big = rng.standard_normal((k * 2, n))  # x = big[::2].T is strided and transposed
+    x = big[::2].T
+    th_dev = cupy.asarray(np.repeat(theta, 2, axis=0))[::2]
+    x_dev = cupy.asarray(big)[::2].T
+    assert not x_dev.flags.c_contiguous and not th_dev.flags.c_contiguous
+    for kind in ("circle", "team"):
+        np.testing.assert_allclose(co.apply(th_dev, x_dev, schedule=kind).get(),
+                                   co.apply(theta, x, schedule=kind), atol=1e-12)
+        np.testing.assert_allclose(co.matrix(th_dev, schedule=kind).get(), co.matrix(theta, schedule=kind),
+                                   atol=1e-12)
+
+
+@needs_gpu
+def test_arrays_on_another_device(rng):
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("GPU test: needs two CUDA devices")
+    n, k = 16, 3
+    theta = rng.uniform(-3, 3, co.num_angles(n))
+    x = rng.standard_normal((n, k))
+    with cupy.cuda.Device(1):
+        th1, x1 = cupy.asarray(theta), cupy.asarray(x)
+    with cupy.cuda.Device(0):  # current device 0, data on device 1
+        y = co.apply(th1, x1)
+        u = co.matrix(th1, schedule="team")
+    assert y.device.id == 1 and u.device.id == 1
+    np.testing.assert_allclose(y.get(), co.apply(theta, x), atol=1e-12)
+    np.testing.assert_allclose(u.get(), co.matrix(theta, schedule="team"), atol=1e-12)
+
+
+@needs_gpu
+def test_non_default_stream(rng):
+    import cupy
+
+    n, k = 40, 8
+    theta = rng.uniform(-3, 3, co.num_angles(n))
+    x = rng.standard_normal((n, k))
+    g = rng.standard_normal((n, k))
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        th, xx, gg = cupy.asarray(theta), cupy.asarray(x), cupy.asarray(g)
+        y = co.apply(th, xx)
+        d_theta, d_x = co.apply_vjp(th, xx, gg)
+        u = co.matrix(th, schedule="team")
+        du = co.matrix_vjp(th, cupy.asarray(g @ g.T[:, :n][:n]), schedule="team")
+        host = [a.get(stream=stream) for a in (y, d_theta, d_x, u, du)]
+    stream.synchronize()
+    e_theta, e_x = co.apply_vjp(theta, x, g)
+    np.testing.assert_allclose(host[0], co.apply(theta, x), atol=1e-12)
+    np.testing.assert_allclose(host[1], e_theta, atol=1e-11)
+    np.testing.assert_allclose(host[2], e_x, atol=1e-12)
+    np.testing.assert_allclose(host[3], co.matrix(theta, schedule="team"), atol=1e-12)
+    np.testing.assert_allclose(host[4], co.matrix_vjp(theta, g @ g.T[:, :n][:n], schedule="team"), atol=1e-10)
