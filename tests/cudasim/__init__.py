@@ -307,6 +307,8 @@ class Kernel:
     """
 
     max_threads_per_block = 1024
+    #: Static shared memory is not measured by the harness (function-local statics).
+    shared_size_bytes = 0
 
     def __init__(self, module, name, launch, params, seed=0, on_launch=None):
         self.module = module
@@ -474,12 +476,22 @@ class CpuDevice:
             ``cupyortho.backends._kernels.kernel_dir()``.
         mode (str): ``"fast"`` (default), ``"ucontext"`` or ``"asan"`` (see :data:`MODES`).
         launched (Counter, optional): name expression -> number of launches, updated on each launch.
+        max_shared_memory (int): the opt-in dynamic shared memory per block the launchers may plan
+            for (default 227 KiB, an H100/H200).
+        multiprocessor_count (int): the SM count the launchers size tiles by (default 132).
+        source_transform (callable, optional): ``(filename, text) -> text`` applied to each .cu
+            before compiling (mutation tests: remove a barrier and watch the comparison fail).
+
+    The device protocol of ``cupyortho/backends/_device.py``: ``xp``, ``get_function``, ``key``,
+    ``max_shared_memory``, ``multiprocessor_count``.
     """
 
     name = "cudasim"
     xp = np
 
-    def __init__(self, seed: int = 0, *, kernels=None, kernel_dir=None, mode="fast", launched=None):
+    def __init__(self, seed: int = 0, *, kernels=None, kernel_dir=None, mode="fast", launched=None,
+                 max_shared_memory: int = MAX_SHARED, multiprocessor_count: int = 132,
+                 source_transform=None):
         if kernels is None or kernel_dir is None:
             from cupyortho.backends import _kernels
 
@@ -490,16 +502,24 @@ class CpuDevice:
         self.seed = int(seed)
         self.mode = mode
         self.launched = collections.Counter() if launched is None else launched
+        self.max_shared_memory = int(max_shared_memory)
+        self.multiprocessor_count = int(multiprocessor_count)
+        self.source_transform = source_transform
+        # Device data cached by the backend is numpy whatever the seed: one key for all CpuDevices.
+        self.key = ("cudasim",)
         self._functions = {}
 
     def __repr__(self):
-        return f"CpuDevice(seed={self.seed}, mode={self.mode!r})"
+        return (f"CpuDevice(seed={self.seed}, mode={self.mode!r}, max_shared_memory={self.max_shared_memory}, "
+                f"multiprocessor_count={self.multiprocessor_count})")
 
     def module_for(self, filename: str) -> Module:
         names = [n for n, f in self.kernels.items() if f == filename]
         path = self.kernel_dir / filename
-        return build_module(path.read_text(), names, include_dirs=[self.kernel_dir], filename=str(path),
-                            mode=self.mode)
+        text = path.read_text()
+        if self.source_transform is not None:
+            text = self.source_transform(filename, text)
+        return build_module(text, names, include_dirs=[self.kernel_dir], filename=str(path), mode=self.mode)
 
     def get_function(self, name_expression: str) -> Kernel:
         if name_expression not in self._functions:
