@@ -580,26 +580,31 @@ class OrthogonalParametrization(nn.Module):
 
     @torch.no_grad()
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
-        """Angles ``theta`` with ``forward(theta) == w`` for ``w`` orthogonal (see the class docstring)."""
-        try:
-            from .inverse import angles_from_matrix
-        except ImportError as exc:
-            raise NotImplementedError(
-                "OrthogonalParametrization.right_inverse needs cupyortho.inverse.angles_from_matrix, "
-                f"which is not available ({exc}); register with an angle tensor instead"
-            ) from exc
+        """Angles ``theta`` with ``forward(theta) == w`` for ``w`` orthogonal (see the class docstring).
+
+        Runs :func:`cupyortho.inverse.angles_from_matrix` (square) or
+        :func:`cupyortho.inverse.angles_from_frame` on a float64 CPU copy (a one-off, at registration
+        or assignment) and returns the angles in ``w``'s dtype and device.
+        """
         if tuple(w.shape[-2:]) != self.shape:
             raise ShapeError(f"right_inverse expects a matrix of shape {self.shape}, got {tuple(w.shape)}")
-        q = w.mT if self.transposed else w  # (n, m) or (n, n)
-        q = _orthogonalize(q)
-        if self.m is None and q.shape[-1] == q.shape[-2]:
+        try:
+            from . import inverse
+        except ImportError as exc:
+            raise NotImplementedError(
+                "OrthogonalParametrization.right_inverse needs cupyortho.inverse (angles_from_matrix, "
+                f"angles_from_frame), which cannot be imported here: {exc}"
+            ) from exc
+        q = (w.mT if self.transposed else w).detach().to("cpu", torch.float64)  # (n, n) or (n, m)
+        q = _orthogonalize(q, atol=100 * q.shape[-1] * torch.finfo(w.dtype).eps)
+        if self.m is None:
             neg = torch.linalg.det(q) < 0
             if bool(neg.any()):
                 q = q.clone()
                 q[..., -1] = torch.where(neg[..., None], -q[..., -1], q[..., -1])
-        angles = angles_from_matrix(
-            _to_numpy(q.cpu().to(torch.float64)), schedule=self.schedule, **({} if self.m is None else {"m": self.m})
-        )
+            angles = inverse.angles_from_matrix(_to_numpy(q), schedule=self.schedule)
+        else:
+            angles = inverse.angles_from_frame(_to_numpy(q), self.m, schedule=self.schedule)
         return torch.as_tensor(np.asarray(angles), dtype=w.dtype, device=w.device)
 
 

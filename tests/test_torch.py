@@ -290,7 +290,7 @@ def test_training_fits_procrustes_target():
         loss.backward()
         return loss
 
-    for _ in range(5):
+    for _ in range(3):
         opt.step(closure)
     err = (layer.matrix() - target).abs().max().item()
     assert err < 1e-6, err
@@ -323,6 +323,110 @@ def test_checkpoint_save_load_continue(tmp_path):
     assert torch.equal(resumed.theta, layer.theta)
     loss = ((layer(x) - y) ** 2).mean().item()
     assert loss < ((x - y) ** 2).mean().item()  # the ten steps did descend
+
+
+# --------------------------------------------------------------------------- parametrization
+
+
+def test_parametrization_forward_shapes(rng):
+    for shape, m in (((5, 5), None), ((5, 2), 2), ((2, 5), 2)):
+        p = ct.OrthogonalParametrization(*shape)
+        theta = _t(rng.normal(size=p.num_angles))
+        w = p(theta)
+        assert w.shape == shape
+        q = w.mT if shape[0] < shape[1] else w
+        torch.testing.assert_close(q.mT @ q, torch.eye(q.shape[1], dtype=torch.float64), rtol=0, atol=1e-13)
+        ref = co.matrix(theta.numpy()) if m is None else co.frame(theta.numpy(), 5, m)
+        np.testing.assert_allclose(q.numpy(), ref, atol=1e-14)
+
+
+class _LeastSquaresInverse:
+    """Test stand-in for cupyortho.inverse while it is not on main: angles by least squares."""
+
+    @staticmethod
+    def _fit(f, target, count):
+        from scipy.optimize import least_squares
+
+        r = np.random.default_rng(0)
+        for _ in range(20):
+            sol = least_squares(lambda t: (f(t) - target).ravel(), r.uniform(-np.pi, np.pi, count),
+                                xtol=1e-15, ftol=1e-15, gtol=1e-15)
+            if np.abs(f(sol.x) - target).max() < 1e-11:
+                return sol.x
+        raise AssertionError("stand-in inverse did not converge")
+
+    @classmethod
+    def angles_from_matrix(cls, u, *, schedule=None):
+        assert np.linalg.det(u) > 0 and np.allclose(u.T @ u, np.eye(len(u)), atol=1e-12)
+        return cls._fit(lambda t: co.matrix(t, schedule=schedule), u, co.num_angles(len(u)))
+
+    @classmethod
+    def angles_from_frame(cls, q, m, *, schedule=None):
+        assert q.shape[1] == m and np.allclose(q.T @ q, np.eye(m), atol=1e-12)
+        n = q.shape[0]
+        return cls._fit(lambda t: co.frame(t, n, m, schedule=schedule), q, co.num_angles(n, m))
+
+
+@pytest.fixture
+def inverse_map(monkeypatch):
+    """cupyortho.inverse if it exists, else the least-squares stand-in (so right_inverse's wiring is tested)."""
+    try:
+        import cupyortho.inverse as inv  # noqa: F401
+    except ImportError:
+        monkeypatch.setitem(sys.modules, "cupyortho.inverse", _LeastSquaresInverse)
+        monkeypatch.setattr(co, "inverse", _LeastSquaresInverse, raising=False)
+        return "stand-in"
+    return "cupyortho.inverse"
+
+
+@pytest.mark.parametrize("features", [(4, 4), (4, 2), (2, 4)])  # (in, out): weight is (out, in)
+def test_register_parametrization_on_linear(inverse_map, features):
+    from torch.nn.utils import parametrize
+    from scipy.stats import ortho_group
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(*features, dtype=torch.float64)
+    w0 = lin.weight.detach().clone()
+    parametrize.register_parametrization(lin, "weight", ct.OrthogonalParametrization(*w0.shape))
+    w = lin.weight
+    q = w.mT if w.shape[0] < w.shape[1] else w
+    torch.testing.assert_close(q.mT @ q, torch.eye(q.shape[1], dtype=torch.float64), rtol=0, atol=1e-12)
+    # the initial weight was replaced by the Q factor of its QR (R with a positive diagonal)
+    q0, r0 = torch.linalg.qr(w0.mT if w0.shape[0] < w0.shape[1] else w0)
+    q0 = q0 * torch.sign(torch.diagonal(r0))
+    if q0.shape[0] == q0.shape[1] and torch.linalg.det(q0) < 0:
+        q0[:, -1] = -q0[:, -1]
+    torch.testing.assert_close(q, q0, rtol=0, atol=1e-9)
+    # assigning an orthogonal matrix reproduces it (right_inverse then forward)
+    big, small = max(w.shape), min(w.shape)
+    target = ortho_group.rvs(big, random_state=1)
+    if big == small and np.linalg.det(target) < 0:
+        target[:, 0] = -target[:, 0]
+    target = _t(target[:, :small])
+    target = target.mT if w.shape[0] < w.shape[1] else target
+    lin.weight = target
+    torch.testing.assert_close(lin.weight, target, rtol=0, atol=1e-9)
+    # and it trains: gradients reach the angles
+    lin(torch.ones(3, features[0], dtype=torch.float64)).sum().backward()
+    assert lin.parametrizations.weight.original.grad is not None
+
+
+def test_parametrized_checkpoint_round_trip(inverse_map, tmp_path):
+    from torch.nn.utils import parametrize
+
+    def make():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(4, 4, bias=False, dtype=torch.float64)
+        parametrize.register_parametrization(lin, "weight", ct.OrthogonalParametrization(4))
+        return lin
+
+    lin = make()
+    with torch.no_grad():
+        lin.parametrizations.weight.original.add_(0.1)
+    torch.save(lin.state_dict(), tmp_path / "p.pt")
+    other = make()
+    other.load_state_dict(torch.load(tmp_path / "p.pt"))
+    assert torch.equal(other.weight, lin.weight)
 
 
 # --------------------------------------------------------------------------- CUDA (skipped here)
