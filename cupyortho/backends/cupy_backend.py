@@ -194,6 +194,8 @@ def _block_data(dev, schedule):
         return SimpleNamespace(
             t=tab.t, L=tab.L, N=tab.N, S=tab.S, NB=tab.NB,
             coords=[dev.xp.asarray(c.astype(np.int64)) for c in tab.coords],
+            diag_rows=dev.xp.asarray(np.arange(tab.N, dtype=np.int64)[:, None]),
+            diag_cols=dev.xp.asarray((np.arange(tab.N) // tab.L * tab.L)[:, None] + np.arange(tab.L)),
             local_i=_to_dev(dev, tab.local_i),
             local_j=_to_dev(dev, tab.local_j),
             block_angle=_to_dev(dev, tab.block_angle),
@@ -411,11 +413,10 @@ def _blocked_forward(dev, theta, batch, schedule):
     cs, cs_bstride = _cos_sin(dev, theta, batch, rd.identity)
     blocks = xp.empty((B, bd.S, bd.NB, bd.L, bd.L), dtype=theta.dtype)
     _launch.build_blocks(dev, blocks, cs, bd.block_angle, bd.local_i, bd.local_j, cs_bstride)
-    # Stage 0 acts on contiguous coordinates: U starts as its block diagonal.
-    u = xp.zeros((B, bd.NB, bd.L, bd.NB, bd.L), dtype=theta.dtype)
-    diag = xp.arange(bd.NB)
-    u[:, diag, :, diag, :] = xp.swapaxes(blocks[:, 0], 0, 1)
-    u = u.reshape(B, bd.N, bd.N)
+    # Stage 0 acts on contiguous coordinates: U starts as its block diagonal (row r of U gets the
+    # columns of its block, diag_cols[r]).
+    u = xp.zeros((B, bd.N, bd.N), dtype=theta.dtype)
+    u[:, bd.diag_rows, bd.diag_cols] = blocks[:, 0].reshape(B, bd.N, bd.L)
     for s in range(1, bd.S):
         c = bd.coords[s]
         u[:, c, :] = xp.matmul(blocks[:, s], u[:, c, :])
