@@ -227,22 +227,98 @@ def _team_structure(n: int, t: int):
     return T, meetings
 
 
-def _team_rounds(n: int, t: int):
-    T, meetings = _team_structure(n, t)
+def bit_reversal(u: int) -> np.ndarray:
+    """The bit-reversal permutation of ``0..u-1`` (``u`` a power of two): the order in which the ``u``
+    shifts of a meeting are played (see :func:`team_schedule`)."""
+    order = np.zeros(1, dtype=np.int64)
+    while order.size < u:
+        order = np.concatenate([2 * order, 2 * order + 1])
+    return order
+
+
+def meeting_stages(a, b, u: int):
+    r"""Split meetings into stages of meetings of ``u`` against ``u`` players.
+
+    ``a``, ``b``: ``(M, v)`` coordinates of ``M`` simultaneous meetings (``v`` a power of two,
+    ``u <= v``), every ``a`` coordinate below every ``b`` coordinate of its meeting.  A meeting of
+    ``v`` against ``v`` is played recursively: first its "X" half, the two meetings
+    ``(a[0::2], b[0::2])`` and ``(a[1::2], b[1::2])`` side by side, then its "Y" half,
+    ``(a[0::2], b[1::2])`` and ``(a[1::2], roll(b[0::2], -1))``.  Unrolled down to ``u = 1`` this is
+    ``v`` rounds in which ``a[q]`` meets ``b[(q + s) mod v]`` with the shifts ``s`` in bit-reversed
+    order.  Returns the list of ``v/u`` stages, each ``(A, B)`` of shape ``(M*v/u, u)``: meetings
+    that act on disjoint coordinates, so each stage is one block-diagonal step with ``2u x 2u``
+    blocks on the coordinates ``[A[k], B[k]]``.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if a.shape[1] == u:
+        return [(a, b)]
+    ae, ao, be, bo = a[:, 0::2], a[:, 1::2], b[:, 0::2], b[:, 1::2]
+    x = meeting_stages(np.concatenate([ae, ao]), np.concatenate([be, bo]), u)
+    y = meeting_stages(np.concatenate([ae, ao]), np.concatenate([bo, np.roll(be, -1, axis=1)]), u)
+    return x + y
+
+
+def team_stages(n: int, t: int, u: int):
+    r"""The team schedule of size ``n``, team size ``t``, as block-diagonal stages of granularity ``u``.
+
+    Returns ``(N, rr, stages)``: ``N`` the padded size; ``rr`` None (``t = 1``) or ``(v, groups)``:
+    the first stage, a round robin ``RR(v)`` on each row of ``groups`` (``(N/v, v)`` consecutive
+    coordinates), ``v = min(t, 2u)``; ``stages`` the following stages, each ``(A, B)`` of
+    :func:`meeting_stages`.  ``RR(2w)`` on ``c`` is ``RR(w)`` on both halves side by side, then the
+    meeting ``(c[:w], c[w:])``.  With ``u = 1`` every stage is one round: this *defines* the rounds of
+    :func:`team_schedule`; any ``u`` (a power of two ``<= t``) gives the same product of rotations.
+    """
+    T = -(-n // t)
+    T += T % 2
     N = T * t
-    base = np.arange(T)[:, None] * t
-    # Phase 1: all teams play their own round robin simultaneously (t - 1 rounds).
+    rr = None
+    stages = []
     if t >= 2:
-        for i, j in _circle_rounds(t):
-            yield (base + i).ravel(), (base + j).ravel()
-    # Phase 2: team rounds; in a meeting of a < b, a_q meets b_{(q + s) mod t}, s = 0..t-1.
-    q = np.arange(t)
-    for team_round in meetings:
-        a = np.array([m[0] for m in team_round])[:, None]
-        b = np.array([m[1] for m in team_round])[:, None]
-        for s in range(t):
-            yield (a * t + q).ravel(), (b * t + (q + s) % t).ravel()
-    return N
+        v = min(t, 2 * u)
+        rr = (v, np.arange(N, dtype=np.int64).reshape(N // v, v))
+        w = v
+        while w < t:
+            halves = np.arange(N, dtype=np.int64).reshape(N // (2 * w), 2, w)
+            stages += meeting_stages(halves[:, 0], halves[:, 1], min(u, w))
+            w *= 2
+    q = np.arange(t, dtype=np.int64)
+    for i, j in _circle_rounds(T):
+        a, b = np.minimum(i, j), np.maximum(i, j)
+        stages += meeting_stages(a[:, None] * t + q, b[:, None] * t + q, min(u, t))
+    return N, rr, stages
+
+
+def _rr_rounds(groups):
+    """Rounds of the recursive round robin on each row of ``groups`` (``(G, v)``, v a power of 2)."""
+    v = groups.shape[1]
+    if v == 1:
+        return []
+    w = v // 2
+    inner = _rr_rounds(np.concatenate([groups[:, :w], groups[:, w:]]))
+    meet = [(a[:, 0], b[:, 0]) for a, b in meeting_stages(groups[:, :w], groups[:, w:], 1)]
+    return inner + meet
+
+
+def _team_rounds(n: int, t: int):
+    _, rr, stages = team_stages(n, t, 1)
+    rounds = _rr_rounds(rr[1]) if rr is not None else []
+    return rounds + [(a[:, 0], b[:, 0]) for a, b in stages]
+
+
+def team_local_rounds(t: int):
+    """Local form of one team-schedule block, for kernels that build blocks round by round.
+
+    Returns ``(rr_i, rr_j, shifts)``: ``rr_i, rr_j`` ``(t - 1, t // 2)`` the pairs (local indices
+    ``0..t-1``) of the intra-team round robin, round by round; ``shifts`` ``(t,)``: in a meeting of
+    teams ``a < b``, local round ``l`` pairs ``a*t + q`` with ``b*t + (q + shifts[l]) mod t``
+    (``shifts`` is the bit-reversal permutation).
+    """
+    t = _check_int("t", t, 1)
+    rounds = _rr_rounds(np.arange(t, dtype=np.int64)[None, :]) if t >= 2 else []
+    rr_i = np.array([r[0] for r in rounds], dtype=np.int64).reshape(len(rounds), t // 2)
+    rr_j = np.array([r[1] for r in rounds], dtype=np.int64).reshape(len(rounds), t // 2)
+    return rr_i, rr_j, bit_reversal(t)
 
 
 @functools.lru_cache(maxsize=None)
@@ -252,7 +328,7 @@ def _rebuild(kind: str, n: int, m, team_size):
         return Schedule("circle", n, m, None, N, list(_circle_rounds(N)))
     if kind == "team":
         T, _ = _team_structure(n, team_size)
-        return Schedule("team", n, m, team_size, T * team_size, list(_team_rounds(n, team_size)))
+        return Schedule("team", n, m, team_size, T * team_size, _team_rounds(n, team_size))
     raise ScheduleError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
 
 
@@ -267,28 +343,49 @@ def circle_schedule(n: int) -> Schedule:
 
 
 def default_team_size(n: int) -> int:
-    """The team size used when none is given: ``DEFAULT_TEAM_SIZE``, shrunk to the smallest power of
-    two ``t`` with ``2t >= n`` for small ``n`` (so small matrices are not padded to 2*64)."""
+    r"""The team size used when none is given (a pure function of ``n``: it fixes ``U(theta)``).
+
+    Candidates are the powers of two ``t <= min(DEFAULT_TEAM_SIZE, p)``, ``p`` the smallest power of
+    two with ``2p >= n``.  The padded size ``N(t) = t * T``, ``T = ceil(n/t)`` rounded up to even, costs
+    about ``(N/n)^3`` in work, so the largest candidate with ``N(t) <= 17 n / 16`` is taken; when none
+    qualifies, the one with the smallest ``N(t)`` (the largest on ties).  Examples: 2048 -> 64,
+    1030 -> 32 (N = 1088 instead of 1152), 100 -> 4 (N = 104), 3 -> 2.
+    """
     n = _check_int("n", n, 2)
-    t = 1
-    while 2 * t < n:
-        t *= 2
-    return min(DEFAULT_TEAM_SIZE, t)
+    cap = 1
+    while 2 * cap < n:
+        cap *= 2
+    cap = min(DEFAULT_TEAM_SIZE, cap)
+    best, best_n = None, None
+    t = cap
+    while t >= 1:
+        T = -(-n // t)
+        N = (T + T % 2) * t
+        if 16 * N <= 17 * n:
+            return t
+        if best_n is None or N < best_n:
+            best, best_n = t, N
+        t //= 2
+    return best
 
 
 def team_schedule(n: int, team_size: int | None = None) -> Schedule:
-    r"""The blocked "team" schedule (DESIGN.md §3).
+    r"""The blocked "team" schedule (DESIGN.md section 3), played recursively.
 
-    Coordinates are split into ``T`` teams of ``t = team_size`` consecutive coordinates (``T`` rounded up
-    to even, padding with dummy coordinates).  First every team plays its own circle round robin
-    (``t - 1`` rounds); then the teams play a circle round robin of their own, and a meeting of teams
-    ``a < b`` is ``t`` rounds in which ``a*t + q`` meets ``b*t + (q + s) mod t``, ``s = 0..t-1``.
-    ``T*t - 1`` rounds before dropping dummies.  One team round acts on disjoint ``2t``-coordinate
-    blocks, which is what the blocked GEMM path exploits.
+    Coordinates are split into ``T`` teams of ``t = team_size`` consecutive coordinates (``T`` rounded
+    up to even, padding with dummy coordinates).  First every team plays its own round robin
+    ``RR(t)`` (``t - 1`` rounds), defined recursively: ``RR(2w)`` on ``c`` is ``RR(w)`` on both halves
+    side by side, then the meeting of ``c[:w]`` with ``c[w:]``.  Then the teams play a circle round
+    robin of their own; a meeting of teams ``a < b`` is ``t`` rounds in which ``a*t + q`` meets
+    ``b*t + (q + s) mod t``, with the shifts ``s`` in bit-reversed order (``0, t/2, t/4, 3t/4, ...``;
+    :func:`bit_reversal`).  That order makes a meeting of ``w`` against ``w`` two half-size meetings
+    side by side, twice (:func:`meeting_stages`), so every block of ``2u`` coordinates, ``u <= t``,
+    is built from four half-size blocks by small GEMMs, and the whole product is a sequence of
+    block-diagonal stages (:func:`team_stages`).  ``T*t - 1`` rounds before dropping dummies.
+    :func:`team_local_rounds` gives the pairs of one block in local indices.
 
     Args:
-        n (int): matrix size, >= 2.
-        team_size (int, optional): a power of two; default :func:`default_team_size`.
+        team_size (int, optional): a power of two; default :func:`default_team_size` ``(n)``.
     """
     n = _check_int("n", n, 2)
     if team_size is None:

@@ -1,6 +1,6 @@
 r"""NumPy reference backend: the readable specification every other backend is tested against.
 
-Design rule: one function per public operation, each taking arrays that the public layer in
+Design rule: the ``rounds_*`` functions are the reference: one function per public operation, each taking arrays that the public layer in
 :mod:`cupyortho._api` has already validated and cast (same floating dtype, angles on the last axis,
 ``x`` as ``(..., n, k)``) and a resolved :class:`~cupyortho.schedule.Schedule`.  Every round is one
 vectorized step over its disjoint pairs; the only Python loop is over rounds.  Nothing the caller
@@ -8,11 +8,17 @@ passed is written to: every sweep works on its own copy.
 
 Maths (``docs/conventions.md``): a round rotates rows ``i`` and ``j`` of its operand,
 ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j``; ``U = B_{R-1} ... B_0``.
+
+The unprefixed functions (``matrix``, ``apply``, ...) are what the public API calls: team schedules go
+to the blocked GEMM path of :mod:`cupyortho.backends.blocked` (the same ``U(theta)``, by the same
+rounds, grouped into block-diagonal stages), every other schedule to the ``rounds_*`` reference.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import blocked
 
 __all__ = [
     "matrix",
@@ -21,6 +27,12 @@ __all__ = [
     "apply_vjp",
     "matrix_jvp",
     "apply_jvp",
+    "rounds_matrix",
+    "rounds_apply",
+    "rounds_matrix_vjp",
+    "rounds_apply_vjp",
+    "rounds_matrix_jvp",
+    "rounds_apply_jvp",
 ]
 
 name = "numpy"
@@ -70,7 +82,7 @@ def _sum_to(a, shape):
     return a.sum(axis=axes).reshape(shape)
 
 
-def apply(theta, x, schedule, transpose=False):
+def rounds_apply(theta, x, schedule, transpose=False):
     r"""``U(theta) @ x`` (or ``U(theta).T @ x``) without forming U.
 
     theta: ``(..., A)``; x: ``(..., n, k)``; batch axes broadcast.  Returns ``(..., n, k)``.
@@ -84,13 +96,13 @@ def apply(theta, x, schedule, transpose=False):
     return y
 
 
-def matrix(theta, schedule):
+def rounds_matrix(theta, schedule):
     """``U(theta)`` of shape ``(..., n, n)``: the rounds applied to the identity."""
     eye = np.eye(schedule.n, dtype=theta.dtype)
-    return apply(theta, eye, schedule)
+    return rounds_apply(theta, eye, schedule)
 
 
-def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
+def rounds_apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     r"""Cotangents ``(d_theta, d_x)`` of ``y = apply(theta, x)`` for ``cotangent = dL/dy``.
 
     Walks the rounds backwards, recovering each round's input by undoing it on ``y`` (so only theta
@@ -98,7 +110,7 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     :math:`\partial L/\partial\theta_{ij} = \sum_{cols} (x_i \bar g_j - x_j \bar g_i)`.
     ``output`` may pass ``y`` to skip recomputing it.  Results are summed to the shapes of theta, x.
     """
-    y = apply(theta, x, schedule, transpose) if output is None else output
+    y = rounds_apply(theta, x, schedule, transpose) if output is None else output
     batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
     y = _work(y, batch, x.dtype)
     g = _work(cotangent, batch, x.dtype)
@@ -118,14 +130,14 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     return d_theta, d_x
 
 
-def matrix_vjp(theta, cotangent, schedule):
+def rounds_matrix_vjp(theta, cotangent, schedule):
     r"""``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU``, by the reduction-free formula.
 
     :math:`W_{R-1} = \bar G U^T`, :math:`W_{r-1} = B_r^T W_r B_r`, and the angle of pair ``(i, j)`` in
     round ``r`` gets :math:`W_r[j, i] - W_r[i, j]`: one GEMM, then two-sided rotation sweeps; every
     gradient is a single difference of two entries, with no sums over columns.
     """
-    u = matrix(theta, schedule)
+    u = rounds_matrix(theta, schedule)
     batch = np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2])
     w = np.matmul(cotangent, np.swapaxes(u, -1, -2))
     w = _work(w, batch, u.dtype)
@@ -146,7 +158,7 @@ def matrix_vjp(theta, cotangent, schedule):
     return _sum_to(schedule.from_round_order(d_round), theta.shape)
 
 
-def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
+def rounds_apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
     r"""Tangent of ``y = apply(theta, x)``: carries ``(y_r, dy_r)`` through the rounds,
     :math:`dy_r = B_r\,dy_{r-1} + K_r y_r` with :math:`K_r = \sum_{p \in r} d\theta_p K_p`,
     :math:`(K_p y)_i = -y_j`, :math:`(K_p y)_j = y_i`.  ``x_tangent`` may be None (zero).
@@ -173,7 +185,55 @@ def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
     return dy
 
 
-def matrix_jvp(theta, theta_tangent, schedule):
+def rounds_matrix_jvp(theta, theta_tangent, schedule):
     """Tangent ``dU`` of ``U = matrix(theta)`` along ``theta_tangent``."""
     eye = np.eye(schedule.n, dtype=theta.dtype)
-    return apply_jvp(theta, eye, theta_tangent, None, schedule)
+    return rounds_apply_jvp(theta, eye, theta_tangent, None, schedule)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def _blocked(schedule) -> bool:
+    return schedule.kind == "team"
+
+
+def matrix(theta, schedule):
+    """``U(theta)`` ``(..., n, n)`` (blocked stages for team schedules, else :func:`rounds_matrix`)."""
+    if _blocked(schedule):
+        return blocked.matrix(theta, schedule)
+    return rounds_matrix(theta, schedule)
+
+
+def apply(theta, x, schedule, transpose=False):
+    """``U(theta) @ x`` or ``U(theta).T @ x`` without forming U (see :func:`rounds_apply`)."""
+    if _blocked(schedule):
+        return blocked.apply(theta, x, schedule, transpose)
+    return rounds_apply(theta, x, schedule, transpose)
+
+
+def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
+    """``(d_theta, d_x)`` of ``apply`` (see :func:`rounds_apply_vjp`)."""
+    if _blocked(schedule):
+        return blocked.apply_vjp(theta, x, cotangent, schedule, transpose, output)
+    return rounds_apply_vjp(theta, x, cotangent, schedule, transpose, output)
+
+
+def matrix_vjp(theta, cotangent, schedule, output=None):
+    """``d_theta`` of ``matrix`` (see :func:`rounds_matrix_vjp`); ``output`` may pass ``U``."""
+    if _blocked(schedule):
+        return blocked.matrix_vjp(theta, cotangent, schedule, output)
+    return rounds_matrix_vjp(theta, cotangent, schedule)
+
+
+def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
+    """Tangent of ``apply`` (see :func:`rounds_apply_jvp`)."""
+    if _blocked(schedule):
+        return blocked.apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose)
+    return rounds_apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose)
+
+
+def matrix_jvp(theta, theta_tangent, schedule):
+    """Tangent of ``matrix`` (see :func:`rounds_matrix_jvp`)."""
+    if _blocked(schedule):
+        return blocked.matrix_jvp(theta, theta_tangent, schedule)
+    return rounds_matrix_jvp(theta, theta_tangent, schedule)

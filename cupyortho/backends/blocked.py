@@ -1,0 +1,597 @@
+r"""The fast CPU path for team schedules: block-diagonal stages applied with batched GEMMs.
+
+Design rule: three primitives carry everything -- *blocks from angles* (:func:`build_meet`,
+:func:`build_rr`), *angle cotangents from a block cotangent* (:func:`meet_vjp`, :func:`rr_vjp`) and
+GEMM (``numpy.matmul`` on stacks of blocks).  Block construction and the block-to-angle maps are
+vectorized over every block of every stage at once; the only Python loops run over stages (``~N/u``
+of them) and over the ``log2 u`` levels of the block recursion.  Nothing the caller passed is
+written to.  :mod:`cupyortho.backends.numpy_backend` dispatches team schedules here and keeps the
+round-by-round functions as the readable reference.
+
+Maths (DESIGN.md section 3, :func:`cupyortho.schedule.team_stages`).  With granularity ``u`` (a power
+of two ``<= t``), ``U = S_{K-1} \cdots S_1 S_0`` where ``S_0`` is block diagonal with the round-robin
+blocks ``RR(v)``, ``v = min(t, 2u)``, of consecutive coordinates, and every later stage is block
+diagonal, after a permutation of the coordinates, with ``2u x 2u`` meeting blocks.  A meeting block of
+``u`` against ``u`` players ``[a_0..a_{u-1}, b_0..b_{u-1}]`` (local order) is ``M = Y X`` with
+``X = X_1 (+) X_2`` on ``(a_even, b_even)``, ``(a_odd, b_odd)`` and ``Y = Y_1 (+) Y_2`` on
+``(a_even, b_odd)``, ``(a_odd, roll(b_even, -1))``: four half-size meeting blocks, down to the
+``2 x 2`` rotation ``[[c, -s], [s, c]]`` of one pair.  ``RR(2w) = M_w (RR(w) (+) RR(w))``.
+
+Derivatives.  For a block ``P`` at the output of which the "W-matrix" is ``W`` (``W = \bar G_P P^T``,
+``\bar G_P`` the cotangent of ``P``), only the antisymmetric part ``A = W - W^T`` matters: the angle of
+a pair ``(i, j)`` of the last round gets ``A[j, i]``, and going down a level ``A <- F^T A F`` for the
+factor ``F`` that acts after (the reduction-free formula of DESIGN.md section 2, one level at a time).
+``apply``: ``W = \bar g\,y^T`` per block, ``y`` the stage output (recovered by undoing stages) and
+``\bar g`` its cotangent.  ``matrix``: ``A = \bar G U^T - U \bar G^T`` is conjugated stage by stage,
+``A <- S^T A S``, and each stage reads its diagonal blocks.  JVPs carry ``(y, dy)`` with
+``dy <- S\,dy + dS\,y``, ``dS`` from the product rule on the block recursion.
+
+Padding: coordinates ``>= n`` (and pairs with ``i >= m`` for a Stiefel restriction) get angle 0, so
+their rotations are the identity, exactly as the schedule's dropped rotations.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .. import schedule as _sched
+
+__all__ = [
+    "matrix",
+    "apply",
+    "matrix_vjp",
+    "apply_vjp",
+    "matrix_jvp",
+    "apply_jvp",
+    "plan",
+    "granularity",
+]
+
+APPLY_GRANULARITY = 16
+"""Block half-size ``u`` for apply-mode sweeps (``k`` columns): blocks are cheaper to build and to
+differentiate when small, GEMMs are faster when large.  Capped by the team size."""
+
+
+# --------------------------------------------------------------------------- plans (cached index data)
+
+class Plan:
+    """Index data of a team schedule unrolled into block stages of granularity ``u``.
+
+    Attributes:
+        n, m, t, u, N: sizes (``N`` padded).  A: number of angles (``len(theta)``).
+        rr_v (int): block size of the first (round-robin) stage, 0 when there is none (``t = 1``).
+        rr_slots (ndarray ``(N/v, v(v-1)/2)``): angle slot of every leaf of every ``RR(v)`` block.
+        meet_rows (ndarray ``(K, B, 2u)``): coordinates of each block of each meeting stage.
+        meet_slots (ndarray ``(K, B, u*u)``): angle slot of every leaf (recursion order).
+        Slot ``A`` is a zero angle (dummy or dropped pair).
+        orders: list of ``N``-arrays, the coordinate order of the rows of each stage's blocks.
+    """
+
+    def __init__(self, sched, u):
+        n, t, m = sched.n, sched.team_size, sched.m
+        N, rr, stages = _sched.team_stages(n, t, u)
+        self.n, self.m, self.t, self.u, self.N = n, m, t, u, N
+        self.A = sched.num_angles
+        self.rr_v = 0 if rr is None else rr[0]
+        self.rr_slots = None
+        orders = []
+        if rr is not None:
+            v, groups = rr
+            i, j = _rr_leaves(groups)
+            self.rr_slots = self._slots(i, j)
+            orders.append(groups.reshape(-1))
+        if stages:
+            a = np.stack([s[0] for s in stages])
+            b = np.stack([s[1] for s in stages])
+            i, j = _meet_leaves(a, b)
+            self.meet_slots = self._slots(i, j).reshape(a.shape[0], a.shape[1], -1)
+            self.meet_rows = np.concatenate([a, b], axis=-1)
+            orders += list(self.meet_rows.reshape(len(stages), -1))
+        else:
+            self.meet_slots = np.zeros((0, N // (2 * u), u * u), dtype=np.int64)
+            self.meet_rows = np.zeros((0, N // (2 * u), 2 * u), dtype=np.int64)
+        self.orders = orders
+        self.levels = int(u).bit_length() - 1
+        # gathers between consecutive stage orders (None: already in that order)
+        self.fwd = _gathers(orders, N)
+        self.rev = _gathers(orders[::-1], N)
+        for arr in (self.rr_slots, self.meet_slots, self.meet_rows):
+            if arr is not None:
+                arr.flags.writeable = False
+
+    def _slots(self, i, j):
+        n, m = self.n, self.m
+        valid = j < n
+        if m is not None:
+            valid &= i < m
+        idx = _sched.pair_index(i, np.where(valid, j, i + 1), n)
+        return np.where(valid, idx, self.A).astype(np.int64)
+
+    @property
+    def num_stages(self):
+        return len(self.orders)
+
+
+def _gathers(orders, N):
+    """For a sequence of row orders: the index taking rows in order k-1 (natural before the first)
+    to order k, and the final index back to natural order."""
+    out = []
+    pos = np.arange(N)
+    natural = True
+    for order in orders:
+        idx = pos[order]
+        out.append(None if np.array_equal(idx, np.arange(N)) else idx)
+        pos = np.empty(N, dtype=np.int64)
+        pos[order] = np.arange(N)
+        natural = False
+    final = None if natural or np.array_equal(pos, np.arange(N)) else pos
+    return out, final
+
+
+def _meet_leaves(a, b):
+    """Pairs ``(i, j)`` of the leaves of meeting blocks ``(a, b)`` (``(..., u)``), recursion order
+    (children X1, X2, Y1, Y2; the top-level split varies slowest).  Returns arrays ``(..., u*u)``."""
+    u = a.shape[-1]
+    if u == 1:
+        return a, b
+    ae, ao, be, bo = a[..., 0::2], a[..., 1::2], b[..., 0::2], b[..., 1::2]
+    a4 = np.stack([ae, ao, ae, ao], axis=-2)
+    b4 = np.stack([be, bo, bo, np.roll(be, -1, axis=-1)], axis=-2)
+    i, j = _meet_leaves(a4, b4)
+    return i.reshape(a.shape[:-1] + (u * u,)), j.reshape(a.shape[:-1] + (u * u,))
+
+
+def _rr_leaves(c):
+    """Leaves of ``RR(v)`` on coordinates ``c`` (``(..., v)``): ``[meeting leaves, RR child 1, RR child 2]``."""
+    v = c.shape[-1]
+    if v == 1:
+        e = np.zeros(c.shape[:-1] + (0,), dtype=np.int64)
+        return e, e
+    w = v // 2
+    mi, mj = _meet_leaves(c[..., :w], c[..., w:])
+    ci, cj = _rr_leaves(np.stack([c[..., :w], c[..., w:]], axis=-2))
+    shape = c.shape[:-1] + (-1,)
+    return (np.concatenate([mi, ci.reshape(shape)], axis=-1),
+            np.concatenate([mj, cj.reshape(shape)], axis=-1))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(sched_key, u):
+    kind, n, m, t = sched_key
+    return Plan(_sched._rebuild(kind, n, m, t), u)
+
+
+def plan(schedule, u):
+    """The cached :class:`Plan` of a team ``schedule`` at granularity ``u``."""
+    return _plan(schedule.key, int(u))
+
+
+def granularity(schedule, k=None):
+    """Block half-size for a sweep over ``k`` columns (None: materializing ``U``): the team size for
+    ``U`` itself, :data:`APPLY_GRANULARITY` (capped by the team size) for thin operands."""
+    t = schedule.team_size
+    if k is None or k >= t:
+        return t
+    return min(t, APPLY_GRANULARITY)
+
+
+# --------------------------------------------------------------------------- block recursion
+
+def _combine(x1, x2, y1, y2):
+    r"""``M = (Y_1 (+) Y_2)(X_1 (+) X_2)`` in the local order of the parent meeting.
+
+    Children are ``(..., 2h, 2h)`` blocks in their own local order (``Y_2``'s b-part is
+    ``roll(b_even, -1)``); the result is ``(..., 4h, 4h)``.
+    """
+    h = x1.shape[-1] // 2
+    y2e = np.empty_like(y2)  # Y_2 with its b-part in b_even order: rows and columns rolled by one
+    y2e[..., :h, :h] = y2[..., :h, :h]
+    y2e[..., :h, h:] = np.roll(y2[..., :h, h:], 1, axis=-1)
+    y2e[..., h:, :h] = np.roll(y2[..., h:, :h], 1, axis=-2)
+    y2e[..., h:, h:] = np.roll(np.roll(y2[..., h:, h:], 1, axis=-1), 1, axis=-2)
+    lhs = np.stack([y1[..., :, :h], y1[..., :, h:], y2e[..., :, h:], y2e[..., :, :h]], axis=-3)
+    rhs = np.stack([x1[..., :h, :], x2[..., h:, :], x1[..., h:, :], x2[..., :h, :]], axis=-3)
+    p = _bmm(lhs, rhs)  # (..., 4 = (g, e'), 2h = (rh, p), 2h = (ch, p'))
+    batch = p.shape[:-3]
+    p7 = p.reshape(batch + (2, 2, 2, h, 2, h))  # g, e', rh, p, ch, p'
+    out = np.empty(batch + (4 * h, 4 * h), dtype=p.dtype)
+    o6 = out.reshape(batch + (2, h, 2, 2, h, 2))  # side, p, e, side', p', e'
+    nb = len(batch)
+    # local index = side*2h + 2p + e; Y_1 rows: (side, e) = (rh, rh); Y_2 rows: (rh, 1 - rh).
+    perm = tuple(range(nb)) + tuple(nb + k for k in (2, 0, 3, 4, 1))
+    o6[..., 0, :, :, :, :, :] = p7[..., :, :, 0, :, :, :].transpose(perm)
+    o6[..., 1, :, :, :, :, :] = p7[..., ::-1, :, 1, :, :, :].transpose(perm)
+    return out
+
+
+def _bmm(a, b):
+    """Batched matrix product; small inner sizes by broadcasting (faster than per-matrix BLAS)."""
+    if a.shape[-1] <= 2:
+        return np.einsum("...ij,...jk->...ik", a, b)
+    return np.matmul(a, b)
+
+
+def _leaf(c, s):
+    blk = np.empty(c.shape + (2, 2), dtype=c.dtype)
+    blk[..., 0, 0] = c
+    blk[..., 0, 1] = -s
+    blk[..., 1, 0] = s
+    blk[..., 1, 1] = c
+    return blk
+
+
+def build_meet(ang, levels):
+    """Meeting blocks ``(..., 2u, 2u)`` from leaf angles ``(..., u*u)`` (recursion order), ``u = 2**levels``."""
+    blk = _leaf(np.cos(ang), np.sin(ang))
+    for lev in range(levels):
+        q = 4 ** (levels - lev - 1)
+        blk = blk.reshape(blk.shape[:-3] + (q, 4) + blk.shape[-2:])
+        blk = _combine(blk[..., 0, :, :], blk[..., 1, :, :], blk[..., 2, :, :], blk[..., 3, :, :])
+    return blk.reshape(ang.shape[:-1] + blk.shape[-2:])
+
+
+def build_meet_jvp(ang, dang, levels):
+    """Meeting blocks and their tangents along ``dang`` (product rule on the recursion)."""
+    c, s = np.cos(ang), np.sin(ang)
+    blk = _leaf(c, s)
+    dblk = _leaf(-s * dang, c * dang)
+    for lev in range(levels):
+        q = 4 ** (levels - lev - 1)
+        shape = blk.shape[:-3] + (q, 4) + blk.shape[-2:]
+        blk, dblk = blk.reshape(shape), dblk.reshape(shape)
+        x1, x2, y1, y2 = (blk[..., k, :, :] for k in range(4))
+        dx1, dx2, dy1, dy2 = (dblk[..., k, :, :] for k in range(4))
+        dblk = _combine(x1, x2, dy1, dy2) + _combine(dx1, dx2, y1, y2)
+        blk = _combine(x1, x2, y1, y2)
+    shape = ang.shape[:-1] + blk.shape[-2:]
+    return blk.reshape(shape), dblk.reshape(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _vjp_index(h):
+    """Index data for :func:`meet_vjp` at a parent of child size ``h`` (parent block ``4h``)."""
+    p = np.arange(h)
+    u2 = 2 * h
+    iy1 = np.concatenate([2 * p, u2 + 2 * p + 1])
+    iy2 = np.concatenate([2 * p + 1, u2 + 2 * ((p + 1) % h)])
+    iy = np.concatenate([iy1, iy2])
+    pos = np.empty(4 * h, dtype=np.int64)
+    pos[iy] = np.arange(4 * h)
+    px1 = pos[np.concatenate([2 * p, u2 + 2 * p])]
+    px2 = pos[np.concatenate([2 * p + 1, u2 + 2 * p + 1])]
+    return iy, px1, px2
+
+
+def meet_vjp(ang, a, levels):
+    r"""Leaf-angle cotangents ``(..., u*u)`` of meeting blocks, given ``A = W - W^T`` ``(..., 2u, 2u)``
+    at their outputs.  ``Y``'s children read ``A`` on their coordinates; ``X``'s read ``Y^T A Y``."""
+    if levels == 0:
+        return a[..., 1, 0][..., None]
+    h = 2 ** (levels - 1)
+    q = 4 ** (levels - 1)
+    ang4 = ang.reshape(ang.shape[:-1] + (4, q))
+    yb = build_meet(ang4[..., 2:, :], levels - 1)  # (..., 2, 2h, 2h)
+    iy, px1, px2 = _vjp_index(h)
+    ayy = a[..., iy[:, None], iy[None, :]]
+    batch = ayy.shape[:-2]
+    left = np.matmul(np.swapaxes(yb, -1, -2), ayy.reshape(batch + (2, 2 * h, 4 * h)))
+    left = left.reshape(batch + (4 * h, 4 * h))
+    c = np.concatenate([np.matmul(left[..., :, : 2 * h], yb[..., 0, :, :]),
+                        np.matmul(left[..., :, 2 * h:], yb[..., 1, :, :])], axis=-1)
+    children = np.stack([
+        c[..., px1[:, None], px1[None, :]],
+        c[..., px2[:, None], px2[None, :]],
+        ayy[..., : 2 * h, : 2 * h],
+        ayy[..., 2 * h:, 2 * h:],
+    ], axis=-3)
+    d = meet_vjp(ang4, children, levels - 1)
+    return d.reshape(ang.shape)
+
+
+def _rr_split(ang, v):
+    w = v // 2
+    return ang[..., : w * w], ang[..., w * w:].reshape(ang.shape[:-1] + (2, -1))
+
+
+def build_rr(ang, v):
+    """Round-robin blocks ``RR(v)`` ``(..., v, v)`` from leaf angles ``(..., v(v-1)/2)``."""
+    if v == 1:
+        return np.ones(ang.shape[:-1] + (1, 1), dtype=ang.dtype)
+    w = v // 2
+    am, ac = _rr_split(ang, v)
+    m = build_meet(am, w.bit_length() - 1)
+    r = build_rr(ac, w)
+    return np.concatenate([np.matmul(m[..., :, :w], r[..., 0, :, :]),
+                           np.matmul(m[..., :, w:], r[..., 1, :, :])], axis=-1)
+
+
+def build_rr_jvp(ang, dang, v):
+    """``RR(v)`` blocks and tangents: ``R = M D``, ``dR = dM D + M dD``."""
+    if v == 1:
+        one = np.ones(ang.shape[:-1] + (1, 1), dtype=ang.dtype)
+        return one, np.zeros_like(one)
+    w = v // 2
+    am, ac = _rr_split(ang, v)
+    dam, dac = _rr_split(dang, v)
+    m, dm = build_meet_jvp(am, dam, w.bit_length() - 1)
+    r, dr = build_rr_jvp(ac, dac, w)
+    blk = np.concatenate([m[..., :, :w] @ r[..., 0, :, :], m[..., :, w:] @ r[..., 1, :, :]], axis=-1)
+    dblk = np.concatenate([dm[..., :, :w] @ r[..., 0, :, :] + m[..., :, :w] @ dr[..., 0, :, :],
+                           dm[..., :, w:] @ r[..., 1, :, :] + m[..., :, w:] @ dr[..., 1, :, :]], axis=-1)
+    return blk, dblk
+
+
+def rr_vjp(ang, a, v):
+    """Leaf-angle cotangents of ``RR(v)`` blocks given ``A`` at their outputs: the meeting reads ``A``,
+    the two halves read the diagonal blocks of ``M^T A M``."""
+    if v == 1:
+        return np.zeros(ang.shape, dtype=a.dtype)
+    w = v // 2
+    am, ac = _rr_split(ang, v)
+    lev = w.bit_length() - 1
+    dm = meet_vjp(am, a, lev)
+    m = build_meet(am, lev)
+    m1, m2 = m[..., :, :w], m[..., :, w:]
+    ad = np.stack([np.swapaxes(m1, -1, -2) @ a @ m1, np.swapaxes(m2, -1, -2) @ a @ m2], axis=-3)
+    dc = rr_vjp(ac, ad, w)
+    return np.concatenate([dm, dc.reshape(dc.shape[:-2] + (-1,))], axis=-1)
+
+
+# --------------------------------------------------------------------------- stages
+
+def _ext(theta):
+    """theta ``(..., A)`` with one zero appended: slot ``A`` is the angle of dropped pairs."""
+    return np.concatenate([theta, np.zeros(theta.shape[:-1] + (1,), dtype=theta.dtype)], axis=-1)
+
+
+def _blocks(theta, pl):
+    """Per-stage blocks: a list of ``(..., B_k, b_k, b_k)`` arrays in application order."""
+    ext = _ext(theta)
+    out = []
+    if pl.rr_v:
+        out.append(build_rr(ext[..., pl.rr_slots], pl.rr_v))
+    if pl.meet_slots.shape[0]:
+        mb = build_meet(ext[..., pl.meet_slots], pl.levels)
+        out += [mb[..., k, :, :, :] for k in range(mb.shape[-4])]
+    return out
+
+
+def _blocks_jvp(theta, tangent, pl):
+    ext, dext = _ext(theta), _ext(tangent)
+    out, dout = [], []
+    if pl.rr_v:
+        b, db = build_rr_jvp(ext[..., pl.rr_slots], dext[..., pl.rr_slots], pl.rr_v)
+        out.append(b)
+        dout.append(db)
+    if pl.meet_slots.shape[0]:
+        mb, dmb = build_meet_jvp(ext[..., pl.meet_slots], dext[..., pl.meet_slots], pl.levels)
+        out += [mb[..., k, :, :, :] for k in range(mb.shape[-4])]
+        dout += [dmb[..., k, :, :, :] for k in range(dmb.shape[-4])]
+    return out, dout
+
+
+def _angle_cotangent(a_list, theta, pl):
+    """Angle cotangents (public layout, shaped like theta) from the per-stage ``A`` blocks."""
+    ext = _ext(theta)
+    d = np.zeros(theta.shape[:-1] + (pl.A + 1,), dtype=theta.dtype)
+    k = 0
+    if pl.rr_v:
+        slots = pl.rr_slots
+        d[..., slots] = rr_vjp(ext[..., slots], a_list[0], pl.rr_v)
+        k = 1
+    if pl.meet_slots.shape[0]:
+        slots = pl.meet_slots
+        am = np.stack(a_list[k:], axis=-4)
+        d[..., slots] = meet_vjp(ext[..., slots], am, pl.levels)
+    return d[..., : pl.A]
+
+
+def _take_rows(y, idx):
+    return y if idx is None else np.take(y, idx, axis=-2)
+
+
+def _pad_rows(x, N):
+    n = x.shape[-2]
+    if n == N:
+        return x
+    pad = np.zeros(x.shape[:-2] + (N - n, x.shape[-1]), dtype=x.dtype)
+    return np.concatenate([x, pad], axis=-2)
+
+
+def _stage(blk, y, transpose=False):
+    """``blk @ y`` on the row blocks of ``y`` (``(..., N, k)``, rows in the stage's order)."""
+    nb, b = blk.shape[-3], blk.shape[-1]
+    y4 = y.reshape(y.shape[:-2] + (nb, b, y.shape[-1]))
+    p = np.swapaxes(blk, -1, -2) if transpose else blk
+    out = np.matmul(p, y4)
+    return out.reshape(out.shape[:-3] + (nb * b, out.shape[-1]))
+
+
+def _sweep(blocks, pl, x, transpose):
+    """``U x`` (or ``U^T x``) for ``x`` ``(..., N, k)`` in natural order; returns natural order."""
+    gathers, final = pl.rev if transpose else pl.fwd
+    seq = blocks[::-1] if transpose else blocks
+    y = x
+    for blk, idx in zip(seq, gathers):
+        y = _stage(blk, _take_rows(y, idx), transpose)
+    return _take_rows(y, final)
+
+
+# --------------------------------------------------------------------------- public backend functions
+
+def apply(theta, x, schedule, transpose=False, u=None):
+    r"""``U(theta) @ x`` (``U^T`` with ``transpose``) by block stages.  theta ``(..., A)``, x ``(..., n, k)``."""
+    n = schedule.n
+    pl = plan(schedule, u or granularity(schedule, x.shape[-1]))
+    blocks = _blocks(theta, pl)
+    y = _sweep(blocks, pl, _pad_rows(x, pl.N), transpose)
+    batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
+    y = y[..., :n, :]
+    return np.array(np.broadcast_to(y, batch + y.shape[-2:]), copy=True) if y.shape[:-2] != batch \
+        else np.ascontiguousarray(y)
+
+
+def matrix(theta, schedule, u=None):
+    """``U(theta)`` ``(..., n, n)``: the first stage's blocks placed on the diagonal, then the stages."""
+    pl = plan(schedule, u or granularity(schedule))
+    blocks = _blocks(theta, pl)
+    return _matrix_from_blocks(blocks, pl)[..., : pl.n, : pl.n].copy()
+
+
+def _matrix_from_blocks(blocks, pl):
+    N = pl.N
+    first = blocks[0]
+    batch = first.shape[:-3]
+    nb, b = first.shape[-3], first.shape[-1]
+    y = np.zeros(batch + (N, N), dtype=first.dtype)
+    order = pl.orders[0]
+    # stage 0 applied to the identity, rows and columns in stage-0 order
+    y5 = y.reshape(batch + (nb, b, nb, b))
+    idx = np.arange(nb)
+    y5[..., idx, :, idx, :] = np.moveaxis(first, -3, 0)
+    # columns back to natural order (rows stay in stage-0 order, as the sweep expects)
+    pos = np.empty(N, dtype=np.int64)
+    pos[order] = np.arange(N)
+    if not np.array_equal(pos, np.arange(N)):
+        y = np.take(y, pos, axis=-1)
+    gathers, final = pl.fwd
+    for blk, g in zip(blocks[1:], gathers[1:]):
+        y = _stage(blk, _take_rows(y, g))
+    return _take_rows(y, final)
+
+
+def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None, u=None):
+    r"""``(d_theta, d_x)`` of ``y = apply(theta, x)``: stages undone on ``y``, ``W = \bar g y^T`` per block."""
+    n = schedule.n
+    pl = plan(schedule, u or granularity(schedule, x.shape[-1]))
+    blocks = _blocks(theta, pl)
+    batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
+    if output is None:
+        y = _sweep(blocks, pl, _pad_rows(x, pl.N), transpose)
+    else:
+        y = _pad_rows(output, pl.N)
+    y = np.broadcast_to(y, batch + y.shape[-2:])
+    g = np.broadcast_to(_pad_rows(cotangent, pl.N), batch + y.shape[-2:])
+    K = len(blocks)
+    a_list = [None] * K
+    # Walk the applied stages backwards.  Forward order of application: stages 0..K-1 (transposed:
+    # K-1..0 with P^T).  ``order`` tracks the coordinate order of the rows of y and g.
+    seq = list(range(K)) if transpose else list(range(K - 1, -1, -1))
+    pos = np.arange(pl.N)
+    for k in seq:
+        order = pl.orders[k]
+        idx = pos[order]
+        if not np.array_equal(idx, np.arange(pl.N)):
+            y = np.take(y, idx, axis=-2)
+            g = np.take(g, idx, axis=-2)
+        pos = np.empty(pl.N, dtype=np.int64)
+        pos[order] = np.arange(pl.N)
+        blk = blocks[k]
+        nb, b = blk.shape[-3], blk.shape[-1]
+        kk = y.shape[-1]
+        if transpose:
+            # this stage applied Q = P^T; undo: y_in = P y_out.  A_P = y_in g_in^T - g_in y_in^T.
+            y = _stage(blk, y)
+            g = _stage(blk, g)
+        else:
+            y4 = y.reshape(y.shape[:-2] + (nb, b, kk))
+            g4 = g.reshape(g.shape[:-2] + (nb, b, kk))
+            w = np.matmul(g4, np.swapaxes(y4, -1, -2))
+            a_list[k] = _sum_to(w - np.swapaxes(w, -1, -2), theta.shape[:-1] + w.shape[-3:])
+            y = _stage(blk, y, transpose=True)
+            g = _stage(blk, g, transpose=True)
+        if transpose:
+            y4 = y.reshape(y.shape[:-2] + (nb, b, kk))
+            g4 = g.reshape(g.shape[:-2] + (nb, b, kk))
+            w = np.matmul(y4, np.swapaxes(g4, -1, -2))
+            a_list[k] = _sum_to(w - np.swapaxes(w, -1, -2), theta.shape[:-1] + w.shape[-3:])
+    if not np.array_equal(pos, np.arange(pl.N)):
+        g = np.take(g, pos, axis=-2)
+    d_theta = _angle_cotangent(a_list, theta, pl)
+    d_x = _sum_to(g[..., :n, :], x.shape)
+    return d_theta, np.ascontiguousarray(d_x)
+
+
+def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
+    r"""``d_theta`` of ``U = matrix(theta)``: ``A = \bar G U^T - U \bar G^T``, then ``A <- S^T A S``
+    stage by stage (last first), each stage's blocks reading the diagonal blocks of ``A``.
+    ``output`` may pass ``U`` to skip recomputing it."""
+    n = schedule.n
+    pl = plan(schedule, u or granularity(schedule))
+    blocks = _blocks(theta, pl)
+    uu = _matrix_from_blocks(blocks, pl)[..., :n, :n] if output is None else output
+    batch = np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2])
+    w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))
+    w = _sum_to(w, theta.shape[:-1] + (n, n))
+    N = pl.N
+    a = np.zeros(w.shape[:-2] + (N, N), dtype=w.dtype)
+    a[..., :n, :n] = w
+    a[..., :n, :n] -= np.swapaxes(w, -1, -2)
+    del w, batch
+    K = len(blocks)
+    a_list = [None] * K
+    pos = np.arange(N)  # rows and columns of a are in the same order
+    for k in range(K - 1, -1, -1):
+        order = pl.orders[k]
+        idx = pos[order]
+        if not np.array_equal(idx, np.arange(N)):
+            a = np.take(np.take(a, idx, axis=-2), idx, axis=-1)
+        pos = np.empty(N, dtype=np.int64)
+        pos[order] = np.arange(N)
+        blk = blocks[k]
+        nb, b = blk.shape[-3], blk.shape[-1]
+        a5 = a.reshape(a.shape[:-2] + (nb, b, nb, b))
+        diag = np.diagonal(a5, axis1=-4, axis2=-2)  # (..., b, b, nb)
+        a_list[k] = np.ascontiguousarray(np.moveaxis(diag, -1, -3))
+        if k == 0:
+            break
+        # A <- P^T A P: left on row blocks, right on column blocks
+        z = np.matmul(np.swapaxes(blk, -1, -2), a.reshape(a.shape[:-2] + (nb, b, N)))
+        z = z.reshape(a.shape)
+        zc = np.swapaxes(z.reshape(a.shape[:-1] + (nb, b)), -3, -2)  # (..., nb, N, b)
+        r = np.matmul(zc, blk)  # (..., nb, N, b)
+        a = np.swapaxes(r, -3, -2).reshape(a.shape)
+    return _angle_cotangent(a_list, theta, pl)
+
+
+def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False, u=None):
+    r"""Tangent of ``y = apply(theta, x)``: ``dy <- S dy + dS y`` stage by stage."""
+    n = schedule.n
+    pl = plan(schedule, u or granularity(schedule, x.shape[-1]))
+    blocks, dblocks = _blocks_jvp(theta, theta_tangent, pl)
+    shapes = [theta.shape[:-1], x.shape[:-2], theta_tangent.shape[:-1]]
+    if x_tangent is not None:
+        shapes.append(x_tangent.shape[:-2])
+    batch = np.broadcast_shapes(*shapes)
+    y = _pad_rows(x, pl.N)
+    dy = np.zeros_like(y) if x_tangent is None else _pad_rows(x_tangent, pl.N)
+    gathers, final = pl.rev if transpose else pl.fwd
+    seq = list(zip(blocks, dblocks))
+    if transpose:
+        seq = seq[::-1]
+    for (blk, dblk), idx in zip(seq, gathers):
+        y, dy = _take_rows(y, idx), _take_rows(dy, idx)
+        dy = _stage(blk, dy, transpose) + _stage(dblk, y, transpose)
+        y = _stage(blk, y, transpose)
+    dy = _take_rows(dy, final)[..., :n, :]
+    return np.array(np.broadcast_to(dy, batch + dy.shape[-2:]), copy=True)
+
+
+def matrix_jvp(theta, theta_tangent, schedule, u=None):
+    """Tangent ``dU`` of ``U = matrix(theta)`` along ``theta_tangent``."""
+    eye = np.eye(schedule.n, dtype=theta.dtype)
+    return apply_jvp(theta, eye, theta_tangent, None, schedule, u=u or granularity(schedule))
+
+
+def _sum_to(a, shape):
+    """Sum a broadcast result back to ``shape`` (reverse of broadcasting)."""
+    shape = tuple(shape)
+    if a.shape == shape:
+        return a
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
+    )
+    return a.sum(axis=axes).reshape(shape)
