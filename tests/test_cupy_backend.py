@@ -8,7 +8,7 @@ One set of test bodies runs the backend's algorithm code (``cupy_backend._impl_*
   with the reason, when CuPy or a GPU is missing.
 
 Every path is exercised explicitly (``fused`` all-rounds kernels, ``rounds`` per-round launches,
-``blocked`` team stages), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
+``blocked`` team stages, ``dense`` apply through U), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
 float64 ``1e-12`` (relative to the size of the values; apply/VJP sums of ``n`` rotations each), float32
 ``2e-5`` for apply and ``1e-4`` relative for angle cotangents (sums over columns and rounds).
 GPU-only tests at the end go through the public API: dispatch, non-contiguous inputs, another device,
@@ -214,6 +214,36 @@ def test_apply_jvp_matches_numpy(ops, n, k, dtype, path, rng):
                              what=f"{sched} T={transpose} x_tangent={'no' if tx is None else 'yes'}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,t", [(2, 2, None), (5, 9, 2), (17, 17, 4), (33, 40, None)])
+def test_dense_apply_path_matches_numpy(ops, n, k, t, dtype, rng):
+    # Team schedules with k >= n go through U and GEMMs by default (path=None) and with path='dense'.
+    sched = S.team_schedule(n, t)
+    for tb, xb in [((), ()), ((2,), ()), ((), (3,)), ((2, 1), (1, 2))]:
+        theta = _angles(rng, sched, batch=tb, dtype=dtype)
+        x = _rand(rng, xb + (n, k), dtype)
+        batch = np.broadcast_shapes(tb, xb)
+        g = _rand(rng, batch + (n, k), dtype)
+        for transpose in (False, True):
+            e_y = nb.apply(theta, x, sched, transpose)
+            e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
+            for path in (None, "dense"):
+                what = f"{sched} {tb} {xb} T={transpose} path={path}"
+                assert_close(ops.apply(theta, x, sched, transpose, path=path), e_y, dtype, what=what)
+                d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
+                assert d_theta.shape == theta.shape and d_x.shape == x.shape
+                assert_close(d_theta, e_theta, dtype, scale=5 * k, what="d_theta " + what)
+                assert_close(d_x, e_x, dtype, scale=5, what="d_x " + what)
+
+
+def test_dense_path_needs_a_team_schedule(ops, rng):
+    sched = S.circle_schedule(4)
+    with pytest.raises(ValueError, match="team schedule"):
+        ops.apply(_angles(rng, sched), np.eye(4), sched, False, path="dense")
+    with pytest.raises(ValueError, match="path must be one of"):
+        ops.matrix(_angles(rng, sched), sched, path="dense")
+
+
 # ----------------------------------------------------------------------------- materialized
 
 def _paths(sched):
@@ -409,12 +439,34 @@ def test_team_block_tables_cover_every_angle_once(n, t):
     for s in range(tab.S):
         np.testing.assert_array_equal(np.sort(tab.coords[s].ravel()), np.arange(tab.N))
         assert (np.diff(tab.coords[s], axis=1) > 0).all()  # local order = global order
-    for table in tab.local_i, tab.local_j:
-        assert table.shape == (2, t, t)
-    for r in range(2):
-        for l in range(t):
-            both = np.concatenate([tab.local_i[r, l], tab.local_j[r, l]])
-            np.testing.assert_array_equal(np.sort(both), np.arange(2 * t))  # a perfect matching
+    assert tab.local_i.shape == tab.local_j.shape == tab.block_angle.shape == (tab.S, tab.NB, t, t)
+    assert (tab.local_i < tab.local_j).all()
+    both = np.concatenate([tab.local_i, tab.local_j], axis=-1)
+    np.testing.assert_array_equal(np.sort(both, axis=-1), np.broadcast_to(np.arange(2 * t), both.shape))
+    # Each present angle sits on the coordinates of its plane (i, j).
+    iu, ju = np.triu_indices(n, 1)
+    s_, b_, l_, p_ = np.nonzero(tab.block_angle >= 0)
+    q = tab.block_angle[s_, b_, l_, p_]
+    np.testing.assert_array_equal(tab.coords[s_, b_, tab.local_i[s_, b_, l_, p_]], iu[q])
+    np.testing.assert_array_equal(tab.coords[s_, b_, tab.local_j[s_, b_, l_, p_]], ju[q])
+
+
+def test_team_block_tables_follow_the_round_order():
+    # Stage by stage, local round by local round, the present pairs are the schedule's rounds in
+    # order (empty rounds dropped), so the product of the blocks is the schedule's U.
+    for n, t in [(9, 2), (17, 4), (33, 8)]:
+        sched = S.team_schedule(n, t)
+        tab = cb.team_block_tables(sched)
+        seen = []
+        for s in range(tab.S):
+            for l in range(t):
+                a = tab.block_angle[s, :, l]
+                if (a >= 0).any():
+                    seen.append(np.sort(a[a >= 0]))
+        expected = [np.sort(rd.angle) for rd in sched.rounds]
+        assert len(seen) == len(expected)
+        for got, want in zip(seen, expected):
+            np.testing.assert_array_equal(got, want)
 
 
 # ----------------------------------------------------------------------------- GPU-only (public API)

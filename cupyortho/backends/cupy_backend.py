@@ -27,6 +27,10 @@ Paths (chosen per call, or forced with ``path=`` in the ``_impl_*`` functions):
     block-diagonal with ``2t x 2t`` blocks built from the angles by a kernel (one thread block per
     block), applied by batched GEMMs (``xp.matmul``); the VJP maps block cotangents to angle
     cotangents with the reduction-free formula inside each block.
+``"dense"``
+    Team schedules, :func:`apply` and its VJP when ``x`` has at least ``n`` columns: U by the
+    blocked path, then GEMMs (``y = U x``; the VJP feeds :math:`\bar G x^T` to the blocked
+    materialized VJP and returns :math:`U^T \bar G`).
 
 cos and sin of the angles are computed once per call (kernel ``cos_sin``).
 """
@@ -54,7 +58,8 @@ __all__ = [
 ]
 
 name = "cupy"
-PATHS = ("fused", "rounds", "blocked")
+PATHS = ("fused", "rounds", "blocked", "dense")
+_MATRIX_PATHS = ("fused", "rounds", "blocked")
 
 #: Upper bound on the scratch of per-tile partial angle sums of the fused backward, in bytes (it is
 #: also allowed 8 gradients' worth); beyond it the tiles are widened, or the per-round path is used.
@@ -144,46 +149,60 @@ def _slot_data(dev, schedule):
 def team_block_tables(schedule):
     """Host tables of the blocked form of a team schedule (see ``kernels/blocks.cu``).
 
-    Returns a namespace with ``t``, ``L = 2t``, ``N`` (padded size), ``S`` stages, ``NB`` blocks per
-    stage, ``coords`` (S, NB, L) padded coordinates of each block's local indices (increasing),
-    ``local_i``, ``local_j`` (2, t, t) local pairs (table 0 for stage 0, 1 for the team rounds) and
-    ``block_angle`` (S, NB, t, t): public angle index of each local pair, -1 where absent.
+    Derived from the schedule's own rounds (before empty rounds are dropped), using only its phase
+    structure: the first ``t - 1`` rounds pair coordinates inside teams; then each team round is ``t``
+    rounds pairing, in every meeting ``a < b`` of that team round, team ``a`` with team ``b``.  Stage 0
+    takes the teams ``2c, 2c + 1`` as one block; stage ``s >= 1`` is team round ``s - 1``, one block
+    per meeting.  Returns a namespace with ``t``, ``L = 2t``, ``N`` (padded size), ``S`` stages, ``NB``
+    blocks per stage, ``coords`` (S, NB, L) padded coordinates of each block's local indices
+    (increasing), and (S, NB, t, t) tables indexed by (stage, block, local round, pair):
+    ``local_i < local_j`` local pairs and ``block_angle``, the public angle index or -1 where the
+    rotation is absent (padding, Stiefel restriction, the filler round of stage 0).
     """
+    from ..errors import ScheduleError
+
     n, m, t = schedule.n, schedule.m, schedule.team_size
     T, meetings = _sched._team_structure(n, t)
     N, L, NB, S = T * t, 2 * t, T // 2, T
-    local_i = np.zeros((2, t, t), dtype=np.int64)
-    local_j = np.zeros((2, t, t), dtype=np.int64)
-    real = np.zeros((2, t), dtype=bool)  # which local rounds of each table are real rounds
-    intra = list(_sched._circle_rounds(t)) if t >= 2 else []
-    for l in range(t):
-        if l < len(intra):
-            i, j = np.minimum(*intra[l]), np.maximum(*intra[l])
-            local_i[0, l] = np.concatenate([i, i + t])
-            local_j[0, l] = np.concatenate([j, j + t])
-            real[0, l] = True
-        else:  # filler round of stage 0: an identity, any perfect matching of the L coordinates
-            local_i[0, l] = np.arange(t)
-            local_j[0, l] = np.arange(t) + t
-        local_i[1, l] = np.arange(t)
-        local_j[1, l] = t + (np.arange(t) + l) % t
-        real[1, l] = True
     coords = np.zeros((S, NB, L), dtype=np.int64)
     coords[0] = np.arange(N).reshape(NB, L)
     for s, team_round in enumerate(meetings, start=1):
         for nb, (a, b) in enumerate(team_round):
             coords[s, nb] = np.concatenate([a * t + np.arange(t), b * t + np.arange(t)])
-    table = np.minimum(np.arange(S), 1)
-    # Global coordinates of every local pair: (S, NB, t, t).
-    li = local_i[table][:, None, :, :]
-    lj = local_j[table][:, None, :, :]
-    cidx = coords[:, :, None, :]
-    gi = np.take_along_axis(np.broadcast_to(cidx, (S, NB, t, L)), np.broadcast_to(li, (S, NB, t, t)), axis=3)
-    gj = np.take_along_axis(np.broadcast_to(cidx, (S, NB, t, L)), np.broadcast_to(lj, (S, NB, t, t)), axis=3)
-    valid = (gj < n) & real[table][:, None, :, None]
-    if m is not None:
-        valid &= gi < m
-    angle = np.where(valid, _sched.pair_index(gi, np.where(valid, gj, gi + 1), n), -1)
+    block_of = np.zeros((S, N), dtype=np.int64)  # block of each coordinate, per stage
+    local = np.zeros((S, N), dtype=np.int64)  # its local index in that block
+    for s in range(S):
+        block_of[s, coords[s]] = np.arange(NB)[:, None]
+        local[s, coords[s]] = np.arange(L)[None, :]
+    local_i = np.zeros((S, NB, t, t), dtype=np.int64)
+    local_j = np.zeros((S, NB, t, t), dtype=np.int64)
+    angle = -np.ones((S, NB, t, t), dtype=np.int64)
+    # Filler round of stage 0 (it has t - 1 rounds): identity rotations on any perfect matching.
+    local_i[0, :, t - 1] = np.arange(t)
+    local_j[0, :, t - 1] = np.arange(t) + t
+    rounds = [(np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64))
+              for i, j in _sched._team_rounds(n, t)]
+    if len(rounds) != N - 1:
+        raise ScheduleError(f"team schedule n={n}, t={t}: expected {N - 1} rounds before dropping, "
+                            f"got {len(rounds)}")
+    for r, (i, j) in enumerate(rounds):
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        s, l = (0, r) if r < t - 1 else (1 + (r - t + 1) // t, (r - t + 1) % t)
+        blk = block_of[s, lo]
+        counts = np.bincount(blk, minlength=NB)
+        if lo.size != N // 2 or (blk != block_of[s, hi]).any() or (counts != t).any():
+            raise ScheduleError(
+                f"team schedule n={n}, t={t}: round {r} is not a perfect matching inside the "
+                f"blocks of stage {s}; the blocked path does not know this schedule's structure")
+        order = np.argsort(blk, kind="stable")
+        p = np.arange(lo.size) - np.repeat(np.arange(NB) * t, t)
+        b_sorted, lo_s, hi_s = blk[order], lo[order], hi[order]
+        local_i[s, b_sorted, l, p] = local[s, lo_s]
+        local_j[s, b_sorted, l, p] = local[s, hi_s]
+        valid = hi_s < n
+        if m is not None:
+            valid &= lo_s < m
+        angle[s, b_sorted, l, p] = np.where(valid, _sched.pair_index(lo_s, np.where(valid, hi_s, lo_s + 1), n), -1)
     return SimpleNamespace(t=t, L=L, N=N, S=S, NB=NB, coords=coords, local_i=local_i, local_j=local_j,
                            block_angle=angle)
 
@@ -307,8 +326,12 @@ def _sweep(dev, y, cs, cs_bstride, rd, transpose, path=None):
 
 def _impl_apply(dev, theta, x, schedule, transpose=False, path=None):
     """``U(theta) @ x`` (or ``U^T @ x``).  theta (..., A), x (..., n, k) -> (..., n, k)."""
-    _check_path(path, ("fused", "rounds"))
+    _check_path(path, ("fused", "rounds", "dense"))
     xp = dev.xp
+    if _use_dense(schedule, x, path):
+        y = _dense_apply(dev, theta, x, schedule, bool(transpose))[0]
+        batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
+        return xp.ascontiguousarray(xp.broadcast_to(y, tuple(batch) + tuple(x.shape[-2:])))
     batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
     rd = _rounds_data(dev, schedule)
     cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
@@ -322,9 +345,11 @@ def _impl_apply_vjp(dev, theta, x, cotangent, schedule, transpose=False, output=
 
     Undoes each round on y (recovering its input), rotates the cotangent by the round's transpose and
     sums :math:`x_i \bar g_j - x_j \bar g_i` over the columns, deterministically."""
-    _check_path(path, ("fused", "rounds"))
+    _check_path(path, ("fused", "rounds", "dense"))
     xp = dev.xp
     transpose = bool(transpose)
+    if _use_dense(schedule, x, path):
+        return _impl_apply_vjp_dense(dev, theta, x, cotangent, schedule, transpose)
     batch = tuple(np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2]))
     rd = _rounds_data(dev, schedule)
     cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
@@ -431,15 +456,18 @@ def _impl_matrix_blocked(dev, theta, schedule):
     return xp.ascontiguousarray(u[:, :n, :n]).reshape(batch + (n, n))
 
 
-def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule):
+def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule, forward=None):
     r"""Materialized VJP by stages: :math:`W = \bar G U^T`; for each stage, last first, the angle
     cotangents of its blocks from the diagonal blocks of W (kernel ``block_vjp``), then
-    :math:`W \leftarrow P_s^T W P_s` by two batched GEMMs."""
+    :math:`W \leftarrow P_s^T W P_s` by two batched GEMMs.  ``forward`` may pass the result of
+    :func:`_blocked_forward` for the same theta and batch, to skip recomputing U."""
     xp = dev.xp
     batch = tuple(np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2]))
     n, A = schedule.n, schedule.num_angles
     B = _prod(batch)
-    u, blocks, cs, cs_bstride, bd = _blocked_forward(dev, theta, batch, schedule)
+    if forward is None:
+        forward = _blocked_forward(dev, theta, batch, schedule)
+    u, blocks, cs, cs_bstride, bd = forward
     gbar = xp.zeros((B, bd.N, bd.N), dtype=theta.dtype)
     gbar[:, :n, :n] = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
     w = xp.matmul(gbar, xp.swapaxes(u, -1, -2))
@@ -456,6 +484,48 @@ def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule):
     return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
 
 
+def _use_dense(schedule, x, path):
+    """Apply through U (blocked) and one GEMM: team schedules with at least n columns (DESIGN.md
+    section 3: forming U costs about two GEMMs, the round sweeps cost O(n^2 k) shared-memory work)."""
+    if path == "dense":
+        if schedule.kind != "team":
+            raise ValueError(f"path='dense' needs a team schedule, got {schedule!r}")
+        return True
+    return path is None and schedule.kind == "team" and schedule.m is None and x.shape[-1] >= schedule.n
+
+
+def _dense_apply(dev, theta, x, schedule, transpose):
+    xp = dev.xp
+    batch = tuple(theta.shape[:-1])
+    n = schedule.n
+    forward = _blocked_forward(dev, theta, batch, schedule)
+    u = forward[0][:, :n, :n].reshape(batch + (n, n))
+    y = xp.matmul(xp.swapaxes(u, -1, -2) if transpose else u, x)
+    return xp.ascontiguousarray(y), forward, u
+
+
+def _impl_apply_vjp_dense(dev, theta, x, cotangent, schedule, transpose):
+    r"""VJP of ``y = U x`` through U: :math:`\bar U = \bar G x^T` (or :math:`x \bar G^T` for
+    ``y = U^T x``) fed to the blocked materialized VJP, and :math:`d_x = U^T \bar G` (or
+    :math:`U \bar G`), all GEMMs."""
+    xp = dev.xp
+    batch = tuple(theta.shape[:-1])
+    n = schedule.n
+    forward = _blocked_forward(dev, theta, batch, schedule)
+    u = forward[0][:, :n, :n].reshape(batch + (n, n))
+    if transpose:
+        u_bar = xp.matmul(x, xp.swapaxes(cotangent, -1, -2))
+        d_x = xp.matmul(u, cotangent)
+    else:
+        u_bar = xp.matmul(cotangent, xp.swapaxes(x, -1, -2))
+        d_x = xp.matmul(xp.swapaxes(u, -1, -2), cotangent)
+    ub_batch = tuple(u_bar.shape[:-2])
+    if ub_batch != batch:  # x or the cotangent carry batch axes theta does not: recompute for them
+        forward = None
+    d_theta = _impl_matrix_vjp_blocked(dev, theta, u_bar, schedule, forward)
+    return d_theta, _sum_to(xp, d_x, x.shape)
+
+
 # --------------------------------------------------------------------------- materialized
 
 def _eye(xp, n, dtype):
@@ -464,7 +534,7 @@ def _eye(xp, n, dtype):
 
 def _impl_matrix(dev, theta, schedule, path=None):
     """``U(theta)`` (..., n, n): blocked stages for team schedules, else the rounds applied to I."""
-    _check_path(path, PATHS)
+    _check_path(path, _MATRIX_PATHS)
     if _use_blocked(schedule, path):
         return _impl_matrix_blocked(dev, theta, schedule)
     return _impl_apply(dev, theta, _eye(dev.xp, schedule.n, theta.dtype), schedule, False, path)
@@ -477,7 +547,7 @@ def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None):
     :math:`W = \bar G U^T` and one launch per round (last first) reads
     :math:`W[j,i] - W[i,j]` for the round's pairs and updates :math:`W \leftarrow B_r^T W B_r`;
     every angle's cotangent is one difference of two entries: no sums, no atomics."""
-    _check_path(path, PATHS)
+    _check_path(path, _MATRIX_PATHS)
     if _use_blocked(schedule, path):
         return _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule)
     xp = dev.xp

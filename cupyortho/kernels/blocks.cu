@@ -5,9 +5,10 @@
 // local coordinates; a local pair whose angle is absent (padding, Stiefel restriction, or the
 // filler round of stage 0) has angle index -1 and is the identity.
 //
-// Tables (C-contiguous int32):
-//   local_i, local_j : (2, t, t)      local pairs, [0] for stage 0, [1] for every later stage.
-//   block_angle      : (S, NB, t, t)  public angle index of local round l, pair p, or -1.
+// Tables (C-contiguous int32), indexed by (stage s, block nb, local round l, pair p):
+//   local_i, local_j : (S, NB, t, t)  local pair, local_i < local_j (derived from the schedule's
+//                                     own rounds by cupy_backend.team_block_tables).
+//   block_angle      : (S, NB, t, t)  public angle index of that pair, or -1.
 // cs: (Bc, A, 2) cos/sin in the PUBLIC angle order, batch stride cs_bstride.
 // These kernels work in place on global memory; one thread block per L x L block, its t rounds
 // separated by __syncthreads (which also orders global memory within the block).
@@ -25,9 +26,8 @@ __global__ void build_blocks(T* __restrict__ blocks, const T* __restrict__ cs,
     const long long id = blockIdx.x;
     const long long b = id / ((long long)S * NB);
     const int sn = (int)(id - b * S * NB);  // s * NB + nb
-    const int s = sn / NB;
-    const int* tab_i = local_i + (s == 0 ? 0 : t * t);
-    const int* tab_j = local_j + (s == 0 ? 0 : t * t);
+    const int* tab_i = local_i + (long long)sn * t * t;
+    const int* tab_j = local_j + (long long)sn * t * t;
     const int* ang = block_angle + (long long)sn * t * t;
     const T* csb = cs + b * cs_bstride;
     T* m = blocks + id * L * L;
@@ -39,9 +39,9 @@ __global__ void build_blocks(T* __restrict__ blocks, const T* __restrict__ cs,
             const int col = it - p * L;
             const int q = ang[l * t + p];
             if (q < 0) continue;
-            T c, sn_;
-            load_cos_sin(csb, q, T(1), c, sn_);
-            givens_rotate(m[tab_i[l * t + p] * L + col], m[tab_j[l * t + p] * L + col], c, sn_);
+            T c, sv;
+            load_cos_sin(csb, q, T(1), c, sv);
+            givens_rotate(m[tab_i[l * t + p] * L + col], m[tab_j[l * t + p] * L + col], c, sv);
         }
         __syncthreads();
     }
@@ -63,9 +63,10 @@ __global__ void block_vjp(T* __restrict__ w, T* __restrict__ d, const T* __restr
     const long long id = blockIdx.x;
     const long long b = id / NB;
     const int nb = (int)(id - b * NB);
-    const int* tab_i = local_i + (s == 0 ? 0 : t * t);
-    const int* tab_j = local_j + (s == 0 ? 0 : t * t);
-    const int* ang = block_angle + ((long long)s * NB + nb) * t * t;
+    const long long sn = (long long)s * NB + nb;
+    const int* tab_i = local_i + sn * t * t;
+    const int* tab_j = local_j + sn * t * t;
+    const int* ang = block_angle + sn * t * t;
     const T* csb = cs + b * cs_bstride;
     T* m = w + id * L * L;
     T* db = d + b * A;
