@@ -24,6 +24,10 @@ derivatives are first order only: the backward rule is itself a callback.
 NaN and infinity propagate (cupyortho is called with ``check_finite=False``).  Dtypes: float32 and
 float64 (float64 needs ``jax_enable_x64``); ``apply`` promotes theta and x to a common dtype.
 
+:func:`unitary` and :func:`unitary_apply` wire :mod:`cupyortho.unitary` the same way; JAX's
+cotangent of a complex output is the conjugate of cupyortho's (torch's) convention, so complex
+cotangents are conjugated on the way in and complex ``d_x`` on the way out.
+
 Shapes are those of :mod:`cupyortho`: theta ``(..., A)``; ``matrix`` -> ``(..., n, n)``;
 ``frame`` -> ``(..., n, m)``; ``apply`` takes ``x`` of shape ``(n,)`` or ``(..., n, k)`` with batch
 axes broadcasting against theta's.
@@ -42,9 +46,10 @@ import numpy as np
 
 import cupyortho as _co
 from . import schedule as _sched
+from . import unitary as _umod
 from .errors import AngleCountError, DtypeError, ShapeError, SizeError
 
-__all__ = ["matrix", "frame", "apply"]
+__all__ = ["matrix", "frame", "apply", "unitary", "unitary_apply"]
 
 _VMAP_METHOD = "expand_dims"
 
@@ -215,6 +220,65 @@ def _apply_bwd(sched, transpose, res, g):
 _apply.defvjp(_apply_fwd, _apply_bwd)
 
 
+# Unitary.  cupyortho.unitary takes and returns cotangents of complex arrays as dL/dRe + i dL/dIm
+# (torch's convention); JAX's are the complex conjugate, so complex cotangents are conjugated on
+# the way in and the complex d_x on the way out.
+
+def _complex_of(dtype):
+    return jnp.complex64 if dtype == jnp.float32 else jnp.complex128
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _unitary(params, sched, special):
+    n = sched.n
+    fn = lambda p: _umod.unitary(p, special=special, schedule=sched, check_finite=False)  # noqa: E731
+    out = jax.ShapeDtypeStruct(params.shape[:-1] + (n, n), _complex_of(params.dtype))
+    return _call(fn, [out], [params.ndim], params)[0]
+
+
+def _unitary_fwd(params, sched, special):
+    return _unitary(params, sched, special), params
+
+
+def _unitary_bwd(sched, special, params, g):
+    fn = lambda p, c: _umod.unitary_vjp(p, c, special=special, schedule=sched, check_finite=False)  # noqa: E731
+    return _call(fn, [_like(params)], [params.ndim, g.ndim], params, jnp.conj(g))
+
+
+_unitary.defvjp(_unitary_fwd, _unitary_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _unitary_apply(params, x, sched, special, adjoint):
+    def fn(p, a):
+        return _umod.unitary_apply(p, a, special=special, adjoint=adjoint, schedule=sched, check_finite=False)
+
+    out = jax.ShapeDtypeStruct(_apply_out(params, x).shape, _complex_of(params.dtype))
+    return _call(fn, [out], [params.ndim, x.ndim], params, x)[0]
+
+
+def _unitary_apply_fwd(params, x, sched, special, adjoint):
+    y = _unitary_apply(params, x, sched, special, adjoint)
+    return y, (params, x, y)
+
+
+def _unitary_apply_bwd(sched, special, adjoint, res, g):
+    params, x, y = res
+
+    def fn(p, a, out, c):
+        return _umod.unitary_apply_vjp(
+            p, a, c, special=special, adjoint=adjoint, schedule=sched, output=out, check_finite=False
+        )
+
+    d_params, d_x = _call(
+        fn, [_like(params), _like(x)], [params.ndim, x.ndim, y.ndim, g.ndim], params, x, y, jnp.conj(g)
+    )
+    return d_params, (jnp.conj(d_x) if jnp.iscomplexobj(x) else d_x)
+
+
+_unitary_apply.defvjp(_unitary_apply_fwd, _unitary_apply_bwd)
+
+
 # --------------------------------------------------------------------------- public functions
 
 def _float_array(name, a):
@@ -315,4 +379,63 @@ def apply(theta, x, *, transpose=False, schedule=None):
     theta_p = theta.reshape((1,) * (rank - theta.ndim + 1) + theta.shape)
     x_p = x2.reshape((1,) * (rank - x2.ndim + 2) + x2.shape)
     y = _apply(theta_p, x_p, _full_schedule(schedule, n), bool(transpose))
+    return y[..., 0] if vector else y
+
+
+def unitary(params, *, n=None, special=False, schedule=None):
+    r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary.unitary`).
+
+    Args:
+        params: real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n), ``special=True``),
+            laid out ``[theta, phi, delta]``.
+        n (int, optional), schedule: as in :func:`matrix`.
+
+    Returns:
+        complex ``jax.Array`` ``(..., n, n)``.  Gradients follow JAX's complex convention.
+    """
+    params = _float_array("params", params)
+    count = params.shape[-1]
+    if isinstance(schedule, _sched.Schedule):
+        n = schedule.n if n is None else n
+    if n is None:
+        n = math.isqrt(count + (1 if special else 0))
+    n = _sched._check_int("n", n, 2)
+    if count != _umod.num_unitary_params(n, special):
+        raise AngleCountError(
+            f"params must hold {_umod.num_unitary_params(n, special)} parameters for n = {n}; "
+            f"got shape {tuple(params.shape)}"
+        )
+    return _unitary(params, _full_schedule(schedule, n), bool(special))
+
+
+def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None):
+    r"""``U(params) @ x`` (or ``U^H @ x``) without forming U (see :func:`cupyortho.unitary.unitary_apply`).
+
+    ``x`` is real or complex, ``(n,)`` or ``(..., n, k)``; the result is complex.
+    """
+    params = _float_array("params", params)
+    x = jnp.asarray(x)
+    if x.dtype not in (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128):
+        raise DtypeError(f"x must have dtype float32, float64, complex64 or complex128, got {x.dtype}")
+    vector = x.ndim == 1
+    x2 = x[:, None] if vector else x
+    if x2.ndim < 2 or x2.shape[-2] < 2:
+        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
+    n = x2.shape[-2]
+    if params.shape[-1] != _umod.num_unitary_params(n, special):
+        raise AngleCountError(
+            f"params must hold {_umod.num_unitary_params(n, special)} parameters for n = {n} (from x); "
+            f"got shape {tuple(params.shape)}"
+        )
+    try:
+        np.broadcast_shapes(params.shape[:-1], x2.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"batch axes do not broadcast: params {tuple(params.shape)}, x {tuple(x.shape)}") from None
+    real = jnp.result_type(params.dtype, jnp.real(x2).dtype)
+    params = params.astype(real)
+    x2 = x2.astype(_complex_of(real) if jnp.iscomplexobj(x2) else real)
+    rank = max(params.ndim - 1, x2.ndim - 2)
+    params_p = params.reshape((1,) * (rank - params.ndim + 1) + params.shape)
+    x_p = x2.reshape((1,) * (rank - x2.ndim + 2) + x2.shape)
+    y = _unitary_apply(params_p, x_p, _full_schedule(schedule, n), bool(special), bool(adjoint))
     return y[..., 0] if vector else y

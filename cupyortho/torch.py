@@ -19,6 +19,8 @@ op                       tensors in                         out
 ``matrix_vjp``,          theta, cotangent                   d_theta (theta's shape)
 ``frame_vjp``
 ``apply_vjp``            theta, x, y, cotangent             (d_theta, d_x)
+``unitary``,             params ``(..., n*n)`` (or          complex U / ``U @ x`` (or
+``unitary_apply``        ``n*n - 1``, SU(n)), x             ``U^H @ x``), and their VJP ops
 =======================  =================================  ==================================
 
 Devices.  CPU tensors are handed to the NumPy backend as zero-copy views (``tensor.numpy()`` of the
@@ -50,6 +52,7 @@ from torch import nn
 
 import cupyortho as _co
 from . import schedule as _sched
+from . import unitary as _unitary
 from .errors import (
     AngleCountError,
     BackendUnavailableError,
@@ -63,6 +66,8 @@ __all__ = [
     "matrix",
     "frame",
     "apply",
+    "unitary",
+    "unitary_apply",
     "Orthogonal",
     "OrthogonalParametrization",
 ]
@@ -323,6 +328,117 @@ _once_differentiable(_frame_vjp_op, "frame")
 _once_differentiable(_apply_vjp_op, "apply")
 
 
+# --------------------------------------------------------------------------- unitary ops
+# Parameters are real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n)); outputs complex.
+# torch's cotangent of a complex output of a real loss is dL/dRe + i dL/dIm, the convention of
+# cupyortho.unitary's VJPs, so they are wired unchanged.
+
+def _complex_of(dtype):
+    return torch.complex64 if dtype == torch.float32 else torch.complex128
+
+
+@torch.library.custom_op(f"{_LIB}::unitary", mutates_args=())
+def _unitary_op(
+    params: torch.Tensor, n: int, special: bool, kind: Optional[str], team_size: Optional[int]
+) -> torch.Tensor:
+    sched = _schedule(kind, team_size, n)
+    return _call(
+        lambda p: _unitary.unitary(p, n=n, special=special, schedule=sched, check_finite=False), params
+    )
+
+
+@_unitary_op.register_fake
+def _(params, n, special, kind, team_size):
+    return params.new_empty(params.shape[:-1] + (n, n), dtype=_complex_of(params.dtype))
+
+
+@torch.library.custom_op(f"{_LIB}::unitary_vjp", mutates_args=())
+def _unitary_vjp_op(
+    params: torch.Tensor, cotangent: torch.Tensor, n: int, special: bool, kind: Optional[str],
+    team_size: Optional[int],
+) -> torch.Tensor:
+    sched = _schedule(kind, team_size, n)
+    return _call(
+        lambda p, g: _unitary.unitary_vjp(p, g, n=n, special=special, schedule=sched, check_finite=False),
+        params, cotangent,
+    )
+
+
+@_unitary_vjp_op.register_fake
+def _(params, cotangent, n, special, kind, team_size):
+    return torch.empty_like(params)
+
+
+@torch.library.custom_op(f"{_LIB}::unitary_apply", mutates_args=())
+def _unitary_apply_op(
+    params: torch.Tensor, x: torch.Tensor, special: bool, adjoint: bool, kind: Optional[str],
+    team_size: Optional[int],
+) -> torch.Tensor:
+    sched = _schedule(kind, team_size, x.shape[-2])
+    return _call(
+        lambda p, a: _unitary.unitary_apply(
+            p, a, special=special, adjoint=adjoint, schedule=sched, check_finite=False
+        ),
+        params, x,
+    )
+
+
+@_unitary_apply_op.register_fake
+def _(params, x, special, adjoint, kind, team_size):
+    return x.new_empty(_apply_shape(params, x), dtype=_complex_of(params.dtype))
+
+
+@torch.library.custom_op(f"{_LIB}::unitary_apply_vjp", mutates_args=())
+def _unitary_apply_vjp_op(
+    params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cotangent: torch.Tensor, special: bool,
+    adjoint: bool, kind: Optional[str], team_size: Optional[int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    sched = _schedule(kind, team_size, x.shape[-2])
+    return _call(
+        lambda p, a, out, g: _unitary.unitary_apply_vjp(
+            p, a, g, special=special, adjoint=adjoint, schedule=sched, output=out, check_finite=False
+        ),
+        params, x, y, cotangent,
+    )
+
+
+@_unitary_apply_vjp_op.register_fake
+def _(params, x, y, cotangent, special, adjoint, kind, team_size):
+    return torch.empty_like(params), torch.empty_like(x)
+
+
+def _unitary_setup(ctx, inputs, output):
+    params, n, special, kind, team_size = inputs
+    ctx.save_for_backward(params)
+    ctx.args = (n, special, kind, team_size)
+
+
+def _unitary_backward(ctx, grad):
+    (params,) = ctx.saved_tensors
+    return _unitary_vjp_op(params, grad, *ctx.args), None, None, None, None
+
+
+_unitary_op.register_autograd(_unitary_backward, setup_context=_unitary_setup)
+
+
+def _unitary_apply_setup(ctx, inputs, output):
+    params, x, special, adjoint, kind, team_size = inputs
+    ctx.save_for_backward(params, x, output)
+    ctx.args = (special, adjoint, kind, team_size)
+
+
+def _unitary_apply_backward(ctx, grad):
+    params, x, y = ctx.saved_tensors
+    d_params, d_x = _unitary_apply_vjp_op(params, x, y, grad, *ctx.args)
+    need_p, need_x = ctx.needs_input_grad[:2]
+    return (d_params if need_p else None), (d_x if need_x else None), None, None, None, None
+
+
+_unitary_apply_op.register_autograd(_unitary_apply_backward, setup_context=_unitary_apply_setup)
+_once_differentiable(_unitary_vjp_op, "unitary")
+_once_differentiable(_unitary_apply_vjp_op, "unitary_apply")
+
+
 # --------------------------------------------------------------------------- vmap
 # cupyortho's functions already take batch axes, so a vmap rule only has to line the mapped axis up
 # in front of every tensor (expanding, as a view, the tensors that are not mapped) and give the
@@ -359,6 +475,10 @@ _vmap_rule(_apply_op, (1, 2), 2)
 _vmap_rule(_matrix_vjp_op, (1, 2), 2, outputs_like=(0,))
 _vmap_rule(_frame_vjp_op, (1, 2), 2, outputs_like=(0,))
 _vmap_rule(_apply_vjp_op, (1, 2, 2, 2), 4, outputs_like=(0, 1))
+_vmap_rule(_unitary_op, (1,), 1)
+_vmap_rule(_unitary_apply_op, (1, 2), 2)
+_vmap_rule(_unitary_vjp_op, (1, 2), 2, outputs_like=(0,))
+_vmap_rule(_unitary_apply_vjp_op, (1, 2, 2, 2), 4, outputs_like=(0, 1))
 
 
 # --------------------------------------------------------------------------- public functions
@@ -464,6 +584,72 @@ def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, sche
     dtype = torch.promote_types(theta.dtype, x.dtype)
     kind, team_size = _schedule_args(schedule)
     y = _apply_op(theta.to(dtype), x2.to(dtype), bool(transpose), kind, team_size)
+    return y.squeeze(-1) if vector else y
+
+
+def _n_from_unitary_count(count: int, special: bool) -> int:
+    n = math.isqrt(count + (1 if special else 0))
+    if n >= 2 and _unitary.num_unitary_params(n, special) == count:
+        return n
+    raise AngleCountError(
+        f"params must hold {'n*n - 1' if special else 'n*n'} parameters on its last axis for some n >= 2; "
+        f"got {count}"
+    )
+
+
+def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = False, schedule=None) -> torch.Tensor:
+    r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary.unitary`).
+
+    Args:
+        params (Tensor): real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n), ``special=True``),
+            laid out ``[theta, phi, delta]``.
+        n (int, optional), schedule: as in :func:`matrix`.
+
+    Returns:
+        complex Tensor ``(..., n, n)`` (complex64 for float32 params, complex128 for float64),
+        differentiable with respect to params.
+    """
+    _check_tensor("params", params)
+    n = _resolve_n(schedule, n)
+    n = _n_from_unitary_count(params.shape[-1], special) if n is None else _sched._check_int("n", n, 2)
+    if params.shape[-1] != _unitary.num_unitary_params(n, special):
+        raise AngleCountError(
+            f"params must hold {_unitary.num_unitary_params(n, special)} parameters for n = {n}; "
+            f"got shape {tuple(params.shape)}"
+        )
+    kind, team_size = _schedule_args(schedule)
+    return _unitary_op(params, n, bool(special), kind, team_size)
+
+
+def unitary_apply(params: torch.Tensor, x: torch.Tensor, *, special: bool = False, adjoint: bool = False,
+                  schedule=None) -> torch.Tensor:
+    r"""``U(params) @ x`` (or ``U^H @ x``) without forming U (see :func:`cupyortho.unitary.unitary_apply`).
+
+    ``x`` is real or complex, ``(n,)`` or ``(..., n, k)``; the result is complex, of the precision of
+    params and x together.
+    """
+    _check_tensor("params", params)
+    if not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES + (torch.complex64, torch.complex128):
+        raise DtypeError(f"x must be a float32, float64, complex64 or complex128 tensor, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
+    vector = x.dim() == 1
+    x2 = x.unsqueeze(-1) if vector else x
+    if x2.dim() < 2 or x2.shape[-2] < 2:
+        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
+    n = x2.shape[-2]
+    if params.shape[-1] != _unitary.num_unitary_params(n, special):
+        raise AngleCountError(
+            f"params must hold {_unitary.num_unitary_params(n, special)} parameters for n = {n} (from x); "
+            f"got shape {tuple(params.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(params.shape[:-1], x2.shape[:-2])
+    except RuntimeError:
+        raise ShapeError(f"batch axes do not broadcast: params {tuple(params.shape)}, x {tuple(x.shape)}") from None
+    real = torch.promote_types(params.dtype, x.real.dtype if x.is_complex() else x.dtype)
+    xdt = _complex_of(real) if x.is_complex() else real
+    kind, team_size = _schedule_args(schedule)
+    y = _unitary_apply_op(params.to(real), x2.to(xdt), bool(special), bool(adjoint), kind, team_size)
     return y.squeeze(-1) if vector else y
 
 

@@ -159,6 +159,34 @@ def test_buffer_callback_path_on_cpu(rng, x64):
                                atol=1e-13)
 
 
+def test_unitary_functions(rng, x64):
+    import cupyortho.unitary as cu
+
+    n = 4
+    p = jnp.asarray(rng.normal(size=(2, n * n)))
+    xc = jnp.asarray(rng.normal(size=(3, 1, n, 2)) + 1j * rng.normal(size=(3, 1, n, 2)))
+    np.testing.assert_allclose(cj.unitary(p, schedule="team"), cu.unitary(np.asarray(p), schedule="team"), atol=1e-14)
+    np.testing.assert_allclose(cj.unitary_apply(p, xc, adjoint=True),
+                               cu.unitary_apply(np.asarray(p), np.asarray(xc), adjoint=True), atol=1e-14)
+    check = jax.test_util.check_grads
+    check(cj.unitary, (p,), order=1, modes=["rev"])
+    check(lambda q: cj.unitary(q, special=True), (p[0, :-1],), order=1, modes=["rev"])
+    for adjoint in (False, True):
+        check(lambda q, a: cj.unitary_apply(q, a, adjoint=adjoint), (p, xc), order=1, modes=["rev"])
+        check(lambda q, a: cj.unitary_apply(q, a, adjoint=adjoint), (p[0], jnp.real(xc[0, 0, :, 0])),
+              order=1, modes=["rev"])
+
+    def loss(q, a):
+        return jnp.sum(jnp.abs(cj.unitary_apply(q, a)) ** 2 * jnp.arange(2.0)) + jnp.real(jnp.sum(cj.unitary(q) ** 2))
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    mapped = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(p[0], xc[:, 0])
+    for b in range(3):
+        one = grad(p[0], xc[b, 0])
+        np.testing.assert_allclose(mapped[0][b], one[0], atol=1e-12)
+        np.testing.assert_allclose(mapped[1][b], one[1], atol=1e-12)
+
+
 def test_errors_name_the_argument():
     with pytest.raises(DtypeError, match="theta"):
         cj.matrix(jnp.zeros(3, dtype=jnp.int32))

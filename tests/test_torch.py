@@ -197,6 +197,43 @@ def test_vmap_forward_and_backward(rng):
     torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
+# --------------------------------------------------------------------------- unitary
+
+
+def test_unitary_ops(rng):
+    import cupyortho.unitary as cu
+    from torch.func import vmap
+
+    n = 4
+    p = _t(rng.normal(size=(2, n * n)), requires_grad=True)
+    ps = _t(rng.normal(size=n * n - 1), requires_grad=True)
+    xc = torch.tensor(rng.normal(size=(3, 1, n, 2)) + 1j * rng.normal(size=(3, 1, n, 2)), requires_grad=True)
+    xr = _t(rng.normal(size=n), requires_grad=True)
+    u = ct.unitary(p, schedule="team")
+    assert u.dtype == torch.complex128
+    np.testing.assert_allclose(u.detach().numpy(), cu.unitary(p.detach().numpy(), schedule="team"), atol=1e-14)
+    np.testing.assert_allclose(ct.unitary_apply(p, xc, adjoint=True).detach().numpy(),
+                               cu.unitary_apply(p.detach().numpy(), xc.detach().numpy(), adjoint=True), atol=1e-14)
+    assert ct.unitary(p.detach().float()).dtype == torch.complex64
+    assert torch.autograd.gradcheck(lambda q: ct.unitary(q), (p,))
+    assert torch.autograd.gradcheck(lambda q: ct.unitary(q, special=True), (ps,))
+    for adjoint in (False, True):
+        assert torch.autograd.gradcheck(lambda q, a: ct.unitary_apply(q, a, adjoint=adjoint), (p, xc))
+        assert torch.autograd.gradcheck(lambda q, a: ct.unitary_apply(q, a, adjoint=adjoint, special=True), (ps, xr))
+    y = ct.unitary_apply(p, xc).detach()
+    pd, xd = p.detach(), xc.detach()
+    for op, args in (
+        (ct._unitary_op, (p, n, False, None, None)),
+        (ct._unitary_op, (ps, n, True, "team", 2)),
+        (ct._unitary_apply_op, (p, xc, False, True, "team", 2)),
+        (ct._unitary_vjp_op, (pd, torch.randn(2, n, n, dtype=torch.complex128), n, False, None, None)),
+        (ct._unitary_apply_vjp_op, (pd, xd, y, torch.randn_like(y), False, False, None, None)),
+    ):
+        torch.library.opcheck(op, args)
+    torch.testing.assert_close(vmap(ct.unitary)(pd), ct.unitary(pd), rtol=0, atol=0)
+    torch.testing.assert_close(vmap(lambda a: ct.unitary_apply(pd[0], a))(xd[:, 0]), ct.unitary_apply(pd[0], xd[:, 0]))
+
+
 # --------------------------------------------------------------------------- errors
 
 
