@@ -55,6 +55,7 @@ from . import schedule as _sched
 from . import unitary as _unitary
 from .errors import (
     AngleCountError,
+    BackendMismatchError,
     BackendUnavailableError,
     DtypeError,
     ScheduleError,
@@ -134,7 +135,7 @@ def _call(fn, *tensors: torch.Tensor):
     device = tensors[0].device
     for t in tensors[1:]:
         if t.device != device:
-            raise ShapeError(f"all tensors must be on one device; got {device} and {t.device}")
+            raise BackendMismatchError(f"all tensors must be on one device; got {device} and {t.device}")
     if device.type == "cpu":
         out = fn(*[_to_numpy(t) for t in tensors])
         return tuple(_from_numpy(o) for o in out) if isinstance(out, tuple) else _from_numpy(out)
@@ -705,6 +706,8 @@ class Orthogonal(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.n:
             raise ShapeError(f"input must have shape (..., {self.n}), got {tuple(x.shape)}")
+        if x.dtype != self.theta.dtype:  # as nn.Linear: no silent promotion
+            raise DtypeError(f"input has dtype {x.dtype} but the layer's angles are {self.theta.dtype}")
         if self.m is not None:
             return x @ frame(self.theta, self.n, self.m, schedule=self.schedule)
         rows = x.reshape(-1, self.n)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import cupyortho as co  # noqa: E402
 import cupyortho.torch as ct  # noqa: E402
-from cupyortho.errors import AngleCountError, DtypeError, ShapeError  # noqa: E402
+from cupyortho.errors import AngleCountError, BackendMismatchError, DtypeError, ShapeError  # noqa: E402
 
 SCHEDULES = ["circle", "team", co.team_schedule(7, 2)]
 cuda_only = pytest.mark.skipif(
@@ -113,8 +113,11 @@ def test_gradient_matches_numpy_vjp(rng):
 def test_double_backward_raises_clearly(rng):
     theta = _t(rng.normal(size=co.num_angles(4)), requires_grad=True)
     x = _t(rng.normal(size=(4, 2)), requires_grad=True)
-    for f in (lambda: ct.matrix(theta), lambda: ct.frame(theta[:5], 4, 2), lambda: ct.apply(theta, x)):
-        (g,) = torch.autograd.grad((f() ** 2).sum(), theta, create_graph=True)
+    p = _t(rng.normal(size=16), requires_grad=True)
+    for f, arg in ((lambda: ct.matrix(theta), theta), (lambda: ct.frame(theta[:5], 4, 2), theta),
+                   (lambda: ct.apply(theta, x), theta), (lambda: ct.unitary(p).abs(), p),
+                   (lambda: ct.unitary_apply(p, x).abs(), p)):
+        (g,) = torch.autograd.grad((f() ** 2).sum(), arg, create_graph=True)
         with pytest.raises(NotImplementedError, match="once differentiable"):
             g.sum().backward()
 
@@ -246,6 +249,10 @@ def test_errors_name_the_argument():
         ct.apply(torch.zeros(3, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64))
     with pytest.raises(ShapeError, match="input"):
         ct.Orthogonal(4)(torch.zeros(2, 3))
+    with pytest.raises(DtypeError, match="input"):
+        ct.Orthogonal(4)(torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(BackendMismatchError):
+        ct._call(lambda a, b: a, torch.zeros(2), torch.zeros(2, device="meta"))
 
 
 def test_import_cupyortho_imports_no_framework():
