@@ -16,6 +16,7 @@ import scipy.stats
 from hypothesis import given, strategies as st
 
 import cupyortho as co
+from cupyortho.backends import numpy_backend as _nb
 from cupyortho.errors import (
     AngleCountError, DtypeError, NonFiniteError, ScheduleError, ShapeError, SizeError,
 )
@@ -118,15 +119,20 @@ def test_num_unitary_params():
 def test_zero_phases_reduce_exactly_to_matrix(kind, dtype, n, rng):
     theta = rng.uniform(-np.pi, np.pi, _na(n)).astype(dtype)
     p = np.concatenate([theta, np.zeros(_na(n) + n, dtype)])
+    sched = co.get_schedule(kind, n)
     u = unitary(p, schedule=kind)
-    expected = co.matrix(theta, schedule=kind)
     assert u.dtype == np.result_type(dtype, np.complex64)
-    np.testing.assert_array_equal(u.real, expected)
+    # Bit for bit against the round-by-round SO(n) reference (same operations, exact zeros added) ...
+    np.testing.assert_array_equal(u.real, _nb.rounds_matrix(theta, sched))
     np.testing.assert_array_equal(u.imag, 0)
     x = rng.normal(size=(n, 3)).astype(dtype)
     y = unitary_apply(p, x, schedule=kind)
-    np.testing.assert_array_equal(y.real, co.apply(theta, x, schedule=kind))
+    np.testing.assert_array_equal(y.real, _nb.rounds_apply(theta, x, sched))
     np.testing.assert_array_equal(y.imag, 0)
+    # ... and to rounding against the public functions (team schedules there use blocked GEMMs).
+    tol = 10 * n * np.finfo(dtype).eps
+    assert np.abs(u.real - co.matrix(theta, schedule=kind)).max() <= tol
+    assert np.abs(y.real - co.apply(theta, x, schedule=kind)).max() <= tol * np.abs(x).max()
 
 
 @pytest.mark.parametrize("kind", KINDS)
