@@ -126,6 +126,15 @@ class _CudaStreamRef:
         return (0, self._ptr)
 
 
+def _unaliased(xp, out, inputs):
+    """``out`` with any output that may share memory with an input copied: a custom op's outputs
+    must not alias its inputs (cupyortho returns fresh arrays; this guards that contract)."""
+    def fresh(o):
+        return o.copy() if any(xp.may_share_memory(o, a) for a in inputs) else o
+
+    return tuple(fresh(o) for o in out) if isinstance(out, tuple) else fresh(out)
+
+
 def _call(fn, *tensors: torch.Tensor):
     """Run ``fn`` (a cupyortho function of arrays) on tensors; returns a tensor or a tuple of tensors.
 
@@ -137,7 +146,8 @@ def _call(fn, *tensors: torch.Tensor):
         if t.device != device:
             raise BackendMismatchError(f"all tensors must be on one device; got {device} and {t.device}")
     if device.type == "cpu":
-        out = fn(*[_to_numpy(t) for t in tensors])
+        arrays = [_to_numpy(t) for t in tensors]
+        out = _unaliased(np, fn(*arrays), arrays)
         return tuple(_from_numpy(o) for o in out) if isinstance(out, tuple) else _from_numpy(out)
     if device.type == "cuda":
         try:
@@ -152,10 +162,11 @@ def _call(fn, *tensors: torch.Tensor):
                 # ``keep`` holds the (possibly copied) contiguous inputs until the kernels are queued;
                 # later reuse of their memory by torch is ordered on this same stream.
                 keep = [t.detach().contiguous() for t in tensors]
-                out = fn(*[cupy.from_dlpack(t) for t in keep])
+                arrays = [cupy.from_dlpack(t) for t in keep]
+                out = _unaliased(cupy, fn(*arrays), arrays)
                 if isinstance(out, tuple):
-                    return tuple(torch.from_dlpack(o) for o in out)
-                return torch.from_dlpack(out)
+                    return tuple(torch.from_dlpack(cupy.ascontiguousarray(o)) for o in out)
+                return torch.from_dlpack(cupy.ascontiguousarray(out))
     raise BackendUnavailableError(
         f"cupyortho.torch runs on CPU and CUDA tensors; got a tensor on {device}"
     )

@@ -72,6 +72,9 @@ def test_cpu_inputs_are_shared_not_copied():
     assert np.shares_memory(view, t.numpy())
     a = np.arange(4.0)
     assert ct._from_numpy(a).data_ptr() == a.ctypes.data
+    # an output that would alias an input (forbidden for custom ops) is copied
+    out = ct._call(lambda v: v[1:], t)
+    assert torch.equal(out, t[1:]) and not np.shares_memory(out.numpy(), t.numpy())
 
 
 def test_inputs_unchanged(rng):
