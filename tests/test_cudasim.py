@@ -337,12 +337,13 @@ def test_modules_are_cached(tmp_path, monkeypatch):
     a = cudasim.build_module(src, ["block_sum_dyn<float>"], include_dirs=[KDIR])
     assert cudasim.build_module(src, ["block_sum_dyn<float>"], include_dirs=[KDIR]) is a
     assert a.path.exists() and a.path.parent == cudasim.cache_dir()
-    # a changed include is a different module
+    # a changed include is a different module (built in a private cache: tmp paths are one-off keys)
+    monkeypatch.setenv("CUDASIM_CACHE_DIR", str(tmp_path / "cache"))
     inc = tmp_path / "inc"
     inc.mkdir()
     (inc / "helpers.cuh").write_text((KDIR / "helpers.cuh").read_text() + "\n// changed\n")
     b = cudasim.build_module(src, ["block_sum_dyn<float>"], include_dirs=[inc])
-    assert b.path != a.path
+    assert b.path != a.path and b.path.parent == tmp_path / "cache"
 
 
 def test_ucontext_fibers_agree_with_the_fast_switch():

@@ -27,7 +27,15 @@ from cupyortho.backends import cupy_backend as cb  # noqa: E402
 from cupyortho.backends import numpy_backend as nb  # noqa: E402
 from cupyortho.schedule import circle_schedule, team_schedule  # noqa: E402
 
-KERNELS = _kernels.KERNELS
+try:  # U(n) kernels: their own KERNELS until merged into _kernels.KERNELS
+    from cupyortho.backends import cupy_unitary as cu  # noqa: E402
+    from cupyortho.backends import numpy_unitary as nu  # noqa: E402
+except ImportError:
+    cu = nu = None
+
+KERNELS = dict(_kernels.KERNELS)
+if cu is not None:
+    KERNELS.update(cu.KERNELS)
 LAUNCHED = collections.Counter()  # name expression -> launches, over the whole module
 
 NS = (2, 3, 31, 32, 33, 64, 65, 130)
@@ -43,7 +51,7 @@ DEVICES = (
 
 
 def device(seed, config=0):
-    return cudasim.CpuDevice(seed, launched=LAUNCHED, **DEVICES[config % len(DEVICES)])
+    return cudasim.CpuDevice(seed, kernels=KERNELS, launched=LAUNCHED, **DEVICES[config % len(DEVICES)])
 
 
 def schedules(n):
@@ -64,7 +72,7 @@ def assert_close(got, want, dtype, n, what):
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
     assert np.isfinite(got).all(), f"{what}: non-finite entries (a read of poisoned memory?)"
     scale = max(1.0, float(np.abs(want).max(initial=0.0)))
-    err = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max(initial=0.0)) / scale
+    err = float(np.abs(got.astype(np.complex128) - want.astype(np.complex128)).max(initial=0.0)) / scale
     assert err <= tol(dtype, n), f"{what}: max error {err:.3g} > {tol(dtype, n):.3g}"
 
 
@@ -178,6 +186,50 @@ def test_barrier_kernels_for_several_seeds(seed):
                          np.float64, n * n, "matrix_vjp")
 
 
+# --------------------------------------------------------------------------------------- U(n)
+
+UNITARY_CASES = [(n, k, d) for (n, k, d) in CASES if (n, k) in
+                 {(2, 1), (3, 7), (31, 33), (32, 1), (33, 7), (64, 7), (65, 1), (130, 1)}]
+
+
+def _complex_normal(rng, shape, cdtype):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(cdtype)
+
+
+@pytest.mark.skipif(cu is None, reason="cupyortho.backends.cupy_unitary is missing")
+@pytest.mark.parametrize("case", range(len(UNITARY_CASES)),
+                         ids=[f"n{n}-k{k}-{np.dtype(d).name}" for n, k, d in UNITARY_CASES])
+def test_unitary_family(case):
+    """U(n): unitary, unitary_apply (and adjoint), their VJPs and JVPs vs numpy_unitary."""
+    n, k, dtype = UNITARY_CASES[case]
+    rng = np.random.default_rng(2000 + case)
+    cdt = nu.complex_dtype(dtype)
+    for si, schedule in enumerate(schedules(n)[:2]):
+        dev = device(seed=case * 3 + si, config=case + si)
+        pshape = (2, n * n) if (case + si) % 2 else (n * n,)
+        p = rng.uniform(-np.pi, np.pi, pshape).astype(dtype)
+        t = rng.standard_normal(pshape).astype(dtype)
+        x = _complex_normal(rng, (n, k), cdt)
+        tx = _complex_normal(rng, (n, k), cdt)
+        gu = _complex_normal(rng, pshape[:-1] + (n, n), cdt)
+        adjoint = bool((case + si) % 2)
+        label = f"{schedule!r} adjoint={adjoint}"
+        assert_close(cu._impl_unitary(dev, p, schedule, cdt), nu.unitary(p, schedule, cdt), dtype, n, "unitary")
+        assert_close(cu._impl_unitary_vjp(dev, p, gu, schedule), nu.unitary_vjp(p, gu, schedule), dtype, n * n,
+                     "unitary_vjp")
+        assert_close(cu._impl_unitary_jvp(dev, p, t, schedule, cdt), nu.unitary_jvp(p, t, schedule, cdt), dtype, n,
+                     "unitary_jvp")
+        want = nu.unitary_apply(p, x, schedule, adjoint)
+        assert_close(cu._impl_unitary_apply(dev, p, x, schedule, adjoint), want, dtype, n, f"unitary_apply {label}")
+        gy = _complex_normal(rng, want.shape, cdt)
+        got = cu._impl_unitary_apply_vjp(dev, p, x, gy, schedule, adjoint)
+        ref = nu.unitary_apply_vjp(p, x, gy, schedule, adjoint)
+        assert_close(got[0], ref[0], dtype, n * k, f"unitary_apply_vjp d_params {label}")
+        assert_close(got[1], ref[1], dtype, n, f"unitary_apply_vjp d_x {label}")
+        assert_close(cu._impl_unitary_apply_jvp(dev, p, x, t, tx, schedule, adjoint),
+                     nu.unitary_apply_jvp(p, x, t, tx, schedule, adjoint), dtype, n, f"unitary_apply_jvp {label}")
+
+
 # ----------------------------------------------------------------- mutation: remove each barrier
 
 _BARRIER = re.compile(r"__syncthreads\(\)\s*;")
@@ -230,7 +282,7 @@ def test_removing_any_barrier_is_caught(filename):
     for mutant in range(-1, count):
         caught = 0
         for seed in range(3):
-            dev = cudasim.CpuDevice(seed, source_transform=_mutable, multiprocessor_count=1)
+            dev = cudasim.CpuDevice(seed, kernels=KERNELS, source_transform=_mutable, multiprocessor_count=1)
             dev.module_for(filename).lib.cudasim_set_mutant(mutant)
             try:
                 caught += sum(1 for _ in _barrier_ops(dev, np.random.default_rng(seed)))
@@ -248,7 +300,8 @@ def test_removing_any_barrier_is_caught(filename):
 # ---------------------------------------------------------------------------------- coverage
 
 def test_every_kernel_was_launched():
-    """Runs last in this module (pytest keeps file order): the union of launches covers KERNELS."""
+    """Runs last in this module (pytest keeps file order): the union of launches covers KERNELS
+    (``_kernels.KERNELS`` plus ``cupy_unitary.KERNELS`` while those are kept apart)."""
     if not LAUNCHED:
         pytest.skip("no kernel tests ran in this session (deselected)")
     missing = sorted(set(KERNELS) - set(LAUNCHED))
