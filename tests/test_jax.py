@@ -135,10 +135,13 @@ def test_sum_of_vmapped_gradients_is_the_shared_gradient(rng, x64):
     np.testing.assert_allclose(per_example, batched, atol=1e-12)
 
 
-def test_forward_mode_is_refused(x64):
+def test_forward_mode_and_second_order_are_refused(x64):
     theta = jnp.zeros(co.num_angles(4))
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(cj.matrix, (theta,), (theta,))
+    f = lambda t: jnp.sum(cj.matrix(t) ** 2 * jnp.arange(4.0))  # noqa: E731
+    with pytest.raises(ValueError, match="callbacks do not support JVP"):
+        jax.grad(lambda t: jnp.sum(jax.grad(f)(t)))(theta)
 
 
 def test_buffer_callback_path_on_cpu(rng, x64):
