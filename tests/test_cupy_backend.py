@@ -262,6 +262,9 @@ def test_matrix_and_matrix_vjp_match_numpy(ops, n, dtype, rng):
             assert_close(ops.matrix(theta, sched, path=path), u_ref, dtype, what=f"U {sched} {path}")
             assert_close(ops.matrix_vjp(theta, g, sched, path=path), d_ref, dtype, scale=5 * n,
                          what=f"matrix_vjp {sched} {path}")
+            # output=U skips recomputing U and gives the same cotangents.
+            assert_close(ops.matrix_vjp(theta, g, sched, path=path, output=u_ref.copy()), d_ref, dtype,
+                         scale=5 * n, what=f"matrix_vjp(output=U) {sched} {path}")
 
 
 def test_default_paths_match_numpy(ops, rng):

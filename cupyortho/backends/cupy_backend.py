@@ -207,12 +207,31 @@ def team_block_tables(schedule):
                            block_angle=angle)
 
 
+def _stage_gathers(tab, forward):
+    """Index arrays moving rows from one stage's order to the next (see ``_block_data``)."""
+    orders = [tab.coords[s].ravel() for s in range(tab.S)]
+    natural = np.arange(tab.N)
+    out = []
+    for s in range(tab.S):
+        prev = (orders[s - 1] if s > 0 else natural) if forward else \
+            (orders[s + 1] if s + 1 < tab.S else natural)
+        position = np.argsort(prev)  # position[coordinate] in the previous order
+        out.append(position[orders[s]].astype(np.int64))
+    return out
+
+
 def _block_data(dev, schedule):
     def build():
         tab = team_block_tables(schedule)
         return SimpleNamespace(
             t=tab.t, L=tab.L, N=tab.N, S=tab.S, NB=tab.NB,
             coords=[dev.xp.asarray(c.astype(np.int64)) for c in tab.coords],
+            # Stage s works on rows (and columns) in the order coords[s].ravel(); to_stage[s] gathers
+            # that order from the order of stage s - 1 (forward), from_stage[s] from the order of
+            # stage s + 1 (backward; the natural order after the last stage).
+            to_stage=[dev.xp.asarray(g) for g in _stage_gathers(tab, forward=True)],
+            from_stage=[dev.xp.asarray(g) for g in _stage_gathers(tab, forward=False)],
+            to_natural=dev.xp.asarray(np.argsort(tab.coords[-1].ravel())),
             diag_rows=dev.xp.asarray(np.arange(tab.N, dtype=np.int64)[:, None]),
             diag_cols=dev.xp.asarray((np.arange(tab.N) // tab.L * tab.L)[:, None] + np.arange(tab.L)),
             local_i=_to_dev(dev, tab.local_i),
@@ -329,7 +348,7 @@ def _impl_apply(dev, theta, x, schedule, transpose=False, path=None):
     _check_path(path, ("fused", "rounds", "dense"))
     xp = dev.xp
     if _use_dense(schedule, x, path):
-        y = _dense_apply(dev, theta, x, schedule, bool(transpose))[0]
+        y = _dense_apply(dev, theta, x, schedule, bool(transpose))
         batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
         return xp.ascontiguousarray(xp.broadcast_to(y, tuple(batch) + tuple(x.shape[-2:])))
     batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
@@ -429,58 +448,82 @@ def _use_blocked(schedule, path):
     return path is None and schedule.kind == "team"
 
 
-def _blocked_forward(dev, theta, batch, schedule):
-    """Padded ``U`` (B, N, N), the stage blocks (B, S, NB, L, L) and the public-order cos/sin."""
+def _blocked_blocks(dev, theta, batch, schedule):
+    """The stage blocks (B, S, NB, L, L) of theta broadcast to ``batch``, and their cos/sin."""
     xp = dev.xp
     bd = _block_data(dev, schedule)
     rd = _rounds_data(dev, schedule)
-    B = _prod(batch)
     cs, cs_bstride = _cos_sin(dev, theta, batch, rd.identity)
-    blocks = xp.empty((B, bd.S, bd.NB, bd.L, bd.L), dtype=theta.dtype)
+    blocks = xp.empty((_prod(batch), bd.S, bd.NB, bd.L, bd.L), dtype=theta.dtype)
     _launch.build_blocks(dev, blocks, cs, bd.block_angle, bd.local_i, bd.local_j, cs_bstride)
-    # Stage 0 acts on contiguous coordinates: U starts as its block diagonal (row r of U gets the
-    # columns of its block, diag_cols[r]).
-    u = xp.zeros((B, bd.N, bd.N), dtype=theta.dtype)
-    u[:, bd.diag_rows, bd.diag_cols] = blocks[:, 0].reshape(B, bd.N, bd.L)
+    return blocks, cs, cs_bstride, bd
+
+
+def _blocked_forward(dev, theta, batch, schedule):
+    """``U`` (B, n, n) by stages, and ``(blocks, cs, cs_bstride, tables)`` of :func:`_blocked_blocks`.
+
+    U is kept with its rows in the current stage's block order, so each stage is one row gather
+    and one batched GEMM ``(B, NB, L, L) @ (B, NB, L, N)``; one final gather restores the natural
+    order.  Stage 0 acts on contiguous coordinates: U starts as its block diagonal."""
+    xp = dev.xp
+    blocks, cs, cs_bstride, bd = _blocked_blocks(dev, theta, batch, schedule)
+    B, N, L, NB = blocks.shape[0], bd.N, bd.L, bd.NB
+    u = xp.zeros((B, N, N), dtype=theta.dtype)
+    u[:, bd.diag_rows, bd.diag_cols] = blocks[:, 0].reshape(B, N, L)
     for s in range(1, bd.S):
-        c = bd.coords[s]
-        u[:, c, :] = xp.matmul(blocks[:, s], u[:, c, :])
-    return u, blocks, cs, cs_bstride, bd
+        u = xp.matmul(blocks[:, s], u[:, bd.to_stage[s], :].reshape(B, NB, L, N)).reshape(B, N, N)
+    n = schedule.n
+    u = u[:, bd.to_natural[:n], :n] if bd.S > 1 else u[:, :n, :n]
+    return xp.ascontiguousarray(u), (blocks, cs, cs_bstride, bd)
 
 
 def _impl_matrix_blocked(dev, theta, schedule):
-    xp = dev.xp
     batch = tuple(theta.shape[:-1])
     n = schedule.n
-    u, _, _, _, _ = _blocked_forward(dev, theta, batch, schedule)
-    return xp.ascontiguousarray(u[:, :n, :n]).reshape(batch + (n, n))
+    u, _ = _blocked_forward(dev, theta, batch, schedule)
+    return u.reshape(batch + (n, n))
 
 
-def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule, forward=None):
+def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule, output=None, blocked=None):
     r"""Materialized VJP by stages: :math:`W = \bar G U^T`; for each stage, last first, the angle
     cotangents of its blocks from the diagonal blocks of W (kernel ``block_vjp``), then
-    :math:`W \leftarrow P_s^T W P_s` by two batched GEMMs.  ``forward`` may pass the result of
-    :func:`_blocked_forward` for the same theta and batch, to skip recomputing U."""
+    :math:`W \leftarrow P_s^T W P_s` by two batched GEMMs.
+
+    W is kept in the current stage's order of rows and columns, alternately transposed: the right
+    product :math:`M P` is computed as :math:`(P^T M^T)^T`, so every GEMM is a left product on
+    contiguous rows, and a stage costs one gather, one transposing copy and two GEMMs.  (The
+    diagonal blocks of :math:`W^T` are the transposed blocks of W, and
+    :math:`P^T W^T P = (P^T W P)^T`.)  ``output`` may pass U (..., n, n) to skip recomputing it,
+    ``blocked`` the second result of :func:`_blocked_forward` for the same theta and batch."""
     xp = dev.xp
     batch = tuple(np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2]))
     n, A = schedule.n, schedule.num_angles
     B = _prod(batch)
-    if forward is None:
-        forward = _blocked_forward(dev, theta, batch, schedule)
-    u, blocks, cs, cs_bstride, bd = forward
-    gbar = xp.zeros((B, bd.N, bd.N), dtype=theta.dtype)
-    gbar[:, :n, :n] = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
-    w = xp.matmul(gbar, xp.swapaxes(u, -1, -2))
+    if output is None:
+        u, blocked = _blocked_forward(dev, theta, batch, schedule)
+    else:
+        u = xp.broadcast_to(output, batch + (n, n)).reshape(B, n, n)
+        if blocked is None:
+            blocked = _blocked_blocks(dev, theta, batch, schedule)
+    blocks, cs, cs_bstride, bd = blocked
+    N, L, NB = bd.N, bd.L, bd.NB
+    g = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
+    w = xp.zeros((B, N, N), dtype=theta.dtype)  # zero on the padding, where U is the identity
+    w[:, :n, :n] = xp.matmul(g, xp.swapaxes(u, -1, -2))
     d = xp.zeros((B, A), dtype=theta.dtype)
+    transposed = False  # whether w holds W^T (in the current order) rather than W
     for s in range(bd.S - 1, -1, -1):
-        c = bd.coords[s]
-        wb = xp.ascontiguousarray(w[:, c[:, :, None], c[:, None, :]])
+        c = bd.from_stage[s]
+        w = w[:, c[:, None], c[None, :]]
+        wb = w[:, bd.diag_rows, bd.diag_cols].reshape(B, NB, L, L)
+        wb = xp.ascontiguousarray(xp.swapaxes(wb, -1, -2) if transposed else wb)
         _launch.block_vjp(dev, wb, d, cs, bd.block_angle, bd.local_i, bd.local_j, s, cs_bstride)
         if s > 0:
-            blk = blocks[:, s]
-            w[:, c, :] = xp.matmul(xp.swapaxes(blk, -1, -2), w[:, c, :])
-            cols = xp.matmul(xp.swapaxes(w[:, :, c], 1, 2), blk)
-            w[:, :, c] = xp.swapaxes(cols, 1, 2)
+            blk_t = xp.swapaxes(blocks[:, s], -1, -2)
+            w = xp.matmul(blk_t, w.reshape(B, NB, L, N)).reshape(B, N, N)  # P^T M
+            w = xp.ascontiguousarray(xp.swapaxes(w, -1, -2))  # (P^T M)^T = M^T P
+            w = xp.matmul(blk_t, w.reshape(B, NB, L, N)).reshape(B, N, N)  # P^T M^T P
+            transposed = not transposed
     return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
 
 
@@ -498,10 +541,8 @@ def _dense_apply(dev, theta, x, schedule, transpose):
     xp = dev.xp
     batch = tuple(theta.shape[:-1])
     n = schedule.n
-    forward = _blocked_forward(dev, theta, batch, schedule)
-    u = forward[0][:, :n, :n].reshape(batch + (n, n))
-    y = xp.matmul(xp.swapaxes(u, -1, -2) if transpose else u, x)
-    return xp.ascontiguousarray(y), forward, u
+    u = _blocked_forward(dev, theta, batch, schedule)[0].reshape(batch + (n, n))
+    return xp.matmul(xp.swapaxes(u, -1, -2) if transpose else u, x)
 
 
 def _impl_apply_vjp_dense(dev, theta, x, cotangent, schedule, transpose):
@@ -511,18 +552,18 @@ def _impl_apply_vjp_dense(dev, theta, x, cotangent, schedule, transpose):
     xp = dev.xp
     batch = tuple(theta.shape[:-1])
     n = schedule.n
-    forward = _blocked_forward(dev, theta, batch, schedule)
-    u = forward[0][:, :n, :n].reshape(batch + (n, n))
+    u, blocked = _blocked_forward(dev, theta, batch, schedule)
+    u = u.reshape(batch + (n, n))
     if transpose:
         u_bar = xp.matmul(x, xp.swapaxes(cotangent, -1, -2))
         d_x = xp.matmul(u, cotangent)
     else:
         u_bar = xp.matmul(cotangent, xp.swapaxes(x, -1, -2))
         d_x = xp.matmul(xp.swapaxes(u, -1, -2), cotangent)
-    ub_batch = tuple(u_bar.shape[:-2])
-    if ub_batch != batch:  # x or the cotangent carry batch axes theta does not: recompute for them
-        forward = None
-    d_theta = _impl_matrix_vjp_blocked(dev, theta, u_bar, schedule, forward)
+    if tuple(u_bar.shape[:-2]) == batch:
+        d_theta = _impl_matrix_vjp_blocked(dev, theta, u_bar, schedule, u, blocked)
+    else:  # x or the cotangent carry batch axes theta does not
+        d_theta = _impl_matrix_vjp_blocked(dev, theta, u_bar, schedule)
     return d_theta, _sum_to(xp, d_x, x.shape)
 
 
@@ -540,16 +581,17 @@ def _impl_matrix(dev, theta, schedule, path=None):
     return _impl_apply(dev, theta, _eye(dev.xp, schedule.n, theta.dtype), schedule, False, path)
 
 
-def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None):
+def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None, output=None):
     r"""``d_theta`` of ``U = matrix(theta)`` by the reduction-free formula (DESIGN.md section 2).
 
     Team schedules: by stages (:func:`_impl_matrix_vjp_blocked`).  Otherwise
     :math:`W = \bar G U^T` and one launch per round (last first) reads
     :math:`W[j,i] - W[i,j]` for the round's pairs and updates :math:`W \leftarrow B_r^T W B_r`;
-    every angle's cotangent is one difference of two entries: no sums, no atomics."""
+    every angle's cotangent is one difference of two entries: no sums, no atomics.
+    ``output`` may pass ``U = matrix(theta)`` (..., n, n) to skip recomputing it."""
     _check_path(path, _MATRIX_PATHS)
     if _use_blocked(schedule, path):
-        return _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule)
+        return _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule, output)
     xp = dev.xp
     batch = tuple(np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2]))
     rd = _rounds_data(dev, schedule)
@@ -557,8 +599,11 @@ def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None):
     n, A = schedule.n, schedule.num_angles
     B = _prod(batch)
     cs, cs_bstride = _cos_sin(dev, theta, batch, rd.angle_index)
-    u = _work(xp, _eye(xp, n, theta.dtype), batch, theta.dtype)
-    _sweep(dev, u, cs, cs_bstride, rd, False, None if path == "blocked" else path)
+    if output is None:
+        u = _work(xp, _eye(xp, n, theta.dtype), batch, theta.dtype)
+        _sweep(dev, u, cs, cs_bstride, rd, False, path)
+    else:
+        u = xp.broadcast_to(output, batch + (n, n)).reshape(B, n, n)
     g = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
     w = xp.ascontiguousarray(xp.matmul(g, xp.swapaxes(u, -1, -2)))
     d_round = xp.empty((B, A), dtype=theta.dtype)
@@ -607,11 +652,12 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
         return _impl_apply_vjp(dev, theta, x, cotangent, schedule, transpose, output)
 
 
-def matrix_vjp(theta, cotangent, schedule):
-    """``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU``, shaped like theta."""
+def matrix_vjp(theta, cotangent, schedule, output=None):
+    """``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU``, shaped like theta.
+    ``output`` may pass ``U`` itself (from :func:`matrix`) to skip recomputing it."""
     dev, ctx = _on(theta)
     with ctx:
-        return _impl_matrix_vjp(dev, theta, cotangent, schedule)
+        return _impl_matrix_vjp(dev, theta, cotangent, schedule, output=output)
 
 
 def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
