@@ -95,6 +95,12 @@ class GpuOps(SimOps):
         self.dev = get_device()
         self.attrs = attrs  # the real device's limits are kept: attrs only shape the CPU harness
 
+    def to(self, a):
+        return self.cupy.asarray(a)
+
+    def back(self, a):
+        return self.cupy.asnumpy(a)
+
     def __getattr__(self, op):
         impl = getattr(cb, "_impl_" + op)
         cupy = self.cupy
@@ -396,6 +402,25 @@ def test_tile_width_limits():
     tk = cb._tile_width(dev, n, k, 1, 2, 4, A=A)
     budget = max(cb.PARTIAL_BYTES, 8 * A * 4)
     assert tk is None or -(-k // tk) * A * 4 <= budget
+
+
+@pytest.mark.parametrize("width", [1, 3, 64])
+def test_forced_tile_width(make_ops, width, rng, monkeypatch):
+    ops = make_ops()
+    monkeypatch.setattr(cb, "TILE_WIDTH", width)
+    n, k = 10, 7
+    sched = S.circle_schedule(n)
+    theta = _angles(rng, sched)
+    x, g = _rand(rng, (n, k), np.float64), _rand(rng, (n, k), np.float64)
+    if ops.name == "cudasim":
+        assert cb._tile_width(ops.dev, n, k, 1, 2, 8, A=sched.num_angles) == min(width, k)
+    d = ops.apply_vjp(theta, x, g, sched, False, None, path="fused")
+    e = nb.apply_vjp(theta, x, g, sched)
+    assert_close(d[0], e[0], np.float64, scale=50)
+    assert_close(d[1], e[1], np.float64)
+    t = _rand(rng, theta.shape, np.float64)
+    assert_close(ops.apply_jvp(theta, x, t, None, sched, False, path="fused"),
+                 nb.apply_jvp(theta, x, t, None, sched), np.float64, scale=10)
 
 
 def test_partial_budget_falls_back_to_rounds(make_ops, rng, monkeypatch):

@@ -64,6 +64,8 @@ _MATRIX_PATHS = ("fused", "rounds", "blocked")
 #: Upper bound on the scratch of per-tile partial angle sums of the fused backward, in bytes (it is
 #: also allowed 8 gradients' worth); beyond it the tiles are widened, or the per-round path is used.
 PARTIAL_BYTES = 256 * 1024 * 1024
+#: Force the column-tile width of the fused kernels (None: chosen per call); for tuning and benchmarks.
+TILE_WIDTH = None
 
 
 def __getattr__(attr):
@@ -305,6 +307,8 @@ def _tile_width(dev, n, k, B, buffers, itemsize, A=None, path=None):
             raise ValueError(f"path='fused' needs {buffers * n * itemsize} bytes of shared memory, "
                              f"the device offers {smem}")
         return None
+    if TILE_WIDTH is not None:
+        return int(min(TILE_WIDTH, tk_max))
     sms = int(getattr(dev, "multiprocessor_count", 80))
     tk = max(1, min(tk_max, -(-(B * k) // (2 * sms))))
     if A:
