@@ -148,6 +148,18 @@ def test_dynamic_shared_overflow_is_an_error():
         m.get_function("shared_write_past")((1,), (32,), (np.zeros(32, np.float32),), shared_mem=32 * 4)
 
 
+def test_static_shared_memory_is_poisoned_before_every_block():
+    m = module("bugs.cu", ["static_shared_read_before_write"])
+    for seed in SEEDS:
+        out = np.zeros(3 * 64, np.float32)
+        m.get_function("static_shared_read_before_write", seed=seed)((3,), (64,), (out,))
+        # `other` is written by thread 0 only after its own read: every thread's sum is NaN when
+        # thread 0 runs last, and every block starts from poison (no stale values from the last one)
+        blocks = out.reshape(3, 64)
+        assert np.isnan(blocks).any(axis=1).all()
+        assert set(np.unique(blocks[~np.isnan(blocks)])) <= {1.0}
+
+
 @pytest.mark.parametrize("ctype,dtype", [("float", np.float32), ("double", np.float64)])
 def test_uninitialized_shared_memory_reads_nan(ctype, dtype):
     m = module("bugs.cu", [f"shared_uninitialized<{ctype}>"])
@@ -320,7 +332,12 @@ def test_signature_is_read_from_the_kernel(scale):
     ("extern  __shared__ __align__(16) unsigned char raw [ ] ;",
      "unsigned char* const raw = reinterpret_cast<unsigned char*>(::cudasim::dynamic_shared());"),
     ("extern __shared__ __align__(sizeof(T)) T buf[];", "T* const buf = reinterpret_cast<T*>(::cudasim::dynamic_shared());"),
-    ("__shared__ float tile[32][33];", "__shared__ float tile[32][33];"),
+    ("__shared__ float tile[32][33];",
+     "__shared__ float tile[32][33]; static ::cudasim::SharedPoison cudasim_shared_poison_0_(&tile, sizeof(tile));"),
+    ("__shared__ volatile T a[2 * N], b;",
+     "__shared__ volatile T a[2 * N], b; static ::cudasim::SharedPoison cudasim_shared_poison_0_(&a, sizeof(a));"
+     " static ::cudasim::SharedPoison cudasim_shared_poison_1_(&b, sizeof(b));"),
+    ("// a __shared__ comment;\n/* extern __shared__ double x[]; */", "// a __shared__ comment;\n/* extern __shared__ double x[]; */"),
 ])
 def test_rewrite_of_dynamic_shared_declarations(text, want):
     assert cudasim.rewrite_source(text) == want

@@ -2,8 +2,10 @@ r"""cudasim: run the package's CUDA C kernels on the CPU, so CI without a GPU st
 
 Design rule: the kernel text is the one the GPU compiles.  It is compiled with the machine's g++
 against ``cuda_cpu.h`` (threadIdx/blockIdx/..., ``__shared__``, ``__syncthreads``, warp shuffles and
-votes, atomics, the math API), with exactly one textual rewrite: ``extern __shared__ T name[];``
-becomes a pointer to the block's dynamic shared buffer.  Every CUDA thread is a fiber, so barriers
+votes, atomics, the math API), with two textual rewrites of shared-memory declarations (see
+:func:`rewrite_source`): ``extern __shared__ T name[];`` becomes a pointer to the block's dynamic
+shared buffer, and each static ``__shared__`` variable is registered so that it is poisoned (0xFF
+bytes, NaN) before every block, like the dynamic buffer.  Every CUDA thread is a fiber, so barriers
 really wait for the whole block; between barriers the threads run in a seeded random order, so a
 missing barrier or a race changes the result for some seed.  Blocks of a grid run one after
 another, in a shuffled order.
@@ -86,17 +88,68 @@ _ALIGN = r"__align__\s*\((?:[^()]|\([^()]*\))*\)"
 _EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+((?:" + _ALIGN + r"\s*)*)([^;\[\]{}()]*?)\s*\b(\w+)\s*\[\s*\]\s*;"
 )
+_STATIC_SHARED = re.compile(r"\b__shared__\s+([^;{}]*?);")
+_COMMENT_OR_LITERAL = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+_DECLARATOR_NAME = re.compile(r"(\w+)\s*(?:\[[^\]]*\]\s*)*$")
+
+
+def _blank_comments(text: str) -> str:
+    """``text`` with comments and literals replaced by spaces (newlines kept): positions match."""
+    return _COMMENT_OR_LITERAL.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+
+
+def _split_top_level(decl: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in decl:
+        if ch in "[(<":
+            depth += 1
+        elif ch in "])>":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
 
 
 def rewrite_source(text: str) -> str:
-    """The one rewrite: ``extern __shared__ [__align__(a)] T name[];`` ->
-    ``T* name = (T*)cudasim::dynamic_shared();`` (same line, so diagnostics keep their line numbers)."""
+    """The two rewrites, each on its own line so diagnostics keep their line numbers:
 
-    def repl(m):
+    * ``extern __shared__ [__align__(a)] T name[];`` -> ``T* const name = <dynamic shared buffer>;``
+    * ``__shared__ T a[N], b;`` keeps its declaration (``__shared__`` expands to ``static``) and gets
+      ``static ::cudasim::SharedPoison ...(&a, sizeof(a));`` appended per declarator, which
+      registers the variable so that it is filled with 0xFF bytes (NaN) before every block.
+
+    Comments and string literals are never rewritten."""
+    code = _blank_comments(text)
+    edits = []  # (start, end, replacement)
+    for m in _EXTERN_SHARED.finditer(code):
         ctype, name = m.group(2).strip(), m.group(3)
-        return f"{ctype}* const {name} = reinterpret_cast<{ctype}*>(::cudasim::dynamic_shared());"
-
-    return _EXTERN_SHARED.sub(repl, text)
+        edits.append((m.start(), m.end(),
+                      f"{ctype}* const {name} = reinterpret_cast<{ctype}*>(::cudasim::dynamic_shared());"))
+    taken = [(a, b) for a, b, _ in edits]
+    counter = 0
+    for m in _STATIC_SHARED.finditer(code):
+        if any(a <= m.start() < b for a, b in taken):
+            continue
+        regs = []
+        for part in _split_top_level(m.group(1)):
+            nm = _DECLARATOR_NAME.search(part.strip())
+            if nm is None:
+                continue
+            name = nm.group(1)
+            regs.append(f" static ::cudasim::SharedPoison cudasim_shared_poison_{counter}_(&{name}, sizeof({name}));")
+            counter += 1
+        edits.append((m.end(), m.end(), "".join(regs)))
+    out, pos = [], 0
+    for a, b, rep in sorted(edits):
+        out.append(text[pos:a])
+        out.append(rep)
+        pos = b
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _compiler() -> str:

@@ -1,8 +1,9 @@
 // cuda_cpu.h -- run CUDA C kernels on the CPU, one fiber per CUDA thread.
 //
 // Included (by the harness in tests/cudasim/__init__.py) before the kernel's .cu text, which is
-// compiled unchanged except for one rewrite: `extern __shared__ T name[];` becomes a pointer to the
-// block's dynamic shared buffer.  g++ then sees ordinary C++17.
+// compiled unchanged except for two rewrites of shared-memory declarations: `extern __shared__ T
+// name[];` becomes a pointer to the block's dynamic shared buffer, and each static `__shared__`
+// variable gets a `SharedPoison` registration after it.  g++ then sees ordinary (GNU) C++17.
 //
 // Execution model
 //   * A launch runs the blocks of the grid one after another, in a shuffled (seeded) order.
@@ -16,8 +17,8 @@
 //   * Warp operations gather the 32 lanes of a warp (fewer in a partial last warp) like a barrier,
 //     then every lane reads the values deposited at the call.
 //   * static __shared__ variables are function-local statics (shared by the fibers of the running
-//     block, kept between blocks); the dynamic shared buffer is filled with 0xFF bytes (NaN for
-//     floating point) before each block and the bytes after `shared_mem` are checked afterwards.
+//     block); they and the dynamic shared buffer are filled with 0xFF bytes (NaN for floating
+//     point) before each block, and the bytes after `shared_mem` are checked afterwards.
 //   * Atomics are plain read-modify-writes (fibers never interleave inside one).
 #pragma once
 
@@ -145,6 +146,17 @@ __attribute__((format(printf, 1, 2))) inline void fail(const char* fmt, ...) {
 }
 
 inline void* dynamic_shared() { return rt.dyn; }
+
+// Static __shared__ variables register themselves (first time a thread passes the declaration);
+// launch() poisons every registered one before each block.
+struct SharedRegion { void* p; size_t n; };
+inline std::vector<SharedRegion> shared_regions;
+struct SharedPoison {
+    SharedPoison(void* p, size_t n) {
+        shared_regions.push_back(SharedRegion{p, n});
+        memset(p, 0xFF, n);
+    }
+};
 
 // ------------------------------------------------------------------------------------------------
 // Context switching
@@ -454,6 +466,7 @@ inline int launch(void (*body)(), void** argv, unsigned gx, unsigned gy, unsigne
     for (uint64_t blk : order) {
         rt.block_idx = uint3{(unsigned)(blk % gx), (unsigned)((blk / gx) % gy), (unsigned)(blk / ((uint64_t)gx * gy))};
         memset(rt.dyn, 0xFF, shared_mem + CUDASIM_SHARED_GUARD);
+        for (const SharedRegion& r : shared_regions) memset(r.p, 0xFF, r.n);
         for (int t = 0; t < nthreads; ++t) {
             Fiber* f = &rt.fibers[t];
             *f = Fiber{};

@@ -91,3 +91,14 @@ extern "C" __global__ void trap_at_five(int* out)
     if (threadIdx.x == 5) __trap();
     out[threadIdx.x] = 1;
 }
+
+// Reads a static __shared__ array before any thread of the block wrote it (no barrier between the
+// write and the read of a neighbour's slot): NaN in the harness for the first reader, in every
+// block, not the previous block's values.
+extern "C" __global__ void static_shared_read_before_write(float* out)
+{
+    __shared__ float buf[64], other;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = buf[(threadIdx.x + 1) % blockDim.x] + other;
+    buf[threadIdx.x] = 1.0f;
+    if (threadIdx.x == 0) other = 0.0f;
+}
