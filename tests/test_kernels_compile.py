@@ -33,6 +33,7 @@ BLOCK_SIZE = {
     "apply_fused": _launch.FUSED_THREADS,
     "apply_vjp_fused": _launch.FUSED_THREADS,
     "apply_jvp_fused": _launch.FUSED_THREADS,
+    "matrix_vjp_fused": _launch.FUSED_THREADS,
     "build_blocks": _launch.BLOCK_THREADS,
     "block_vjp": _launch.BLOCK_THREADS,
 }

@@ -21,7 +21,7 @@ DTYPES = {"float32": "float", "float64": "double"}
 _TEMPLATES = {
     "rounds.cu": ("cos_sin", "apply_round", "apply_vjp_round", "apply_jvp_round", "matrix_vjp_round",
                   "reduce_partials"),
-    "fused.cu": ("apply_fused", "apply_vjp_fused", "apply_jvp_fused"),
+    "fused.cu": ("apply_fused", "apply_vjp_fused", "apply_jvp_fused", "matrix_vjp_fused"),
     "blocks.cu": ("build_blocks", "block_vjp"),
 }
 

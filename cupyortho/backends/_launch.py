@@ -24,6 +24,7 @@ __all__ = [
     "apply_fused",
     "apply_vjp_fused",
     "apply_jvp_fused",
+    "matrix_vjp_fused",
     "build_blocks",
     "block_vjp",
 ]
@@ -207,6 +208,22 @@ def apply_jvp_fused(dev, y, dy, cs, dt, pair_i, pair_j, round_offsets, reverse, 
       (y, dy, cs, dt, pair_i, pair_j, round_offsets, _i32(R), _i32(int(reverse)), _i32(n), _i32(k),
        _i32(TK), _i32(ntiles), _i64(cs_bstride), _i64(dt_bstride), _scalar(y.dtype, sign)),
       shared_mem=shared)
+
+
+def matrix_vjp_fused(dev, w, d, cs, slot_i, slot_j, slot_q, slot_offsets, cs_bstride):
+    """The whole backward sweep of the materialized VJP with w[b] (n, n) in shared memory (read
+    only in global memory); angle cotangents into d (B, A) round-major."""
+    B, n, _ = w.shape
+    A = d.shape[-1]
+    R = slot_offsets.shape[0] - 1
+    if B == 0:
+        return
+    shared = int(n * n * w.itemsize)
+    threads = int(min(FUSED_THREADS, max(32, -(-((n + 1) // 2) ** 2 // 32) * 32)))
+    f = dev.get_function(name_expression("matrix_vjp_fused", w.dtype))
+    _allow_shared(f, shared)
+    f((B,), (threads,), (w, d, cs, slot_i, slot_j, slot_q, slot_offsets, _i32(R), _i32(n), _i32(A),
+                         _i64(cs_bstride)), shared_mem=shared)
 
 
 def build_blocks(dev, blocks, cs, block_angle, local_i, local_j, cs_bstride):

@@ -143,6 +143,7 @@ def _slot_data(dev, schedule):
             slot_j=_to_dev(dev, np.concatenate(sj)),
             slot_q=_to_dev(dev, np.concatenate(sq)),
             offsets=np.asarray(offsets, dtype=np.int64),
+            slot_offsets=_to_dev(dev, offsets),
         )
 
     return _cached(dev, schedule, "slots", build)
@@ -589,7 +590,8 @@ def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None, output=None):
     r"""``d_theta`` of ``U = matrix(theta)`` by the reduction-free formula (DESIGN.md section 2).
 
     Team schedules: by stages (:func:`_impl_matrix_vjp_blocked`).  Otherwise
-    :math:`W = \bar G U^T` and one launch per round (last first) reads
+    :math:`W = \bar G U^T` and, per round (last first; all rounds in one launch with W in shared
+    memory when it fits, unless ``path="rounds"``; else one launch per round), reads
     :math:`W[j,i] - W[i,j]` for the round's pairs and updates :math:`W \leftarrow B_r^T W B_r`;
     every angle's cotangent is one difference of two entries: no sums, no atomics.
     ``output`` may pass ``U = matrix(theta)`` (..., n, n) to skip recomputing it."""
@@ -611,10 +613,16 @@ def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None, output=None):
     g = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
     w = xp.ascontiguousarray(xp.matmul(g, xp.swapaxes(u, -1, -2)))
     d_round = xp.empty((B, A), dtype=theta.dtype)
-    off = sl.offsets
-    for r in range(off.size - 2, -1, -1):
-        _launch.matrix_vjp_round(dev, w, d_round, cs, sl.slot_i, sl.slot_j, sl.slot_q, int(off[r]),
-                                 int(off[r + 1] - off[r]), cs_bstride)
+    smem = int(getattr(dev, "max_shared_memory", 48 * 1024))
+    if path != "rounds" and n * n * w.itemsize <= smem:
+        # W fits in shared memory: the whole sweep in one launch, one thread block per matrix.
+        _launch.matrix_vjp_fused(dev, w, d_round, cs, sl.slot_i, sl.slot_j, sl.slot_q, sl.slot_offsets,
+                                 cs_bstride)
+    else:
+        off = sl.offsets
+        for r in range(off.size - 2, -1, -1):
+            _launch.matrix_vjp_round(dev, w, d_round, cs, sl.slot_i, sl.slot_j, sl.slot_q, int(off[r]),
+                                     int(off[r + 1] - off[r]), cs_bstride)
     d = xp.empty((B, A), dtype=theta.dtype)
     d[:, rd.angle_index] = d_round
     return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)

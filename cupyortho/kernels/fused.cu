@@ -160,3 +160,50 @@ __global__ void apply_jvp_fused(T* __restrict__ y, T* __restrict__ dy, const T* 
     store_tile(y + b * (long long)n * k, shy, n, k, TK, col0);
     store_tile(dy + b * (long long)n * k, shd, n, k, TK, col0);
 }
+
+// Reduction-free materialized VJP (DESIGN.md section 2) with W in shared memory, all rounds in one
+// launch: one thread block per batch entry owns W[b] (n x n) for the whole backward sweep.  For
+// r = R-1 .. 0: d[b, q_p] = W[j_p, i_p] - W[i_p, j_p] for the round's pairs, then W <- B_r^T W B_r,
+// one thread per (slot a, slot e) 2 x 2 sub-block as in matrix_vjp_round; __syncthreads between
+// rounds.  slot_offsets: (R + 1,).  d: (B, A) round-major.  Shared memory: n * n * sizeof(T).
+template <typename T>
+__global__ void matrix_vjp_fused(const T* __restrict__ w, T* __restrict__ d, const T* __restrict__ cs,
+                                 const int* __restrict__ slot_i, const int* __restrict__ slot_j,
+                                 const int* __restrict__ slot_q, const int* __restrict__ slot_offsets,
+                                 const int R, const int n, const int A, const long long cs_bstride)
+{
+    extern __shared__ double smem_raw[];
+    T* m = reinterpret_cast<T*>(smem_raw);
+    const long long b = blockIdx.x;
+    const T* wb = w + b * (long long)n * n;
+    const T* csb = cs + b * cs_bstride;
+    T* db = d + b * A;
+    for (int e = threadIdx.x; e < n * n; e += blockDim.x) m[e] = wb[e];
+    __syncthreads();
+    for (int r = R - 1; r >= 0; --r) {
+        const int s0 = slot_offsets[r];
+        const int S = slot_offsets[r + 1] - s0;
+        for (int it = threadIdx.x; it < S * S; it += blockDim.x) {
+            const int a = s0 + it / S;
+            const int e = s0 + it % S;
+            const int ri = slot_i[a], rj = slot_j[a], ci = slot_i[e], cj = slot_j[e];
+            T rc = T(1), rs = T(0), cc = T(1), cn = T(0);
+            if (slot_q[a] >= 0) load_cos_sin(csb, slot_q[a], T(1), rc, rs);
+            if (slot_q[e] >= 0) load_cos_sin(csb, slot_q[e], T(1), cc, cn);
+            if (a == e && slot_q[a] >= 0) db[slot_q[a]] = m[rj * n + ri] - m[ri * n + rj];
+            T m00 = m[ri * n + ci];
+            T m01 = cj >= 0 ? m[ri * n + cj] : T(0);
+            T m10 = rj >= 0 ? m[rj * n + ci] : T(0);
+            T m11 = (rj >= 0 && cj >= 0) ? m[rj * n + cj] : T(0);
+            givens_rotate(m00, m10, rc, -rs);
+            givens_rotate(m01, m11, rc, -rs);
+            givens_rotate(m00, m01, cc, -cn);
+            givens_rotate(m10, m11, cc, -cn);
+            m[ri * n + ci] = m00;
+            if (cj >= 0) m[ri * n + cj] = m01;
+            if (rj >= 0) m[rj * n + ci] = m10;
+            if (rj >= 0 && cj >= 0) m[rj * n + cj] = m11;
+        }
+        __syncthreads();
+    }
+}
