@@ -193,7 +193,45 @@ def matrix(theta, *, n=None, schedule=None, check_finite=True):
     return backend.matrix(theta, sched)
 
 
-def apply(theta, x, *, transpose=False, schedule=None, check_finite=True):
+METHODS = ("auto", "materialize", "rounds")
+
+
+def _method(method, theta, x2):
+    """Resolve the ``method`` argument of apply/apply_vjp/apply_jvp to "materialize" or "rounds".
+
+    "auto" materializes when the columns sharing one ``U`` are at least ``n``:
+    ``k * (number of x matrices per theta matrix) >= n``; forming ``U`` then costs about as much as
+    one sweep over the columns, and everything after it is a GEMM.  Otherwise "rounds": the rounds
+    (or, for team schedules on the NumPy backend, the block stages) are applied to ``x`` directly,
+    in ``O(nk)`` memory.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method != "auto":
+        return method
+    n, k = x2.shape[-2], x2.shape[-1]
+    out_batch = _batch_shape(theta.shape[:-1], x2.shape[:-2])
+    per_u = math.prod(out_batch) // max(1, math.prod(theta.shape[:-1]))
+    return "materialize" if k * per_u >= n else "rounds"
+
+
+def _sum_to_shape(xp, a, shape):
+    """Sum a broadcast result back to ``shape`` (reverse of broadcasting)."""
+    shape = tuple(shape)
+    if tuple(a.shape) == shape:
+        return a
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
+    )
+    return xp.sum(a, axis=axes).reshape(shape)
+
+
+def _t(xp, a):
+    return xp.swapaxes(a, -1, -2)
+
+
+def apply(theta, x, *, transpose=False, schedule=None, check_finite=True, method="auto"):
     r"""``U(theta) @ x`` (or ``U(theta).T @ x`` with ``transpose=True``) without forming U.
 
     Costs :math:`O(n^2 k)` instead of the :math:`O(n^3)` of forming U.  Shapes follow ``numpy.matmul``:
@@ -205,6 +243,10 @@ def apply(theta, x, *, transpose=False, schedule=None, check_finite=True):
         x: ``(n,)`` or ``(..., n, k)``.
         transpose (bool): apply :math:`U^T = U^{-1}` (the rounds backwards, angles negated).
         schedule, check_finite: as in :func:`matrix`.
+        method (str): ``"materialize"`` forms ``U`` once and multiplies (a GEMM), ``"rounds"`` applies
+            the rounds (block stages for team schedules) to ``x`` without forming ``U``; ``"auto"``
+            (default) materializes when ``k`` times the number of ``x`` matrices per angle vector is
+            at least ``n``.  The result is the same up to rounding.
 
     Returns:
         ndarray of the broadcast shape, dtype ``result_type(theta, x)``.
@@ -219,7 +261,12 @@ def apply(theta, x, *, transpose=False, schedule=None, check_finite=True):
     sched = _resolve(theta, n, schedule, n_name="n (from x.shape)")
     _batch_shape(theta.shape[:-1], x2.shape[:-2])
     dtype = _common_dtype(theta, x)
-    y = backend.apply(_cast(theta, dtype), _cast(x2, dtype), sched, bool(transpose))
+    theta_c, x_c = _cast(theta, dtype), _cast(x2, dtype)
+    if _method(method, theta, x2) == "materialize":
+        u = backend.matrix(theta_c, sched)
+        y = backend.xp.matmul(_t(backend.xp, u) if transpose else u, x_c)
+    else:
+        y = backend.apply(theta_c, x_c, sched, bool(transpose))
     return y[..., 0] if vector else y
 
 
@@ -279,7 +326,8 @@ def matrix_vjp(theta, cotangent, *, n=None, schedule=None, check_finite=True):
     return backend.matrix_vjp(_cast(theta, dtype), _cast(cotangent, dtype), sched)
 
 
-def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=None, check_finite=True):
+def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=None, check_finite=True,
+              method="auto"):
     r"""Cotangents ``(d_theta, d_x)`` of ``y = apply(theta, x, transpose=...)`` for ``cotangent = dL/dy``.
 
     Memory :math:`O(nk)`: the rounds are undone on ``y`` to recover each round's input, so nothing but
@@ -287,6 +335,9 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
     ``(i, j)`` in a round with input rows :math:`x_i, x_j` and input cotangent :math:`\bar g`:
     :math:`\partial L/\partial \theta_{ij} = \sum_{cols}(x_i \bar g_j - x_j \bar g_i)`; ``d_x`` is
     :math:`U^T \bar G` (or :math:`U \bar G`).  Undoing rotations drifts by :math:`O(R\epsilon)`.
+    ``method`` as in :func:`apply`: ``"materialize"`` forms ``U``, passes
+    :math:`\bar G_U = \bar G x^T` (:math:`x \bar G^T` for the transpose) to :func:`matrix_vjp` and
+    returns :math:`d_x = U^T \bar G` by a GEMM.
 
     Returns:
         ``(d_theta, d_x)`` shaped like theta and x (summed over broadcast batch axes).
@@ -307,10 +358,19 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
     if vector:
         cotangent = cotangent[..., None]
         output = None if output is None else output[..., None]
-    d_theta, d_x = backend.apply_vjp(
-        _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype), sched,
-        bool(transpose), _cast(output, dtype),
-    )
+    if _method(method, theta, x2) == "materialize":
+        xp = backend.xp
+        theta_c, x_c, g_c = _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype)
+        u = backend.matrix(theta_c, sched)
+        g_u = xp.matmul(x_c, _t(xp, g_c)) if transpose else xp.matmul(g_c, _t(xp, x_c))
+        g_u = _sum_to_shape(xp, g_u, theta.shape[:-1] + g_u.shape[-2:])
+        d_theta = backend.matrix_vjp(theta_c, g_u, sched, output=u)
+        d_x = _sum_to_shape(xp, xp.matmul(u if transpose else _t(xp, u), g_c), x2.shape)
+    else:
+        d_theta, d_x = backend.apply_vjp(
+            _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype), sched,
+            bool(transpose), _cast(output, dtype),
+        )
     return d_theta.astype(theta.dtype, copy=False), (d_x[..., 0] if vector else d_x).astype(x.dtype, copy=False)
 
 
@@ -354,11 +414,13 @@ def matrix_jvp(theta, tangent, *, n=None, schedule=None, check_finite=True):
     return backend.matrix_jvp(_cast(theta, dtype), _cast(tangent, dtype), sched)
 
 
-def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, schedule=None, check_finite=True):
+def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, schedule=None, check_finite=True,
+              method="auto"):
     r"""Tangent of ``y = apply(theta, x, transpose=...)`` along ``(theta_tangent, x_tangent)``.
 
     Args:
         theta_tangent: shaped like theta.  x_tangent: shaped like x, or None for zero.
+        method: as in :func:`apply` (``"materialize"``: :math:`dU\,x + U\,dx` by GEMMs).
     Returns:
         ndarray shaped like ``apply(theta, x)``.
     """
@@ -375,10 +437,21 @@ def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, sched
     _batch_shape(theta.shape[:-1], x2.shape[:-2])
     dtype = _common_dtype(theta, x, theta_tangent, x_tangent)
     xt2 = None if x_tangent is None else _x_as_matrix(x_tangent)[0]
-    dy = backend.apply_jvp(
-        _cast(theta, dtype), _cast(x2, dtype), _cast(theta_tangent, dtype), _cast(xt2, dtype),
-        sched, bool(transpose),
-    )
+    if _method(method, theta, x2) == "materialize":
+        xp = backend.xp
+        theta_c, x_c = _cast(theta, dtype), _cast(x2, dtype)
+        u = backend.matrix(theta_c, sched)
+        du = backend.matrix_jvp(theta_c, _cast(theta_tangent, dtype), sched)
+        if transpose:
+            u, du = _t(xp, u), _t(xp, du)
+        dy = xp.matmul(du, x_c)
+        if xt2 is not None:
+            dy = dy + xp.matmul(u, _cast(xt2, dtype))
+    else:
+        dy = backend.apply_jvp(
+            _cast(theta, dtype), _cast(x2, dtype), _cast(theta_tangent, dtype), _cast(xt2, dtype),
+            sched, bool(transpose),
+        )
     return dy[..., 0] if vector else dy
 
 

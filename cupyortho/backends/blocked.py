@@ -86,11 +86,15 @@ class Plan:
             a = np.stack([s[0] for s in stages])
             b = np.stack([s[1] for s in stages])
             i, j = _meet_leaves(a, b)
-            self.meet_slots = self._slots(i, j).reshape(a.shape[0], a.shape[1], -1)
-            self.meet_rows = np.concatenate([a, b], axis=-1)
+            slots = self._slots(i, j)[..., _digit_rev(int(u).bit_length() - 1)]
+            self.meet_slots = np.ascontiguousarray(slots.reshape(-1, u * u).T)  # (u*u, K*B)
+            self.num_meet = a.shape[0]
+            order, _ = _storage(u)
+            self.meet_rows = np.ascontiguousarray(np.concatenate([a, b], axis=-1)[..., order])
             orders += list(self.meet_rows.reshape(len(stages), -1))
         else:
-            self.meet_slots = np.zeros((0, N // (2 * u), u * u), dtype=np.int64)
+            self.meet_slots = np.zeros((u * u, 0), dtype=np.int64)
+            self.num_meet = 0
             self.meet_rows = np.zeros((0, N // (2 * u), 2 * u), dtype=np.int64)
         self.orders = orders
         self.levels = int(u).bit_length() - 1
@@ -178,116 +182,252 @@ def granularity(schedule, k=None):
 
 
 # --------------------------------------------------------------------------- block recursion
+#
+# Storage order.  A meeting block of a = [a_0..a_{u-1}] against b is stored with rows and columns in
+# the order [a[rev], b[rev]], rev the bit-reversal permutation of 0..u-1.  Then the parent's storage is
+# four chunks of h = u/2, [a_even, a_odd, b_even, b_odd], each in its child's storage order, and
+# M = Y X is assembled by copying contiguous chunks: Y_1 owns row chunks (0, 3), Y_2 (1, 2); X_1 owns
+# column chunks (0, 2), X_2 (1, 3).  Only Y_2, a meeting with roll(b_even, -1), needs its b-part
+# permuted into b_even's storage order (``_y2_perm``).  The two lowest levels run with the block index
+# last ("SoA"), so NumPy works on long vectors; higher levels use batched GEMMs.
 
-def _combine(x1, x2, y1, y2):
-    r"""``M = (Y_1 (+) Y_2)(X_1 (+) X_2)`` in the local order of the parent meeting.
-
-    Children are ``(..., 2h, 2h)`` blocks in their own local order (``Y_2``'s b-part is
-    ``roll(b_even, -1)``); the result is ``(..., 4h, 4h)``.
-    """
-    h = x1.shape[-1] // 2
-    y2e = np.empty_like(y2)  # Y_2 with its b-part in b_even order: rows and columns rolled by one
-    y2e[..., :h, :h] = y2[..., :h, :h]
-    y2e[..., :h, h:] = np.roll(y2[..., :h, h:], 1, axis=-1)
-    y2e[..., h:, :h] = np.roll(y2[..., h:, :h], 1, axis=-2)
-    y2e[..., h:, h:] = np.roll(np.roll(y2[..., h:, h:], 1, axis=-1), 1, axis=-2)
-    lhs = np.stack([y1[..., :, :h], y1[..., :, h:], y2e[..., :, h:], y2e[..., :, :h]], axis=-3)
-    rhs = np.stack([x1[..., :h, :], x2[..., h:, :], x1[..., h:, :], x2[..., :h, :]], axis=-3)
-    p = _bmm(lhs, rhs)  # (..., 4 = (g, e'), 2h = (rh, p), 2h = (ch, p'))
-    batch = p.shape[:-3]
-    p7 = p.reshape(batch + (2, 2, 2, h, 2, h))  # g, e', rh, p, ch, p'
-    out = np.empty(batch + (4 * h, 4 * h), dtype=p.dtype)
-    o6 = out.reshape(batch + (2, h, 2, 2, h, 2))  # side, p, e, side', p', e'
-    nb = len(batch)
-    # local index = side*2h + 2p + e; Y_1 rows: (side, e) = (rh, rh); Y_2 rows: (rh, 1 - rh).
-    perm = tuple(range(nb)) + tuple(nb + k for k in (2, 0, 3, 4, 1))
-    o6[..., 0, :, :, :, :, :] = p7[..., :, :, 0, :, :, :].transpose(perm)
-    o6[..., 1, :, :, :, :, :] = p7[..., ::-1, :, 1, :, :, :].transpose(perm)
-    return out
-
-
-def _bmm(a, b):
-    """Batched matrix product; small inner sizes by broadcasting (faster than per-matrix BLAS)."""
-    if a.shape[-1] <= 2:
-        return np.einsum("...ij,...jk->...ik", a, b)
-    return np.matmul(a, b)
-
-
-def _leaf(c, s):
-    blk = np.empty(c.shape + (2, 2), dtype=c.dtype)
-    blk[..., 0, 0] = c
-    blk[..., 0, 1] = -s
-    blk[..., 1, 0] = s
-    blk[..., 1, 1] = c
-    return blk
-
-
-def build_meet(ang, levels):
-    """Meeting blocks ``(..., 2u, 2u)`` from leaf angles ``(..., u*u)`` (recursion order), ``u = 2**levels``."""
-    blk = _leaf(np.cos(ang), np.sin(ang))
-    for lev in range(levels):
-        q = 4 ** (levels - lev - 1)
-        blk = blk.reshape(blk.shape[:-3] + (q, 4) + blk.shape[-2:])
-        blk = _combine(blk[..., 0, :, :], blk[..., 1, :, :], blk[..., 2, :, :], blk[..., 3, :, :])
-    return blk.reshape(ang.shape[:-1] + blk.shape[-2:])
-
-
-def build_meet_jvp(ang, dang, levels):
-    """Meeting blocks and their tangents along ``dang`` (product rule on the recursion)."""
-    c, s = np.cos(ang), np.sin(ang)
-    blk = _leaf(c, s)
-    dblk = _leaf(-s * dang, c * dang)
-    for lev in range(levels):
-        q = 4 ** (levels - lev - 1)
-        shape = blk.shape[:-3] + (q, 4) + blk.shape[-2:]
-        blk, dblk = blk.reshape(shape), dblk.reshape(shape)
-        x1, x2, y1, y2 = (blk[..., k, :, :] for k in range(4))
-        dx1, dx2, dy1, dy2 = (dblk[..., k, :, :] for k in range(4))
-        dblk = _combine(x1, x2, dy1, dy2) + _combine(dx1, dx2, y1, y2)
-        blk = _combine(x1, x2, y1, y2)
-    shape = ang.shape[:-1] + blk.shape[-2:]
-    return blk.reshape(shape), dblk.reshape(shape)
+_SOA_LEVELS = 2
 
 
 @functools.lru_cache(maxsize=None)
-def _vjp_index(h):
-    """Index data for :func:`meet_vjp` at a parent of child size ``h`` (parent block ``4h``)."""
-    p = np.arange(h)
-    u2 = 2 * h
-    iy1 = np.concatenate([2 * p, u2 + 2 * p + 1])
-    iy2 = np.concatenate([2 * p + 1, u2 + 2 * ((p + 1) % h)])
-    iy = np.concatenate([iy1, iy2])
-    pos = np.empty(4 * h, dtype=np.int64)
-    pos[iy] = np.arange(4 * h)
-    px1 = pos[np.concatenate([2 * p, u2 + 2 * p])]
-    px2 = pos[np.concatenate([2 * p + 1, u2 + 2 * p + 1])]
-    return iy, px1, px2
+def _y2_perm(h):
+    """``(perm, inverse)``: ``Y_2[perm][:, perm]`` has its b-part in ``b_even``'s storage order."""
+    rev = _sched.bit_reversal(h)
+    pos = np.empty(h, dtype=np.int64)
+    pos[rev] = np.arange(h)
+    pi = pos[(rev - 1) % h]
+    perm = np.concatenate([np.arange(h), h + pi])
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(2 * h)
+    return perm, inv
 
 
-def meet_vjp(ang, a, levels):
-    r"""Leaf-angle cotangents ``(..., u*u)`` of meeting blocks, given ``A = W - W^T`` ``(..., 2u, 2u)``
-    at their outputs.  ``Y``'s children read ``A`` on their coordinates; ``X``'s read ``Y^T A Y``."""
-    if levels == 0:
-        return a[..., 1, 0][..., None]
-    h = 2 ** (levels - 1)
-    q = 4 ** (levels - 1)
-    ang4 = ang.reshape(ang.shape[:-1] + (4, q))
-    yb = build_meet(ang4[..., 2:, :], levels - 1)  # (..., 2, 2h, 2h)
-    iy, px1, px2 = _vjp_index(h)
-    ayy = a[..., iy[:, None], iy[None, :]]
+def _fix_y2(y2, h, axes):
+    """Permute the rows and columns (``axes``) of Y_2 blocks into b_even storage order."""
+    if h == 1:
+        return y2
+    perm, _ = _y2_perm(h)
+    return np.take(np.take(y2, perm, axis=axes[0]), perm, axis=axes[1])
+
+
+def _leaf(c, s, lead=False):
+    """2x2 rotations; ``lead``: entries first (SoA, ``(2, 2, ...)``), else last."""
+    shape = (2, 2) + c.shape if lead else c.shape + (2, 2)
+    blk = np.empty(shape, dtype=c.dtype)
+    v = blk if lead else np.moveaxis(blk, (-2, -1), (0, 1))
+    v[0, 0] = c
+    v[0, 1] = -s
+    v[1, 0] = s
+    v[1, 1] = c
+    return blk
+
+
+def _combine(x1, x2, y1, y2):
+    r"""``M = (Y_1 (+) Y_2)(X_1 (+) X_2)`` on batched blocks ``(..., 2h, 2h)`` (storage order)."""
+    h = x1.shape[-1] // 2
+    y2 = _fix_y2(y2, h, (-2, -1))
+    out = np.empty(x1.shape[:-2] + (4 * h, 4 * h), dtype=x1.dtype)
+    o4 = out.reshape(x1.shape[:-2] + (4, h, 4, h))
+    sh = x1.shape[:-2] + (2, h, 2, h)
+    o4[..., 0::3, :, 0::2, :] = np.matmul(y1[..., :, :h], x1[..., :h, :]).reshape(sh)
+    o4[..., 0::3, :, 1::2, :] = np.matmul(y1[..., :, h:], x2[..., h:, :]).reshape(sh)
+    o4[..., 1:3, :, 0::2, :] = np.matmul(y2[..., :, h:], x1[..., h:, :]).reshape(sh)
+    o4[..., 1:3, :, 1::2, :] = np.matmul(y2[..., :, :h], x2[..., :h, :]).reshape(sh)
+    return out
+
+
+def _mm_soa(l, r):
+    """Products of SoA blocks: ``l`` ``(p, k, *B)``, ``r`` ``(k, q, *B)`` -> ``(p, q, *B)``."""
+    out = l[:, 0, None] * r[None, 0]
+    for k in range(1, l.shape[1]):
+        out += l[:, k, None] * r[None, k]
+    return out
+
+
+def _combine_soa(x1, x2, y1, y2):
+    """:func:`_combine` with blocks ``(2h, 2h, *B)`` (block entries first)."""
+    h = x1.shape[0] // 2
+    y2 = _fix_y2(y2, h, (0, 1))
+    out = np.empty((4 * h, 4 * h) + x1.shape[2:], dtype=x1.dtype)
+    o4 = out.reshape((4, h, 4, h) + x1.shape[2:])
+    sh = (2, h, 2, h) + x1.shape[2:]
+    o4[0::3, :, 0::2] = _mm_soa(y1[:, :h], x1[:h]).reshape(sh)
+    o4[0::3, :, 1::2] = _mm_soa(y1[:, h:], x2[h:]).reshape(sh)
+    o4[1:3, :, 0::2] = _mm_soa(y2[:, h:], x1[h:]).reshape(sh)
+    o4[1:3, :, 1::2] = _mm_soa(y2[:, :h], x2[:h]).reshape(sh)
+    return out
+
+
+def _build_soa(ang, levels, dang=None):
+    """SoA blocks ``(2u, 2u, *B)`` from leaf angles ``(u*u, *B)`` (bottom digit slowest); with ``dang``
+    also their tangents."""
+    c, s = np.cos(ang), np.sin(ang)
+    blk = _leaf(c, s, lead=True)  # (2, 2, 4**L, *B)
+    dblk = None if dang is None else _leaf(-s * dang, c * dang, lead=True)
+    for lev in range(levels):
+        q = 4 ** (levels - lev - 1)
+        shape = blk.shape[:2] + (4, q) + blk.shape[3:]
+        ch = [blk.reshape(shape)[:, :, k] for k in range(4)]
+        if dblk is not None:
+            dch = [dblk.reshape(shape)[:, :, k] for k in range(4)]
+            dblk = _combine_soa(ch[0], ch[1], dch[2], dch[3]) + _combine_soa(dch[0], dch[1], ch[2], ch[3])
+        blk = _combine_soa(*ch)
+    blk = blk.reshape(blk.shape[:2] + blk.shape[3:])
+    if dblk is not None:
+        return blk, dblk.reshape(blk.shape)
+    return blk
+
+
+def build_meet(ang, levels, dang=None):
+    """Meeting blocks ``(..., R, 2u, 2u)`` (storage order) from leaf angles ``(..., u*u, R)``,
+    ``u = 2**levels``; with ``dang`` returns ``(blocks, tangents)`` (product rule).
+
+    Leaf layout: the leaf index is the base-4 number of the recursion's child choices (X1, X2, Y1,
+    Y2) with the *bottom* level's digit most significant, so at every level the four children are
+    contiguous slabs; ``R`` counts independent blocks.
+    """
+    ls = min(levels, _SOA_LEVELS)
+    lead = ang.shape[:-2]
+    R = ang.shape[-1]
+    rest = 4 ** (levels - ls)
+    # SoA part: the ls bottom digits (slowest) first, everything else is the batch
+    a = np.moveaxis(ang.reshape(lead + (4 ** ls, rest, R)), -3, 0)
+    d = None if dang is None else np.moveaxis(dang.reshape(lead + (4 ** ls, rest, R)), -3, 0)
+    res = _build_soa(a, ls, d)
+    blk, dblk = res if dang is not None else (res, None)
+    blk = np.ascontiguousarray(np.moveaxis(blk, (0, 1), (-2, -1)))  # (..., rest, R, b, b)
+    if dblk is not None:
+        dblk = np.ascontiguousarray(np.moveaxis(dblk, (0, 1), (-2, -1)))
+    for lev in range(ls, levels):
+        q = 4 ** (levels - lev - 1)
+        shape = lead + (4, q, R) + blk.shape[-2:]
+        ch = [blk.reshape(shape)[..., k, :, :, :, :] for k in range(4)]
+        if dblk is not None:
+            dch = [dblk.reshape(shape)[..., k, :, :, :, :] for k in range(4)]
+            dblk = _combine(ch[0], ch[1], dch[2], dch[3]) + _combine(dch[0], dch[1], ch[2], ch[3])
+        blk = _combine(*ch)
+    out = blk.reshape(lead + (R,) + blk.shape[-2:])
+    if dblk is not None:
+        return out, dblk.reshape(out.shape)
+    return out
+
+
+def build_meet_jvp(ang, dang, levels):
+    """Meeting blocks and their tangents along ``dang``."""
+    return build_meet(ang, levels, dang)
+
+
+_YORDER = np.array([0, 3, 1, 2])
+
+
+def _vjp_level(ayy, yb, h, soa):
+    """``C = Y^T A Y`` from ``A`` in Y-order (chunks Y_1 | Y_2) and ``yb = (Y_1, Y_2)`` -> children
+    ``(A_X1, A_X2)``."""
+    if soa:
+        left = np.concatenate([_mm_soa(np.swapaxes(yb[g], 0, 1), ayy[2 * h * g: 2 * h * (g + 1)])
+                               for g in range(2)], axis=0)
+        c = np.concatenate([_mm_soa(left[:, 2 * h * g: 2 * h * (g + 1)], yb[g]) for g in range(2)], axis=1)
+        c4 = c.reshape((4, h, 4, h) + c.shape[2:])
+        ax1 = c4[0::3, :, 0::3].reshape((2 * h, 2 * h) + c.shape[2:])
+        ax2 = c4[2:0:-1, :, 2:0:-1].reshape((2 * h, 2 * h) + c.shape[2:])
+        return ax1, ax2
     batch = ayy.shape[:-2]
     left = np.matmul(np.swapaxes(yb, -1, -2), ayy.reshape(batch + (2, 2 * h, 4 * h)))
     left = left.reshape(batch + (4 * h, 4 * h))
     c = np.concatenate([np.matmul(left[..., :, : 2 * h], yb[..., 0, :, :]),
                         np.matmul(left[..., :, 2 * h:], yb[..., 1, :, :])], axis=-1)
-    children = np.stack([
-        c[..., px1[:, None], px1[None, :]],
-        c[..., px2[:, None], px2[None, :]],
-        ayy[..., : 2 * h, : 2 * h],
-        ayy[..., 2 * h:, 2 * h:],
-    ], axis=-3)
-    d = meet_vjp(ang4, children, levels - 1)
+    c4 = c.reshape(batch + (4, h, 4, h))
+    ax1 = c4[..., 0::3, :, 0::3, :].reshape(batch + (2 * h, 2 * h))
+    ax2 = c4[..., 2:0:-1, :, 2:0:-1, :].reshape(batch + (2 * h, 2 * h))
+    return ax1, ax2
+
+
+def _meet_vjp_soa(ang, a, levels):
+    """:func:`meet_vjp` with ``ang`` ``(u*u, *B)`` and ``a`` ``(2u, 2u, *B)``."""
+    if levels == 0:
+        return a[1, 0][None]
+    h = 2 ** (levels - 1)
+    q = 4 ** (levels - 1)
+    rest = ang.shape[1:]
+    ang4 = ang.reshape((q, 4) + rest)  # the top digit is the fastest
+    yb = _build_soa(ang4[:, 2:], levels - 1)  # (2h, 2h, 2, *B)
+    yb = [yb[:, :, 0], _fix_y2(yb[:, :, 1], h, (0, 1))]
+    a4 = a.reshape((4, h, 4, h) + rest)
+    ayy = a4[_YORDER][:, :, _YORDER].reshape((4 * h, 4 * h) + rest)
+    ax1, ax2 = _vjp_level(ayy, yb, h, soa=True)
+    ay2 = ayy[2 * h:, 2 * h:]
+    if h > 1:
+        _, inv = _y2_perm(h)
+        ay2 = ay2[inv][:, inv]
+    children = np.stack([ax1, ax2, ayy[: 2 * h, : 2 * h], ay2], axis=2)  # (2h, 2h, 4, *B)
+    d = _meet_vjp_soa(ang4, children, levels - 1)
     return d.reshape(ang.shape)
+
+
+def meet_vjp(ang, a, levels):
+    r"""Leaf-angle cotangents ``(..., u*u, R)`` (layout of :func:`build_meet`) of meeting blocks, given
+    ``A = W - W^T`` ``(..., R, 2u, 2u)`` (storage order) at their outputs.  ``Y``'s children read
+    ``A`` on their coordinates; ``X``'s read ``Y^T A Y``; a leaf (one pair ``(a_0, b_0)``) reads
+    ``A[1, 0]``."""
+    if levels <= _SOA_LEVELS:
+        d = _meet_vjp_soa(np.moveaxis(ang, -2, 0), np.moveaxis(a, (-2, -1), (0, 1)), levels)
+        return np.moveaxis(d, 0, -2)
+    h = 2 ** (levels - 1)
+    q = 4 ** (levels - 1)
+    lead = ang.shape[:-2]
+    R = ang.shape[-1]
+    ang4 = ang.reshape(lead + (q, 4, R))  # the top digit is the fastest
+    yb = build_meet(ang4[..., 2:, :].reshape(lead + (q, 2 * R)), levels - 1)
+    yb = yb.reshape(lead + (2, R) + yb.shape[-2:])
+    yb = np.stack([yb[..., 0, :, :, :], _fix_y2(yb[..., 1, :, :, :], h, (-2, -1))], axis=-3)
+    batch = a.shape[:-2]
+    a4 = a.reshape(batch + (4, h, 4, h))
+    ayy = np.take(np.take(a4, _YORDER, axis=-4), _YORDER, axis=-2).reshape(batch + (4 * h, 4 * h))
+    ax1, ax2 = _vjp_level(ayy, yb, h, soa=False)
+    _, inv = _y2_perm(h)
+    ay2 = np.take(np.take(ayy[..., 2 * h:, 2 * h:], inv, axis=-2), inv, axis=-1)
+    children = np.stack([ax1, ax2, ayy[..., : 2 * h, : 2 * h], ay2], axis=-4)  # (..., 4, R, 2h, 2h)
+    d = meet_vjp(ang4.reshape(lead + (q, 4 * R)), children.reshape(lead + (4 * R, 2 * h, 2 * h)), levels - 1)
+    return d.reshape(ang.shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _digit_rev(levels):
+    """Leaf permutation from "top digit most significant" to :func:`build_meet`'s layout."""
+    idx = np.arange(4 ** levels).reshape((4,) * levels) if levels else np.zeros(1, dtype=np.int64)
+    return np.ascontiguousarray(np.transpose(idx).reshape(-1)) if levels else idx
+
+
+def _to_layout(ang, levels):
+    """``(..., u*u)`` leaves, top digit most significant -> ``(..., u*u, 1)`` in build_meet's layout."""
+    return ang[..., _digit_rev(levels)][..., None]
+
+
+def _from_layout(d, levels):
+    out = np.empty(d.shape[:-1], dtype=d.dtype)
+    out[..., _digit_rev(levels)] = d[..., 0]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _storage(u):
+    """Local storage order of a meeting block of ``u`` against ``u``: ``[rev, u + rev]``, and its inverse."""
+    rev = _sched.bit_reversal(u)
+    order = np.concatenate([rev, u + rev])
+    inv = np.empty_like(order)
+    inv[order] = np.arange(2 * u)
+    return order, inv
+
+
+def _natural(m, w):
+    """A meeting block from storage order to the natural local order ``[a, b]``."""
+    _, inv = _storage(w)
+    return np.take(np.take(m, inv, axis=-2), inv, axis=-1)
 
 
 def _rr_split(ang, v):
@@ -301,7 +441,8 @@ def build_rr(ang, v):
         return np.ones(ang.shape[:-1] + (1, 1), dtype=ang.dtype)
     w = v // 2
     am, ac = _rr_split(ang, v)
-    m = build_meet(am, w.bit_length() - 1)
+    lev = w.bit_length() - 1
+    m = _natural(build_meet(_to_layout(am, lev), lev)[..., 0, :, :], w)
     r = build_rr(ac, w)
     return np.concatenate([np.matmul(m[..., :, :w], r[..., 0, :, :]),
                            np.matmul(m[..., :, w:], r[..., 1, :, :])], axis=-1)
@@ -315,7 +456,9 @@ def build_rr_jvp(ang, dang, v):
     w = v // 2
     am, ac = _rr_split(ang, v)
     dam, dac = _rr_split(dang, v)
-    m, dm = build_meet_jvp(am, dam, w.bit_length() - 1)
+    lev = w.bit_length() - 1
+    m, dm = build_meet_jvp(_to_layout(am, lev), _to_layout(dam, lev), lev)
+    m, dm = _natural(m[..., 0, :, :], w), _natural(dm[..., 0, :, :], w)
     r, dr = build_rr_jvp(ac, dac, w)
     blk = np.concatenate([m[..., :, :w] @ r[..., 0, :, :], m[..., :, w:] @ r[..., 1, :, :]], axis=-1)
     dblk = np.concatenate([dm[..., :, :w] @ r[..., 0, :, :] + m[..., :, :w] @ dr[..., 0, :, :],
@@ -331,8 +474,9 @@ def rr_vjp(ang, a, v):
     w = v // 2
     am, ac = _rr_split(ang, v)
     lev = w.bit_length() - 1
-    dm = meet_vjp(am, a, lev)
-    m = build_meet(am, lev)
+    order, _ = _storage(w)
+    dm = _from_layout(meet_vjp(_to_layout(am, lev), np.take(np.take(a, order, axis=-2), order, axis=-1)[..., None, :, :], lev), lev)
+    m = _natural(build_meet(_to_layout(am, lev), lev)[..., 0, :, :], w)
     m1, m2 = m[..., :, :w], m[..., :, w:]
     ad = np.stack([np.swapaxes(m1, -1, -2) @ a @ m1, np.swapaxes(m2, -1, -2) @ a @ m2], axis=-3)
     dc = rr_vjp(ac, ad, w)
@@ -352,9 +496,10 @@ def _blocks(theta, pl):
     out = []
     if pl.rr_v:
         out.append(build_rr(ext[..., pl.rr_slots], pl.rr_v))
-    if pl.meet_slots.shape[0]:
+    if pl.num_meet:
         mb = build_meet(ext[..., pl.meet_slots], pl.levels)
-        out += [mb[..., k, :, :, :] for k in range(mb.shape[-4])]
+        mb = mb.reshape(mb.shape[:-3] + (pl.num_meet, -1) + mb.shape[-2:])
+        out += [mb[..., k, :, :, :] for k in range(pl.num_meet)]
     return out
 
 
@@ -365,10 +510,12 @@ def _blocks_jvp(theta, tangent, pl):
         b, db = build_rr_jvp(ext[..., pl.rr_slots], dext[..., pl.rr_slots], pl.rr_v)
         out.append(b)
         dout.append(db)
-    if pl.meet_slots.shape[0]:
+    if pl.num_meet:
         mb, dmb = build_meet_jvp(ext[..., pl.meet_slots], dext[..., pl.meet_slots], pl.levels)
-        out += [mb[..., k, :, :, :] for k in range(mb.shape[-4])]
-        dout += [dmb[..., k, :, :, :] for k in range(dmb.shape[-4])]
+        shape = mb.shape[:-3] + (pl.num_meet, -1) + mb.shape[-2:]
+        mb, dmb = mb.reshape(shape), dmb.reshape(shape)
+        out += [mb[..., k, :, :, :] for k in range(pl.num_meet)]
+        dout += [dmb[..., k, :, :, :] for k in range(pl.num_meet)]
     return out, dout
 
 
@@ -381,9 +528,10 @@ def _angle_cotangent(a_list, theta, pl):
         slots = pl.rr_slots
         d[..., slots] = rr_vjp(ext[..., slots], a_list[0], pl.rr_v)
         k = 1
-    if pl.meet_slots.shape[0]:
+    if pl.num_meet:
         slots = pl.meet_slots
         am = np.stack(a_list[k:], axis=-4)
+        am = am.reshape(am.shape[:-4] + (-1,) + am.shape[-2:])
         d[..., slots] = meet_vjp(ext[..., slots], am, pl.levels)
     return d[..., : pl.A]
 
