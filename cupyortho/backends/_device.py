@@ -66,6 +66,11 @@ class CupyDevice:
     def __repr__(self):
         return f"CupyDevice({self.id}, sm_{self.compute_capability})"
 
+    def synchronize(self):
+        """Wait for the current stream (used once after uploading cached per-schedule tables, so
+        that later calls on other streams see them complete)."""
+        self._cupy.cuda.get_current_stream().synchronize()
+
     def context(self):
         """A context manager making this device current (``cupy.cuda.Device``)."""
         return self._cupy.cuda.Device(self.id)

@@ -99,6 +99,11 @@ def _cached(dev, schedule, what, build):
             value = _cache.get(key)
             if value is None:
                 value = build()
+                # The uploads were enqueued on the current stream; a later call may run on another
+                # stream, so wait for them once (not in the hot path: once per device and schedule).
+                sync = getattr(dev, "synchronize", None)
+                if sync is not None:
+                    sync()
                 _cache[key] = value
     return value
 
