@@ -1,0 +1,426 @@
+"""The blocked (team-schedule) CPU path against the round-by-round NumPy reference.
+
+``cupyortho.backends.blocked`` regroups the rounds of a team schedule into block-diagonal stages and
+computes with batched GEMMs; ``numpy_backend.rounds_*`` applies the same rounds one by one.  For
+every operation (matrix, apply both ways, frames through restricted schedules, every VJP and JVP)
+both must agree, at every granularity ``u`` (block half-size) the path can run with, in float64
+(to 1e-12) and float32 (against the float64 reference), with batched angles, at sizes around the
+team size (``t-1, t, t+1, 2t-1, 2t, 2t+1``, odd ``n``, ``n = 2, 3``).  Also: the recursive team
+schedule is a 1-factorization whose local structure matches ``team_local_rounds``; the block
+primitives (blocks from angles, angle cotangents from a block cotangent) agree with dense products
+and finite differences; inputs are never written to; the ``method`` strategy of the public apply
+functions gives the same results either way.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cupyortho as co
+from cupyortho import schedule as S
+from cupyortho.backends import blocked as bl
+from cupyortho.backends import numpy_backend as nb
+
+
+def _sizes():
+    out = [(2, 1), (3, 2), (2, 2), (5, 1)]
+    for t in (2, 4, 8):
+        for n in (t - 1, t, t + 1, 2 * t - 1, 2 * t, 2 * t + 1, 3 * t + 3):
+            if n >= 2:
+                out.append((n, t))
+    return sorted(set(out))
+
+
+SIZES = _sizes()
+
+
+def _granularities(t):
+    return [u for u in (1, 2, 4, 8) if u <= t]
+
+
+def _tol(dtype):
+    return 1e-12 if dtype == np.float64 else 2e-5
+
+
+def _close(a, b, dtype, scale=1.0):
+    np.testing.assert_allclose(a, b, rtol=0, atol=_tol(dtype) * max(1.0, scale))
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+def _check_factorization(s, n):
+    seen = np.zeros((n, n), dtype=int)
+    for rd in s.rounds:
+        used = np.concatenate([rd.i, rd.j])
+        assert used.size == np.unique(used).size, "pairs of a round must be disjoint"
+        assert np.all(rd.i < rd.j)
+        seen[rd.i, rd.j] += 1
+    iu = np.triu_indices(n, 1)
+    assert np.all(seen[iu] == 1) and seen.sum() == n * (n - 1) // 2
+
+
+@pytest.mark.parametrize("n,t", SIZES + [(64, 16), (100, 4), (130, 32)])
+def test_recursive_team_schedule_is_a_one_factorization(n, t):
+    s = S.team_schedule(n, t)
+    _check_factorization(s, n)
+    if s.padded_n == n:
+        assert s.num_rounds == n - 1
+
+
+@pytest.mark.parametrize("t", [1, 2, 4, 8, 16])
+def test_team_local_rounds_describe_the_schedule(t):
+    """Intra-team rounds are team_local_rounds' RR(t) in every team; a meeting of teams a < b plays
+    a*t + q against b*t + (q + shifts[l]) mod t in its l-th round, shifts = bit reversal."""
+    n = 4 * t
+    s = S.team_schedule(n, t)
+    rr_i, rr_j, shifts = S.team_local_rounds(t)
+    np.testing.assert_array_equal(shifts, S.bit_reversal(t))
+    assert sorted(shifts.tolist()) == list(range(t))
+    rounds = s.rounds
+    for r in range(t - 1):
+        got = sorted(zip(rounds[r].i.tolist(), rounds[r].j.tolist()))
+        want = sorted((base + a, base + b) for base in range(0, n, t) for a, b in zip(rr_i[r], rr_j[r]))
+        assert got == want
+    q = np.arange(t)
+    for k in range(3):  # three team rounds
+        block = rounds[t - 1 + k * t: t - 1 + (k + 1) * t]
+        first = {(int(i) // t, int(j) // t) for i, j in zip(block[0].i, block[0].j)}
+        for l, rd in enumerate(block):
+            want = sorted((a * t + qq, b * t + (qq + shifts[l]) % t) for a, b in first for qq in q)
+            assert sorted(zip(rd.i.tolist(), rd.j.tolist())) == want
+
+
+def test_bit_reversal():
+    np.testing.assert_array_equal(S.bit_reversal(8), [0, 4, 2, 6, 1, 5, 3, 7])
+    np.testing.assert_array_equal(S.bit_reversal(1), [0])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 33, 64, 65, 100, 127, 128, 129, 1000, 1030, 2048, 3000])
+def test_default_team_size_rule(n):
+    """A power of two <= 64, 2t < 2n; padding within n/16 whenever any candidate achieves it."""
+    t = S.default_team_size(n)
+    assert t & (t - 1) == 0 and 1 <= t <= S.DEFAULT_TEAM_SIZE
+    padded = S.team_schedule(n).padded_n
+    cands = []
+    c = 1
+    while c <= S.DEFAULT_TEAM_SIZE and (c == 1 or c < n):
+        T = -(-n // c)
+        cands.append((c, (T + T % 2) * c))
+        c *= 2
+    if any(16 * N <= 17 * n for _, N in cands):
+        assert 16 * padded <= 17 * n
+        assert t == max(c for c, N in cands if 16 * N <= 17 * n)
+    else:
+        assert padded == min(N for _, N in cands)
+
+
+def test_default_team_size_examples():
+    assert [S.default_team_size(n) for n in (2048, 1024, 1030, 100, 3)] == [64, 64, 32, 4, 2]
+
+
+# ----------------------------------------------------------------------------- primitives
+
+def _dense_meeting(thetas, u):
+    """The block of one meeting of a = 0..u-1 against b = u..2u-1, natural local order, by rounds."""
+    m = np.eye(2 * u)
+    shifts = S.bit_reversal(u)
+    for s_ in shifts:
+        for q in range(u):
+            i, j = q, u + (q + s_) % u
+            c, s = np.cos(thetas[q, (q + s_) % u]), np.sin(thetas[q, (q + s_) % u])
+            mi, mj = m[i].copy(), m[j].copy()
+            m[i], m[j] = c * mi - s * mj, s * mi + c * mj
+    return m
+
+
+@pytest.mark.parametrize("u", [1, 2, 4, 8, 16])
+def test_build_meet_is_the_product_of_its_rounds(u, rng):
+    a = np.arange(u)[None, :]
+    b = (u + np.arange(u))[None, :]
+    li, lj = bl._meet_leaves(a, b)
+    thetas = rng.uniform(-np.pi, np.pi, (u, u))  # thetas[q, r]: angle of (a_q, b_r)
+    leaves = thetas[li[0], lj[0] - u]
+    lev = u.bit_length() - 1
+    blk = bl.build_meet(bl._to_layout(leaves, lev), lev)[0]
+    order, _ = bl._storage(u)
+    dense = _dense_meeting(thetas, u)
+    np.testing.assert_allclose(blk, dense[np.ix_(order, order)], atol=1e-13)
+
+
+@pytest.mark.parametrize("u", [1, 2, 4, 8])
+def test_meet_vjp_finite_differences(u, rng):
+    """Leaf cotangents from A = W - W^T (W = G P^T) match central differences of <G, P(angles)>."""
+    lev = u.bit_length() - 1
+    ang = rng.uniform(-np.pi, np.pi, (u * u, 3))
+    g = rng.standard_normal((3, 2 * u, 2 * u))
+    p = bl.build_meet(ang, lev)
+    w = g @ np.swapaxes(p, -1, -2)
+    d = bl.meet_vjp(ang, w - np.swapaxes(w, -1, -2), lev)
+    eps = 1e-6
+    fd = np.empty_like(ang)
+    for idx in itertools.product(range(u * u), range(3)):
+        e = np.zeros_like(ang)
+        e[idx] = eps
+        fd[idx] = (np.sum(g * bl.build_meet(ang + e, lev)) - np.sum(g * bl.build_meet(ang - e, lev))) / (2 * eps)
+    np.testing.assert_allclose(d, fd, atol=1e-8)
+
+
+@pytest.mark.parametrize("v", [2, 4, 8, 16])
+def test_rr_blocks_and_vjp(v, rng):
+    c = np.arange(v)[None, :]
+    i, j = bl._rr_leaves(c)
+    full = rng.uniform(-np.pi, np.pi, (v, v))
+    ang = full[i[0], j[0]]
+    blk = bl.build_rr(ang, v)
+    dense = np.eye(v)
+    for rd in S._rr_rounds(c):
+        for a, b in zip(rd[0], rd[1]):
+            cs, sn = np.cos(full[a, b]), np.sin(full[a, b])
+            ra, rb = dense[a].copy(), dense[b].copy()
+            dense[a], dense[b] = cs * ra - sn * rb, sn * ra + cs * rb
+    np.testing.assert_allclose(blk, dense, atol=1e-13)
+    g = rng.standard_normal((v, v))
+    w = g @ blk.T
+    d = bl.rr_vjp(ang, w - w.T, v)
+    eps = 1e-6
+    fd = np.array([(np.sum(g * bl.build_rr(ang + eps * e, v)) - np.sum(g * bl.build_rr(ang - eps * e, v))) / (2 * eps)
+                   for e in np.eye(ang.size)])
+    np.testing.assert_allclose(d, fd, atol=1e-8)
+
+
+@pytest.mark.parametrize("u", [1, 2, 4, 8])
+def test_block_jvp_matches_difference_quotient(u, rng):
+    lev = u.bit_length() - 1
+    ang = rng.uniform(-np.pi, np.pi, (u * u, 2))
+    dang = rng.standard_normal(ang.shape)
+    blk, dblk = bl.build_meet_jvp(ang, dang, lev)
+    np.testing.assert_allclose(blk, bl.build_meet(ang, lev), atol=1e-14)
+    eps = 1e-6
+    fd = (bl.build_meet(ang + eps * dang, lev) - bl.build_meet(ang - eps * dang, lev)) / (2 * eps)
+    np.testing.assert_allclose(dblk, fd, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- every op vs reference
+
+def _theta(rng, A, dtype, batch=()):
+    return rng.uniform(-np.pi, np.pi, batch + (A,)).astype(dtype)
+
+
+@pytest.mark.parametrize("n,t", SIZES)
+def test_matrix_and_apply_against_reference_all_granularities(n, t, rng):
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    ref = nb.rounds_matrix(th, s)
+    x = rng.standard_normal((2, n, 3))
+    for u in _granularities(t):
+        _close(bl.matrix(th, s, u=u), ref, np.float64)
+        _close(bl.apply(th, x, s, u=u), ref @ x, np.float64)
+        _close(bl.apply(th, x, s, transpose=True, u=u), np.swapaxes(ref, -1, -2) @ x, np.float64)
+    np.testing.assert_array_equal(nb.matrix(th, s), bl.matrix(th, s))  # dispatch
+
+
+@pytest.mark.parametrize("n,t", SIZES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_apply_vjp_and_jvp_against_reference(n, t, transpose, rng):
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    x = rng.standard_normal((2, n, 3))
+    g = rng.standard_normal((2, n, 3))
+    tt = rng.standard_normal(th.shape)
+    xt = rng.standard_normal(x.shape)
+    d_ref, dx_ref = nb.rounds_apply_vjp(th, x, g, s, transpose)
+    j_ref = nb.rounds_apply_jvp(th, x, tt, xt, s, transpose)
+    j0_ref = nb.rounds_apply_jvp(th, x, tt, None, s, transpose)
+    for u in _granularities(t):
+        d, dx = bl.apply_vjp(th, x, g, s, transpose, u=u)
+        _close(d, d_ref, np.float64, 10)
+        _close(dx, dx_ref, np.float64)
+        y = bl.apply(th, x, s, transpose, u=u)
+        d2, dx2 = bl.apply_vjp(th, x, g, s, transpose, output=y, u=u)
+        _close(d2, d_ref, np.float64, 10)
+        _close(bl.apply_jvp(th, x, tt, xt, s, transpose, u=u), j_ref, np.float64, 10)
+        _close(bl.apply_jvp(th, x, tt, None, s, transpose, u=u), j0_ref, np.float64, 10)
+
+
+@pytest.mark.parametrize("n,t", SIZES)
+def test_matrix_vjp_and_jvp_against_reference(n, t, rng):
+    """The reduction-free materialized VJP (A <- S^T A S per stage) and the matrix JVP."""
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    g = rng.standard_normal((2, n, n))
+    tt = rng.standard_normal(th.shape)
+    d_ref = nb.rounds_matrix_vjp(th, g, s)
+    j_ref = nb.rounds_matrix_jvp(th, tt, s)
+    for u in _granularities(t):
+        _close(bl.matrix_vjp(th, g, s, u=u), d_ref, np.float64, 10)
+        _close(bl.matrix_vjp(th, g, s, output=nb.rounds_matrix(th, s), u=u), d_ref, np.float64, 10)
+        _close(bl.matrix_jvp(th, tt, s, u=u), j_ref, np.float64, 10)
+
+
+@pytest.mark.parametrize("n,t", [(9, 4), (16, 4), (17, 8), (33, 16)])
+def test_float32_against_float64_reference(n, t, rng):
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    x = rng.standard_normal((n, 4))
+    g = rng.standard_normal((2, n, 4))
+    gm = rng.standard_normal((2, n, n))
+    tt = rng.standard_normal(th.shape)
+    f = np.float32
+    th32, x32, g32, gm32, tt32 = (a.astype(f) for a in (th, x, g, gm, tt))
+    for u in _granularities(t):
+        for out, ref in [
+            (bl.matrix(th32, s, u=u), nb.rounds_matrix(th, s)),
+            (bl.apply(th32, x32, s, u=u), nb.rounds_apply(th, x, s)),
+            (bl.apply(th32, x32, s, True, u=u), nb.rounds_apply(th, x, s, True)),
+            (bl.apply_vjp(th32, x32, g32, s, u=u)[0], nb.rounds_apply_vjp(th, x, g, s)[0]),
+            (bl.apply_vjp(th32, x32, g32, s, True, u=u)[1], nb.rounds_apply_vjp(th, x, g, s, True)[1]),
+            (bl.matrix_vjp(th32, gm32, s, u=u), nb.rounds_matrix_vjp(th, gm, s)),
+            (bl.matrix_jvp(th32, tt32, s, u=u), nb.rounds_matrix_jvp(th, tt, s)),
+        ]:
+            assert out.dtype == f
+            np.testing.assert_allclose(out, ref, atol=2e-5 * max(1, n / 8) * (1 + np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("n,t,m", [(9, 4, 1), (9, 4, 3), (16, 4, 5), (17, 8, 8), (12, 2, 11), (7, 4, 7)])
+def test_frames_through_restricted_schedules(n, t, m, rng):
+    s = S.team_schedule(n, t).restrict(m)
+    th = _theta(rng, s.num_angles, np.float64, (3,))
+    eye = np.eye(n, m)
+    g = rng.standard_normal((3, n, m))
+    tt = rng.standard_normal(th.shape)
+    ref = nb.rounds_apply(th, eye, s)
+    for u in _granularities(t):
+        _close(bl.apply(th, eye, s, u=u), ref, np.float64)
+        d, _ = bl.apply_vjp(th, eye, g, s, u=u)
+        _close(d, nb.rounds_apply_vjp(th, eye, g, s)[0], np.float64, 10)
+        _close(bl.apply_jvp(th, eye, tt, None, s, u=u), nb.rounds_apply_jvp(th, eye, tt, None, s), np.float64, 10)
+    q = co.frame(th, n, m, schedule=S.team_schedule(n, t))
+    _close(q, ref, np.float64)
+    _close(q.swapaxes(-1, -2) @ q, np.broadcast_to(np.eye(m), (3, m, m)), np.float64)
+
+
+def test_broadcasting_batches(rng):
+    """theta (2, 1, A) with x (3, n, k): outputs (2, 3, n, k); cotangents summed back to the inputs."""
+    n, t = 10, 4
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2, 1))
+    x = rng.standard_normal((3, n, 2))
+    g = rng.standard_normal((2, 3, n, 2))
+    y = bl.apply(th, x, s)
+    assert y.shape == (2, 3, n, 2)
+    _close(y, nb.rounds_apply(th, x, s), np.float64)
+    d, dx = bl.apply_vjp(th, x, g, s)
+    d_ref, dx_ref = nb.rounds_apply_vjp(th, x, g, s)
+    assert d.shape == th.shape and dx.shape == x.shape
+    _close(d, d_ref, np.float64, 10)
+    _close(dx, dx_ref, np.float64, 10)
+    th1 = th[0, 0]
+    gm = rng.standard_normal((n, n))
+    _close(bl.matrix_vjp(th1, gm, s), nb.rounds_matrix_vjp(th1, gm, s), np.float64, 10)
+
+
+@settings(deadline=None, max_examples=15)
+@given(n=st.integers(2, 40), logt=st.integers(0, 4), seed=st.integers(0, 2**31 - 1))
+def test_property_blocked_equals_rounds(n, logt, seed):
+    t = 2 ** logt
+    s = S.team_schedule(n, t)
+    r = np.random.default_rng(seed)
+    th = r.uniform(-np.pi, np.pi, s.num_angles)
+    x = r.standard_normal((n, 2))
+    g = r.standard_normal((n, 2))
+    _close(bl.apply(th, x, s), nb.rounds_apply(th, x, s), np.float64)
+    d, dx = bl.apply_vjp(th, x, g, s, True)
+    d_ref, dx_ref = nb.rounds_apply_vjp(th, x, g, s, True)
+    _close(d, d_ref, np.float64, 10)
+    _close(dx, dx_ref, np.float64)
+    gm = r.standard_normal((n, n))
+    _close(bl.matrix_vjp(th, gm, s), nb.rounds_matrix_vjp(th, gm, s), np.float64, 10)
+
+
+def test_matrix_vjp_finite_differences(rng):
+    """Directly against central differences (float64), independent of the reference."""
+    n, t = 11, 4
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    g = rng.standard_normal((n, n))
+    d = bl.matrix_vjp(th, g, s)
+    eps = 1e-6
+    fd = np.array([(np.sum(g * bl.matrix(th + eps * e, s)) - np.sum(g * bl.matrix(th - eps * e, s))) / (2 * eps)
+                   for e in np.eye(th.size)])
+    np.testing.assert_allclose(d, fd, atol=1e-8)
+
+
+def test_larger_team_sizes_against_reference(rng):
+    """The GEMM levels of the block recursion (u = 16, 32) on one moderately large case."""
+    n, t = 70, 32
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    g = rng.standard_normal((n, n))
+    x = rng.standard_normal((n, 3))
+    for u in (16, 32):
+        _close(bl.matrix(th, s, u=u), nb.rounds_matrix(th, s), np.float64, 10)
+        _close(bl.matrix_vjp(th, g, s, u=u), nb.rounds_matrix_vjp(th, g, s), np.float64, 100)
+        _close(bl.apply_vjp(th, x, g[:, :3], s, u=u)[0], nb.rounds_apply_vjp(th, x, g[:, :3], s)[0], np.float64, 100)
+
+
+def test_inputs_are_not_modified(rng):
+    n, t = 13, 4
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    x = rng.standard_normal((2, n, 3))
+    g = rng.standard_normal((2, n, 3))
+    gm = rng.standard_normal((2, n, n))
+    tt = rng.standard_normal(th.shape)
+    y = bl.apply(th, x, s)
+    u = bl.matrix(th, s)
+    copies = [a.copy() for a in (th, x, g, gm, tt, y, u)]
+    for uu in (1, 4):
+        bl.matrix(th, s, u=uu)
+        bl.apply(th, x, s, True, u=uu)
+        bl.apply_vjp(th, x, g, s, False, output=y, u=uu)
+        bl.apply_vjp(th, x, g, s, True, u=uu)
+        bl.matrix_vjp(th, gm, s, output=u, u=uu)
+        bl.apply_jvp(th, x, tt, g, s, True, u=uu)
+        bl.matrix_jvp(th, tt, s, u=uu)
+    for a, c in zip((th, x, g, gm, tt, y, u), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# ----------------------------------------------------------------------------- strategy (method=)
+
+@pytest.mark.parametrize("kind", ["circle", "team"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_method_materialize_equals_rounds(kind, transpose, rng):
+    n = 9
+    th = rng.uniform(-3, 3, (2, co.num_angles(n)))
+    x = rng.standard_normal((3, 2, n, 4))
+    g = rng.standard_normal((3, 2, n, 4))
+    tt = rng.standard_normal(th.shape)
+    xt = rng.standard_normal(x.shape)
+    kw = dict(transpose=transpose, schedule=kind)
+    ym, yr = (co.apply(th, x, method=m, **kw) for m in ("materialize", "rounds"))
+    np.testing.assert_allclose(ym, yr, atol=1e-12)
+    (dm, dxm), (dr, dxr) = (co.apply_vjp(th, x, g, method=m, **kw) for m in ("materialize", "rounds"))
+    np.testing.assert_allclose(dm, dr, atol=1e-11)
+    np.testing.assert_allclose(dxm, dxr, atol=1e-12)
+    jm, jr = (co.apply_jvp(th, x, tt, xt, method=m, **kw) for m in ("materialize", "rounds"))
+    np.testing.assert_allclose(jm, jr, atol=1e-11)
+    v = x[0, 0, :, 0]  # vector x
+    np.testing.assert_allclose(co.apply(th[0], v, method="materialize", **kw),
+                               co.apply(th[0], v, method="rounds", **kw), atol=1e-12)
+
+
+def test_method_auto_rule_and_errors(rng):
+    from cupyortho import _api
+    n = 8
+    th = np.zeros(co.num_angles(n))
+    assert _api._method("auto", th, np.zeros((n, 7))) == "rounds"
+    assert _api._method("auto", th, np.zeros((n, 8))) == "materialize"
+    assert _api._method("auto", th, np.zeros((2, n, 4))) == "materialize"  # 2 matrices share one U
+    assert _api._method("auto", np.zeros((2, th.size)), np.zeros((2, n, 4))) == "rounds"
+    assert _api._method("rounds", th, np.zeros((n, 100))) == "rounds"
+    with pytest.raises(ValueError, match="method must be one of"):
+        co.apply(th, np.zeros(n), method="dense")
