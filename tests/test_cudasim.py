@@ -19,14 +19,31 @@ KDIR = cudasim.TEST_KERNEL_DIR
 SEEDS = range(5)
 
 
+_T = ("float", "double")
+#: Every name expression the tests use, per file: each file is compiled once, like a RawModule.
+NAMES = {
+    "reduce.cu": [f"block_sum_dyn<{t}>" for t in _T] + [f"block_sum<{t}, {b}>" for t in _T for b in ("true", "false")],
+    "bugs.cu": [f"{k}<{t}>" for k in ("scale", "scale_read_past", "scale_write_past", "accumulate",
+                                       "shared_uninitialized") for t in _T]
+    + ["divergent_barrier", "early_return_barrier", "two_barriers", "shared_write_past", "overwrite",
+       "trap_at_five", "static_shared_read_before_write"],
+    "indices.cu": ["coordinates", "block_order"] + [f"{k}<{t}>" for k in ("atomic_sum", "math_functions") for t in _T],
+    "warp.cu": [f"{k}<{t}>" for k in ("warp_sum_xor", "warp_sum_down") for t in _T]
+    + [f"segment_scan<{t}, {w}>" for t in _T for w in (8, 32)]
+    + [f"warp_sum_shared<double, {b}>" for b in ("true", "false")]
+    + ["votes", "partial_warp_full_mask", "partial_warp_exact_mask"],
+}
+
+
 def module(filename, names, mode="fast"):
-    return cudasim.build_module((KDIR / filename).read_text(), names, include_dirs=[KDIR],
+    """The module of ``filename`` with all of NAMES[filename] (``names``: those the test uses)."""
+    assert set(names) <= set(NAMES[filename]), set(names) - set(NAMES[filename])
+    return cudasim.build_module((KDIR / filename).read_text(), NAMES[filename], include_dirs=[KDIR],
                                 filename=str(KDIR / filename), mode=mode)
 
 
 def reduce_module(mode="fast"):
-    return module("reduce.cu", [f"{k}<{t}>" for k in ("block_sum_dyn",) for t in ("float", "double")]
-                  + [f"block_sum<{t}, {b}>" for t in ("float", "double") for b in ("true", "false")], mode)
+    return module("reduce.cu", NAMES["reduce.cu"], mode)
 
 
 def block_sums(x, threads):
@@ -351,8 +368,8 @@ def test_compile_errors_point_at_the_kernel_file(tmp_path):
 
 def test_modules_are_cached(tmp_path, monkeypatch):
     src = (KDIR / "reduce.cu").read_text()
-    a = cudasim.build_module(src, ["block_sum_dyn<float>"], include_dirs=[KDIR])
-    assert cudasim.build_module(src, ["block_sum_dyn<float>"], include_dirs=[KDIR]) is a
+    a = cudasim.build_module(src, NAMES["reduce.cu"], include_dirs=[KDIR], filename=str(KDIR / "reduce.cu"))
+    assert reduce_module() is a
     assert a.path.exists() and a.path.parent == cudasim.cache_dir()
     # a changed include is a different module (built in a private cache: tmp paths are one-off keys)
     monkeypatch.setenv("CUDASIM_CACHE_DIR", str(tmp_path / "cache"))
@@ -379,8 +396,7 @@ def test_ucontext_fibers_agree_with_the_fast_switch():
 
 
 def test_cpu_device_records_launches():
-    names = {"block_sum_dyn<double>": "reduce.cu", "block_sum<double, true>": "reduce.cu"}
-    dev = cudasim.CpuDevice(seed=1, kernels=names, kernel_dir=KDIR)
+    dev = cudasim.CpuDevice(seed=1, kernels=dict.fromkeys(NAMES["reduce.cu"], "reduce.cu"), kernel_dir=KDIR)
     assert dev.xp is np
     f = dev.get_function("block_sum_dyn<double>")
     out = np.zeros(1)
@@ -407,16 +423,14 @@ if sys.argv[1] == "package":
     from cupyortho.backends import cupy_backend as cb, numpy_backend as nb
     from cupyortho.schedule import circle_schedule, team_schedule
     rng = np.random.default_rng(0)
-    for s in (circle_schedule(33), team_schedule(33, 4)):
+    for s in (circle_schedule(33),):
         dev = cudasim.CpuDevice(0, mode="asan", multiprocessor_count=1)
         theta, x = rng.standard_normal(s.num_angles), rng.standard_normal((33, 7))
         np.testing.assert_allclose(cb._impl_apply(dev, theta, x, s, False, "fused"), nb.apply(theta, x, s), atol=1e-12)
         np.testing.assert_allclose(cb._impl_apply_vjp(dev, theta, x, x, s, False, None, "fused")[0],
                                    nb.apply_vjp(theta, x, x, s)[0], atol=1e-11)
-        # run under ASan only (the comparison with NumPy is test_kernels_on_cpu's job)
-        u = cb._impl_matrix(dev, theta, s)
-        assert u.shape == (33, 33) and np.isfinite(u).all()
-        assert np.isfinite(cb._impl_matrix_vjp(dev, theta, u, s)).all()
+        np.testing.assert_allclose(cb._impl_apply_jvp(dev, theta, x, theta, x, s, False, "fused"),
+                                   nb.apply_jvp(theta, x, theta, x, s), atol=1e-11)
     print("PACKAGE OK")
 else:
     src = ('extern "C" __global__ void over(float* out) { __shared__ float buf[32]; buf[threadIdx.x] = 1.0f; '
@@ -429,8 +443,8 @@ print("NOT CAUGHT")
 
 def test_asan_mode_catches_static_shared_overflow():
     """mode="asan" (ucontext fibers, -fsanitize=address) in a process with libasan preloaded: a
-    static __shared__ array indexed one past its end is reported, the package's fused and block
-    kernels run clean."""
+    static __shared__ array indexed one past its end is reported; the package's fused-sweep kernels
+    (and cos_sin, reduce_partials) run clean and right."""
     libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not pathlib.Path(libasan).is_absolute():
         pytest.skip("g++ has no libasan.so: AddressSanitizer mode unavailable")

@@ -236,7 +236,10 @@ _BARRIER = re.compile(r"__syncthreads\(\)\s*;")
 
 
 def _mutable(filename, text):
-    """Number the barriers: barrier i runs unless the module's ``cudasim_mutant_`` equals i."""
+    """Number the barriers: barrier i runs unless the module's ``cudasim_mutant_`` equals i.
+    Files without barriers are left alone (and so share the unmutated, already compiled module)."""
+    if not _BARRIER.search(text):
+        return text
     counter = itertools.count()
     body = _BARRIER.sub(lambda m: f"if (cudasim_mutant_ != {next(counter)}) __syncthreads();", text)
     head = ("static int cudasim_mutant_ = -1;\n"
