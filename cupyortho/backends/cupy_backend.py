@@ -304,7 +304,7 @@ def _tile_width(dev, n, k, B, buffers, itemsize, A=None, path=None):
     as keeps about two blocks per SM busy (narrow tiles = more blocks), and wide enough that the
     per-tile partial sums of a backward (``A`` angles per tile) stay within ``PARTIAL_BYTES``.
     """
-    if path == "rounds":
+    if path == "rounds" or k == 0:
         return None
     smem = int(getattr(dev, "max_shared_memory", 48 * 1024))
     tk_max = min(k, smem // (buffers * n * itemsize))
