@@ -25,8 +25,8 @@ What the harness checks on every launch, because each is a silent bug on a GPU:
 
 Entry points: :class:`CpuDevice` (``xp = numpy``; ``get_function(name_expression)`` like the CuPy
 backend's device), :func:`build_module` (any source and name expressions).  Compiled modules are
-cached on disk by content hash (``$CUDASIM_CACHE_DIR``, default ``~/.cache/cudasim``).  Not
-thread-safe: one launch at a time per process.
+cached on disk by content hash (``$CUDASIM_CACHE_DIR``, default ``~/.cache/cudasim``).  Launches
+are serialised by a process-wide lock (each module has one runtime state).
 """
 
 from __future__ import annotations
