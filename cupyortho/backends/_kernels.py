@@ -23,6 +23,10 @@ _TEMPLATES = {
                   "reduce_partials"),
     "fused.cu": ("apply_fused", "apply_vjp_fused", "apply_jvp_fused", "matrix_vjp_fused"),
     "blocks.cu": ("build_blocks", "block_vjp"),
+    # U(n): complex rotations over interleaved complex data, templated on the real type
+    # (launched by cupyortho.backends.cupy_unitary).
+    "unitary.cu": ("unitary_apply_round", "unitary_apply_vjp_round", "unitary_apply_jvp_round",
+                   "unitary_matrix_vjp_round"),
 }
 
 #: Every kernel instantiation: name expression (``"apply_round<double>"``) -> its .cu file name.
