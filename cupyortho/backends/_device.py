@@ -54,11 +54,12 @@ class CupyDevice:
         self.id = int(device_id)
         self.key = ("cuda", self.id)
         self._cupy = cupy
-        with cupy.cuda.Device(self.id) as device:
-            attrs = device.attributes
-            self.compute_capability = device.compute_capability
-        self.max_shared_memory = int(attrs.get("MaxSharedMemoryPerBlockOptin", _DEFAULT_SHARED))
-        self.multiprocessor_count = int(attrs.get("MultiProcessorCount", 1))
+        runtime = cupy.cuda.runtime
+        self.compute_capability = cupy.cuda.Device(self.id).compute_capability
+        self.max_shared_memory = int(
+            runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, self.id))
+        self.multiprocessor_count = int(
+            runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount, self.id))
         self._modules: dict = {}
         self._functions: dict = {}
         self._lock = threading.Lock()
