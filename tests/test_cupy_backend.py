@@ -610,10 +610,15 @@ def test_arrays_on_another_device(rng):
     x = rng.standard_normal((n, k))
     with cupy.cuda.Device(1):
         th1, x1 = cupy.asarray(theta), cupy.asarray(x)
+    m = co.num_angles(n, 3)
     with cupy.cuda.Device(0):  # current device 0, data on device 1
         y = co.apply(th1, x1)
         u = co.matrix(th1, schedule="team")
-    assert y.device.id == 1 and u.device.id == 1
+        q = co.frame(th1[:m], n, 3)  # the public layer's identity frame is made on device 0
+        d_theta, d_x = co.apply_vjp(th1, x1, x1)
+    assert y.device.id == 1 and u.device.id == 1 and q.device.id == 1 and d_theta.device.id == 1
+    np.testing.assert_allclose(q.get(), co.frame(theta[:m], n, 3), atol=1e-12)
+    np.testing.assert_allclose(d_theta.get(), co.apply_vjp(theta, x, x)[0], atol=1e-11)
     np.testing.assert_allclose(y.get(), co.apply(theta, x), atol=1e-12)
     np.testing.assert_allclose(u.get(), co.matrix(theta, schedule="team"), atol=1e-12)
 

@@ -5,7 +5,8 @@ functions take a *device object* ``dev`` first (:mod:`._device`) and use only ``
 that exist in both NumPy and CuPy and the launchers of :mod:`._launch`.  So the whole algorithm runs
 on a GPU with :class:`~._device.CupyDevice`, and on the CPU (numpy arrays, kernels compiled with g++)
 with the harness device of ``tests/cudasim``.  Nothing in the hot path copies to the host or
-synchronizes; everything runs on CuPy's current stream and on the device of the inputs.  Inputs are
+synchronizes; everything runs on CuPy's current stream and on the device of theta (other arguments
+on another GPU, such as the identity the public layer creates for ``frame``, are copied there).  Inputs are
 never written to: every sweep works on its own copy.
 
 Maths and conventions are the NumPy backend's (:mod:`.numpy_backend`, ``docs/conventions.md``):
@@ -78,10 +79,12 @@ def __getattr__(attr):
 
 
 def all_finite(a) -> bool:
-    """True when every entry of ``a`` is finite (one device-to-host transfer of a flag)."""
+    """True when every entry of ``a`` is finite (one device-to-host transfer of a flag), computed on
+    the device that holds ``a``."""
     import cupy
 
-    return bool(cupy.isfinite(a).all())
+    with a.device:
+        return bool(cupy.isfinite(a).all())
 
 
 # --------------------------------------------------------------------------- per-device data
@@ -643,16 +646,34 @@ def _impl_matrix_jvp(dev, theta, theta_tangent, schedule, path=None):
 # --------------------------------------------------------------------------- public (thin calls)
 
 def _on(array):
+    """The device of ``array`` (whose device the computation runs on) and a context making it
+    current."""
     dev = get_device(array)
     ctx = getattr(dev, "context", None)
     return dev, (ctx() if ctx is not None else contextlib.nullcontext())
 
 
+def _here(dev, a):
+    """``a`` on the device ``dev`` (a copy when it lives on another GPU, e.g. the identity frame the
+    public layer creates on the current device for ``frame``); call with ``dev`` current."""
+    if a is None or a.device.id == dev.id:
+        return a
+    import cupy
+
+    with a.device:
+        src = cupy.ascontiguousarray(a)
+        cupy.cuda.get_current_stream().synchronize()  # rare path: order the peer copy after a's producer
+    out = cupy.empty(src.shape, dtype=src.dtype)
+    if src.nbytes:
+        out.data.copy_from_device_async(src.data, src.nbytes)
+    return out
+
+
 def apply(theta, x, schedule, transpose=False):
     """``U(theta) @ x`` (or ``U(theta).T @ x``): theta (..., A), x (..., n, k) -> (..., n, k)."""
-    dev, ctx = _on(x)
+    dev, ctx = _on(theta)
     with ctx:
-        return _impl_apply(dev, theta, x, schedule, transpose)
+        return _impl_apply(dev, theta, _here(dev, x), schedule, transpose)
 
 
 def matrix(theta, schedule):
@@ -664,9 +685,10 @@ def matrix(theta, schedule):
 
 def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     """``(d_theta, d_x)`` of ``y = apply(theta, x)`` for ``cotangent = dL/dy``, shaped like theta, x."""
-    dev, ctx = _on(x)
+    dev, ctx = _on(theta)
     with ctx:
-        return _impl_apply_vjp(dev, theta, x, cotangent, schedule, transpose, output)
+        return _impl_apply_vjp(dev, theta, _here(dev, x), _here(dev, cotangent), schedule, transpose,
+                               _here(dev, output))
 
 
 def matrix_vjp(theta, cotangent, schedule, output=None):
@@ -674,18 +696,19 @@ def matrix_vjp(theta, cotangent, schedule, output=None):
     ``output`` may pass ``U`` itself (from :func:`matrix`) to skip recomputing it."""
     dev, ctx = _on(theta)
     with ctx:
-        return _impl_matrix_vjp(dev, theta, cotangent, schedule, output=output)
+        return _impl_matrix_vjp(dev, theta, _here(dev, cotangent), schedule, output=_here(dev, output))
 
 
 def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
     """Tangent of ``y = apply(theta, x)`` along ``(theta_tangent, x_tangent)`` (x_tangent may be None)."""
-    dev, ctx = _on(x)
+    dev, ctx = _on(theta)
     with ctx:
-        return _impl_apply_jvp(dev, theta, x, theta_tangent, x_tangent, schedule, transpose)
+        return _impl_apply_jvp(dev, theta, _here(dev, x), _here(dev, theta_tangent), _here(dev, x_tangent),
+                               schedule, transpose)
 
 
 def matrix_jvp(theta, theta_tangent, schedule):
     """Tangent ``dU`` of ``U = matrix(theta)`` along ``theta_tangent``."""
     dev, ctx = _on(theta)
     with ctx:
-        return _impl_matrix_jvp(dev, theta, theta_tangent, schedule)
+        return _impl_matrix_jvp(dev, theta, _here(dev, theta_tangent), schedule)
