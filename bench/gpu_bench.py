@@ -174,6 +174,11 @@ def main(argv=None):
             fwd = _event_time(cupy, lambda: co.matrix(theta, schedule=sched, check_finite=False), reps)
             add(ratios({"case": "materialize_fwd", "schedule": label, "n": n, "ms": round(fwd, 3),
                         "orthogonality": orth}, n, 0))
+            if sched.kind == "team" and n == max(args.sizes):
+                # Where the blocked forward spends its time: building the blocks from the angles.
+                ms = _event_time(cupy, lambda: cb._blocked_blocks(dev, theta, (), sched), reps)
+                add({"case": "blocked_build_blocks", "schedule": label, "n": n, "ms": round(ms, 3),
+                     "ratio_matmul": round(ms / matmul_ms[n], 2), "note": "part of materialize_fwd"})
             if over_budget():
                 add({"case": "materialize_fwd_bwd", "schedule": label, "n": n, "note": "skipped: time budget"})
                 continue
