@@ -116,7 +116,9 @@ def test_apply_family(case):
             dt = rng.standard_normal(theta.shape[-1:]).astype(dtype)
             dx = rng.standard_normal(x.shape).astype(dtype) if pi else None
             got = cb._impl_apply_jvp(dev, theta, x, dt, dx, schedule, transpose, path)
-            want = nb.apply_jvp(theta, x, dt, dx, schedule, transpose)
+            # the kernels see one tangent for the whole batch (dt_bstride = 0); the reference gets
+            # it broadcast explicitly
+            want = nb.apply_jvp(theta, x, np.broadcast_to(dt, theta.shape), dx, schedule, transpose)
             assert_close(got, want, dtype, n, f"apply_jvp {label}")
 
 
@@ -261,10 +263,10 @@ def _barrier_ops(dev, rng):
             (lambda: cb._impl_apply_jvp(dev, theta, x, theta, None, schedule, False, "fused"),
              lambda: nb.apply_jvp(theta, x, theta, None, schedule)),
         ]
-        if schedule.kind == "team":
-            checks += [(lambda: cb._impl_matrix(dev, theta, schedule), lambda: nb.matrix(theta, schedule)),
-                       (lambda: cb._impl_matrix_vjp(dev, theta, cot, schedule),
-                        lambda: nb.matrix_vjp(theta, cot, schedule))]
+        # team: the blocked path (build_blocks, block_vjp); circle: fused sweeps (matrix_vjp_fused)
+        checks += [(lambda: cb._impl_matrix(dev, theta, schedule), lambda: nb.matrix(theta, schedule)),
+                   (lambda: cb._impl_matrix_vjp(dev, theta, cot, schedule),
+                    lambda: nb.matrix_vjp(theta, cot, schedule))]
         for got, want in checks:
             try:
                 assert_close(got(), want(), np.float64, n * n, "mutant")
