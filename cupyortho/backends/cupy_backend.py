@@ -656,7 +656,8 @@ def _on(array):
 def _here(dev, a):
     """``a`` on the device ``dev`` (a copy when it lives on another GPU, e.g. the identity frame the
     public layer creates on the current device for ``frame``); call with ``dev`` current."""
-    if a is None or a.device.id == dev.id:
+    where = getattr(getattr(a, "device", None), "id", None)
+    if a is None or where is None or where == getattr(dev, "id", where):
         return a
     import cupy
 
