@@ -20,6 +20,7 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import cupyortho as co
 from cupyortho import schedule as S
@@ -259,6 +260,38 @@ def test_dense_path_needs_a_team_schedule(ops, rng):
         ops.apply(_angles(rng, sched), np.eye(4), sched, False, path="dense")
     with pytest.raises(ValueError, match="path must be one of"):
         ops.matrix(_angles(rng, sched), sched, path="dense")
+
+
+@settings(deadline=None)
+@given(
+    n=st.integers(2, 40),
+    k=st.integers(1, 12),
+    batches=st.sampled_from([((), ()), ((2,), ()), ((), (3,)), ((2, 1), (1, 3)), ((1,), (2,))]),
+    kind=st.sampled_from(["circle", "team"]),
+    path=st.sampled_from(["fused", "rounds", None]),
+    transpose=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_shapes_match_numpy(n, k, batches, kind, path, transpose, dtype, seed):
+    reason = _cudasim_reason()
+    if reason is not None:
+        pytest.fail(f"the CPU harness cannot run: {reason}")
+    ops = SimOps(seed % 1000)
+    rng = np.random.default_rng(seed)
+    sched = S.get_schedule(kind, n)
+    tb, xb = batches
+    theta = _angles(rng, sched, batch=tb, dtype=dtype)
+    x = _rand(rng, xb + (n, k), dtype)
+    g = _rand(rng, np.broadcast_shapes(tb, xb) + (n, k), dtype)
+    t = _rand(rng, theta.shape, dtype)
+    assert_close(ops.apply(theta, x, sched, transpose, path=path), nb.apply(theta, x, sched, transpose), dtype)
+    d = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
+    e = nb.apply_vjp(theta, x, g, sched, transpose)
+    assert_close(d[0], e[0], dtype, scale=10 * k * (1 + len(tb) + len(xb)))
+    assert_close(d[1], e[1], dtype, scale=5)
+    assert_close(ops.apply_jvp(theta, x, t, None, sched, transpose, path=path),
+                 nb.apply_jvp(theta, x, t, None, sched, transpose), dtype, scale=10)
 
 
 # ----------------------------------------------------------------------------- materialized
