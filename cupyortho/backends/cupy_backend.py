@@ -5,9 +5,9 @@ functions take a *device object* ``dev`` first (:mod:`._device`) and use only ``
 that exist in both NumPy and CuPy and the launchers of :mod:`._launch`.  So the whole algorithm runs
 on a GPU with :class:`~._device.CupyDevice`, and on the CPU (numpy arrays, kernels compiled with g++)
 with the harness device of ``tests/cudasim``.  Nothing in the hot path copies to the host or
-synchronizes; everything runs on CuPy's current stream and on the device of theta (other arguments
-on another GPU, such as the identity the public layer creates for ``frame``, are copied there).  Inputs are
-never written to: every sweep works on its own copy.
+synchronizes; everything runs on CuPy's current stream and on the device of theta (other
+arguments on another GPU, such as the identity the public layer creates for ``frame``, are copied
+there).  Inputs are never written to: every sweep works on its own copy.
 
 Maths and conventions are the NumPy backend's (:mod:`.numpy_backend`, ``docs/conventions.md``):
 a round rotates rows ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j``; ``U = B_{R-1} ... B_0``.
@@ -19,10 +19,13 @@ Paths (chosen per call, or forced with ``path=`` in the ``_impl_*`` functions):
     shared memory for the whole sweep, ``__syncthreads`` between rounds.  Used when a column of the
     operand (two, for the backward and forward-mode sweeps) fits in shared memory.  The backward
     writes per-tile angle sums (``partial``, one row per tile) that a second kernel adds in tile
-    order: no atomics, bitwise reproducible.
+    order: no atomics, bitwise reproducible.  For circle schedules the materialized VJP's
+    two-sided sweep runs with W in shared memory when ``n*n`` fits (one thread block per matrix).
 ``"rounds"``
     One launch per round, operands in global memory: any ``n``.  The backward sums the columns of
-    one pair in one thread (deterministic).
+    one pair in one thread (deterministic); the materialized VJP updates one 2 x 2 sub-block of W
+    per thread.  For circle schedules at large ``n`` this is R launches over all of W: use the
+    team schedule there.
 ``"blocked"``
     Team schedules (DESIGN.md section 3), for :func:`matrix` and :func:`matrix_vjp`: each stage is
     block-diagonal with ``2t x 2t`` blocks built from the angles by a kernel (one thread block per
