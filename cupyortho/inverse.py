@@ -1,0 +1,548 @@
+r"""The inverse map: Givens angles whose matrix (or frame) equals a given rotation (or Stiefel frame).
+
+Design rule: everything here runs on the host in float64 with NumPy/SciPy, one matrix at a time (a
+batch is a loop); CuPy inputs are copied to the host and the angles copied back.  The solver is
+deterministic: its starting points are fixed (``theta = 0``, then points drawn from
+``numpy.random.default_rng(k)`` for restart ``k``), so the same input always gives the same angles.
+
+Why no closed form.  A Givens QR reads angles off one at a time because each rotation creates a zero
+that every later rotation preserves (the rows it mixes are already zero there).  In a round-robin
+schedule every coordinate is touched in *every* round (a round is a perfect matching), so after
+``log2(n)`` rounds every partial product :math:`B_{r}\cdots B_0` is structurally dense and no rotation
+can create a zero that survives.  The set of matrices the first rounds can reach is cut out by rank
+conditions instead: for ``n = 4`` (circle), :math:`B_1 B_0` is characterised by
+``det V[{0,2},{0,1}] = det V[{1,3},{0,1}] = 0``, and peeling the last round,
+:math:`V = B_2^T U`, turns these into two equations *bilinear* in the cosines/sines of both angles
+of round 2: the angles of a round are coupled and must be solved together (a polynomial system whose
+size grows with n).  So the map is inverted numerically.
+
+Algorithm (``docs/init.md``), for a target ``Q*`` (``n x m``; ``m = n`` for SO(n)):
+
+1. *Global phase: exact round-wise coordinate ascent.*  :math:`\langle Q^*, U(\theta) E_m\rangle =
+   \mathrm{tr}(B_r M_r)` with :math:`M_r = R_r E_m Q^{*T} L_r`, :math:`R_r = B_{r-1}\cdots B_0`,
+   :math:`L_r = B_{R-1}\cdots B_{r+1}`; the rotations of one round are disjoint, so each angle of
+   round ``r`` is maximised in closed form, :math:`\theta_{ij} = \mathrm{atan2}(M_{ij}-M_{ji},
+   M_{ii}+M_{jj})`, and :math:`M_{r+1} = B_r M_r B_{r+1}^T` costs two rotation sweeps.  One sweep
+   over all rounds costs about one VJP; the fit improves monotonically.
+2. *Local phase: pseudo-arclength continuation* (dense, small n) from the sweep result
+   :math:`\theta_0` along the geodesic :math:`E(t) = U_0 \exp(tL)` from :math:`U_0 = U(\theta_0)`
+   to (a completion of) the target, solving
+   :math:`F(\theta, t) = \rho\big(U(\theta)^T E(t) E_m\big) = 0` (``rho`` takes the entries below the
+   diagonal in the first ``m`` columns, skew-symmetrised in the top ``m x m`` block).  The Jacobian
+   is the left-trivialised one, column ``p`` (pair ``(i,j)`` of round ``r``) is
+   :math:`R_r^T K_{ij} R_r = r_j r_i^T - r_i r_j^T` (rows of :math:`R_r`).  The solution curve
+   meets folds (the Jacobian is singular there) where a plain homotopy in ``t`` stalls; arclength
+   continuation goes around them.  Newton polishes the end point to ``atol``.
+   Large n (``method="matrix-free"``): Levenberg-Marquardt with LSQR on the same Jacobian applied
+   matrix-free by rotation sweeps (:func:`_jvp_left`, :func:`_vjp_left`), O(n^3) per product.
+3. Restarts from fixed seeds when a start fails.
+
+Reach (measured, ``bench/inverse_bench.py``, ``docs/init.md``): Haar-random targets are solved
+reliably for small n; the number of folds along the path grows quickly with n, and so does the cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+
+from . import schedule as _sched
+from ._api import _is_cupy, _check_m
+from .backends import numpy_backend as _nb
+from .errors import CupyorthoError, DtypeError, NonFiniteError, NotOrthogonalError, ShapeError, SizeError
+
+__all__ = [
+    "angles_from_matrix",
+    "angles_from_frame",
+    "InverseMapError",
+    "DENSE_LIMIT",
+]
+
+DENSE_LIMIT = 2100
+"""Largest number of angles solved with dense Jacobians (n = 65 for SO(n)); above it, matrix-free."""
+
+
+class InverseMapError(CupyorthoError, RuntimeError):
+    """The inverse map did not reach the requested accuracy from any of its starting points."""
+
+
+# --------------------------------------------------------------------------- rotation sweeps
+
+def _rot_rows(M, i, j, c, s):
+    """In place: rows i, j of M <- (c M_i - s M_j, s M_i + c M_j) (left product by the round)."""
+    Mi = M[i]
+    Mj = M[j]
+    M[i] = c[:, None] * Mi - s[:, None] * Mj
+    M[j] = s[:, None] * Mi + c[:, None] * Mj
+
+
+def _rot_cols(M, i, j, c, s):
+    """In place: columns i, j of M <- (c M_i - s M_j, s M_i + c M_j) (right product by the
+    transpose of the round with angles (c, s))."""
+    Mi = M[:, i]
+    Mj = M[:, j]
+    M[:, i] = c * Mi - s * Mj
+    M[:, j] = s * Mi + c * Mj
+
+
+class _Problem:
+    """One target (n x m, float64) and a (possibly restricted) schedule; angles in round-major order."""
+
+    def __init__(self, sched, target):
+        self.sched = sched
+        self.n = sched.n
+        self.m = target.shape[1]
+        self.target = target
+        ra, rb = np.tril_indices(self.n, -1)
+        keep = rb < self.m
+        self.ra, self.rb = ra[keep], rb[keep]
+        self.top = self.ra < self.m            # rows inside the m x m block (skew part)
+        self.weights = np.where(self.top, 2.0, 1.0)
+        self.offsets = sched.round_offsets
+        self.rounds = sched.rounds
+        self.eye = np.eye(self.n)
+
+    def matrix(self, th):
+        """The full n x n matrix of the (restricted) schedule for round-major angles ``th``."""
+        return _nb.apply(self.sched.from_round_order(th), self.eye, self.sched)
+
+    def rho(self, X):
+        """Index-set coordinates of an n x m matrix X (skew part in the top block)."""
+        ra, rb = self.ra, self.rb
+        out = X[ra, rb].copy()
+        t = self.top
+        out[t] = 0.5 * (X[ra[t], rb[t]] - X[rb[t], ra[t]])
+        return out
+
+    def residual(self, th):
+        """(rho(U^T Q*), max-abs error of the frame, U)."""
+        U = self.matrix(th)
+        X = U.T @ self.target
+        return self.rho(X), float(np.abs(U[:, : self.m] - self.target).max()), U
+
+    def jacobian(self, th):
+        """Dense left-trivialised Jacobian: column p (round r, pair (i, j)) holds the index-set
+        entries of R_r^T K_ij R_r = r_j r_i^T - r_i r_j^T, r_i = row i of R_r = B_{r-1}...B_0."""
+        ra, rb = self.ra, self.rb
+        J = np.empty((ra.size, th.size))
+        R = self.eye.copy()
+        c, s = np.cos(th), np.sin(th)
+        for r, rd in enumerate(self.rounds):
+            a, b = self.offsets[r], self.offsets[r + 1]
+            Ri, Rj = R[rd.i], R[rd.j]
+            J[:, a:b] = (Rj[:, ra] * Ri[:, rb] - Ri[:, ra] * Rj[:, rb]).T
+            _rot_rows(R, rd.i, rd.j, c[a:b], s[a:b])
+        return J
+
+    def jvp_left(self, th, d):
+        """Matrix-free J @ d: index-set entries of sum_r R_r^T K_r(d) R_r, by Horner's rule
+        T <- K_r + B_r^T T B_r from the last round down."""
+        c, s = np.cos(th), np.sin(th)
+        T = np.zeros((self.n, self.n))
+        for r in range(len(self.rounds) - 1, -1, -1):
+            rd = self.rounds[r]
+            a, b = self.offsets[r], self.offsets[r + 1]
+            if r < len(self.rounds) - 1:
+                _rot_rows(T, rd.i, rd.j, c[a:b], -s[a:b])
+                _rot_cols(T, rd.i, rd.j, c[a:b], -s[a:b])
+            T[rd.j, rd.i] += d[a:b]
+            T[rd.i, rd.j] -= d[a:b]
+        return T[self.ra, self.rb]
+
+    def vjp_left(self, th, w):
+        """Matrix-free J^T @ w: with W[ra, rb] = w, Z_r = R_r W R_r^T, angle p of round r gets
+        Z_r[j, i] - Z_r[i, j]."""
+        c, s = np.cos(th), np.sin(th)
+        Z = np.zeros((self.n, self.n))
+        Z[self.ra, self.rb] = w
+        out = np.empty(th.size)
+        for r, rd in enumerate(self.rounds):
+            a, b = self.offsets[r], self.offsets[r + 1]
+            out[a:b] = Z[rd.j, rd.i] - Z[rd.i, rd.j]
+            _rot_rows(Z, rd.i, rd.j, c[a:b], s[a:b])
+            _rot_cols(Z, rd.i, rd.j, c[a:b], s[a:b])
+        return out
+
+    def sweep(self, th):
+        """One sweep of exact round-wise coordinate ascent of <Q*, U(th) E_m>; updates th in place."""
+        rounds, off = self.rounds, self.offsets
+        c, s = np.cos(th), np.sin(th)
+        M = np.zeros((self.n, self.n))
+        M[: self.m] = self.target.T @ self.matrix(th)           # E_m Q*^T L_0 B_0
+        _rot_cols(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]])
+        for r, rd in enumerate(rounds):
+            a, b = off[r], off[r + 1]
+            t = np.arctan2(M[rd.i, rd.j] - M[rd.j, rd.i], M[rd.i, rd.i] + M[rd.j, rd.j])
+            th[a:b] = t
+            c[a:b], s[a:b] = np.cos(t), np.sin(t)
+            _rot_rows(M, rd.i, rd.j, c[a:b], s[a:b])
+            if r + 1 < len(rounds):
+                nx = rounds[r + 1]
+                a2, b2 = off[r + 1], off[r + 2]
+                _rot_cols(M, nx.i, nx.j, c[a2:b2], s[a2:b2])
+        return th
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+def _skew_log(X):
+    """Real skew-symmetric L with expm(L) = X for X in SO(n), from the real Schur form (which is
+    block diagonal for a normal matrix): 2x2 blocks [[c,-s],[s,c]] give angle atan2(s, c); the
+    eigenvalues -1 (an even number of 1x1 blocks) are paired into angle-pi rotations."""
+    T, Z = scipy.linalg.schur(X, output="real")
+    n = X.shape[0]
+    Lt = np.zeros((n, n))
+    k = 0
+    minus = []
+    while k < n:
+        if k + 1 < n and abs(T[k + 1, k]) > 1e-13:
+            phi = np.arctan2(0.5 * (T[k + 1, k] - T[k, k + 1]), 0.5 * (T[k, k] + T[k + 1, k + 1]))
+            Lt[k + 1, k], Lt[k, k + 1] = phi, -phi
+            k += 2
+        else:
+            if T[k, k] < 0:
+                minus.append(k)
+            k += 1
+    for a, b in zip(minus[0::2], minus[1::2]):
+        Lt[b, a], Lt[a, b] = np.pi, -np.pi
+    L = Z @ Lt @ Z.T
+    return 0.5 * (L - L.T)
+
+
+def _complete(target, U0):
+    """An n x n rotation whose first m columns are ``target`` and whose other columns are the
+    orthonormal completion closest to those of U0 (orthogonal Procrustes); the sign of one
+    completing column is flipped if needed so that det = +1.  For m = n it is the target."""
+    n, m = target.shape
+    if m == n:
+        return target
+    Qfull, _ = np.linalg.qr(target, mode="complete")
+    N = Qfull[:, m:]                       # basis of the orthogonal complement
+    u, _, vt = np.linalg.svd(N.T @ U0[:, m:])
+    Z = N @ (u @ vt)
+    T = np.concatenate([target, Z], axis=1)
+    if np.linalg.det(T) < 0:
+        T[:, -1] = -T[:, -1]
+    return T
+
+
+class _Path:
+    """The geodesic E(t) = U0 expm(t L) from U0 to the completed target, via the eigen-decomposition
+    of the Hermitian matrix iL (so E(t) costs one complex product)."""
+
+    def __init__(self, U0, T):
+        self.U0 = U0
+        self.L = _skew_log(U0.T @ T)
+        w, V = np.linalg.eigh(1j * self.L)
+        self.w, self.V = w, V
+
+    def __call__(self, t):
+        e = (self.V * np.exp(-1j * t * self.w)) @ self.V.conj().T
+        return self.U0 @ e.real
+
+
+# --------------------------------------------------------------------------- local solvers
+
+def _newton(prob, th, atol, iters=8):
+    """Plain Newton on F(th) = rho(U^T Q*) = 0 with the dense Jacobian; returns (th, err)."""
+    r, err, _ = prob.residual(th)
+    for _ in range(iters):
+        if err <= atol:
+            break
+        try:
+            d = np.linalg.solve(prob.jacobian(th), r)
+        except np.linalg.LinAlgError:
+            break
+        th2 = th + d
+        r2, err2, _ = prob.residual(th2)
+        if not err2 < err:
+            break
+        th, r, err = th2, r2, err2
+    return th, err
+
+
+def _continuation(prob, th0, atol, max_steps):
+    """Pseudo-arclength continuation of F(th, t) = rho(U(th)^T E(t) E_m) = 0 from (th0, 0) to t = 1.
+
+    Returns angles with frame error <= atol, or None when the step budget runs out or the step
+    length underflows.
+    """
+    m = prob.m
+    U0 = prob.matrix(th0)
+    path = _Path(U0, _complete(prob.target, U0))
+    L = path.L
+
+    def F(y):
+        U = prob.matrix(y[:-1])
+        return prob.rho(U.T @ path(y[-1])[:, :m]), U
+
+    def dF(y, U):
+        E = path(y[-1])
+        lt = prob.rho(U.T @ (E @ L)[:, :m])
+        return np.hstack([-prob.jacobian(y[:-1]), lt[:, None]])
+
+    y = np.concatenate([th0, [0.0]])
+    tau_prev = None
+    h = 0.1
+    steps = 0
+    while steps < max_steps:
+        _, U = F(y)
+        M = dF(y, U)
+        q, _ = np.linalg.qr(M.T, mode="complete")
+        tau = q[:, -1]
+        if tau_prev is None:
+            tau = tau if tau[-1] > 0 else -tau
+        elif tau @ tau_prev < 0:
+            tau = -tau
+        hh = h
+        final = False
+        if tau[-1] != 0 and (y[-1] - 1) * (y[-1] + hh * tau[-1] - 1) <= 0:
+            hh = (1 - y[-1]) / tau[-1]
+            final = True
+        yp = y + hh * tau
+        yc = yp.copy()
+        ok = False
+        prev = np.inf
+        for it in range(8):
+            r, U = F(yc)
+            nr = float(np.abs(r).max())
+            if nr < 1e-11:
+                ok = True
+                break
+            if it > 0 and nr > 0.5 * prev:
+                break
+            prev = nr
+            Ma = dF(yc, U)
+            try:
+                if final:
+                    yc[-1] = 1.0
+                    yc[:-1] -= np.linalg.solve(Ma[:, :-1], r)
+                else:
+                    big = np.vstack([Ma, tau[None]])
+                    yc -= np.linalg.solve(big, np.concatenate([r, [tau @ (yc - yp)]]))
+            except np.linalg.LinAlgError:
+                break
+        steps += 1
+        if ok and np.linalg.norm(yc - yp) < 0.5 * abs(hh) + 1e-12:
+            y, tau_prev = yc, tau
+            h = min(1.3 * h, 0.5)
+            if final:
+                th, err = _newton(prob, y[:-1], atol)
+                return th if err <= atol else None
+        else:
+            h *= 0.5
+            if h < 1e-9:
+                return None
+    return None
+
+
+def _lm_matrix_free(prob, th, atol, iters):
+    """Levenberg-Marquardt with LSQR (damped least squares) on the left-trivialised Jacobian applied
+    matrix-free; returns (th, err)."""
+    r, err, _ = prob.residual(th)
+    lam = 1e-3
+    A = th.size
+    for _ in range(iters):
+        if err <= atol:
+            break
+        op = scipy.sparse.linalg.LinearOperator(
+            (r.size, A), matvec=lambda d, th=th: prob.jvp_left(th, d),
+            rmatvec=lambda w, th=th: prob.vjp_left(th, w), dtype=np.float64,
+        )
+        d = scipy.sparse.linalg.lsqr(op, r, damp=np.sqrt(lam), atol=1e-12, btol=1e-12, iter_lim=300)[0]
+        th2 = th + d
+        r2, err2, _ = prob.residual(th2)
+        if np.sum(prob.weights * r2**2) < np.sum(prob.weights * r**2):
+            th, r, err = th2, r2, err2
+            lam = max(lam * 0.2, 1e-12)
+        else:
+            lam *= 10
+            if lam > 1e6:
+                break
+    return th, err
+
+
+def _starts(prob, restarts):
+    """The fixed starting points: zero, then N(0, (pi / sqrt(3n))^2) angles from default_rng(k)."""
+    yield np.zeros(prob.sched.num_angles)
+    for k in range(1, restarts + 1):
+        yield np.random.default_rng(k).normal(0.0, np.pi / np.sqrt(3 * prob.n), prob.sched.num_angles)
+
+
+def _solve(prob, atol, method, restarts, sweeps, max_steps):
+    """Round-major angles reproducing prob.target to max-abs atol (deterministic)."""
+    if method == "auto":
+        method = "dense" if prob.sched.num_angles <= DENSE_LIMIT else "matrix-free"
+    best = (np.inf, None)
+    for th in _starts(prob, restarts):
+        for _ in range(sweeps):
+            prob.sweep(th)
+        _, err, _ = prob.residual(th)
+        if err > 1e-3 and method == "dense":
+            sol = _continuation(prob, th, atol, max_steps)
+            if sol is not None:
+                return sol
+            continue
+        if method == "dense":
+            th, err = _newton(prob, th, atol)
+        else:
+            th, err = _lm_matrix_free(prob, th, atol, iters=60)
+        if err <= atol:
+            return th
+        if method == "dense":
+            sol = _continuation(prob, th, atol, max_steps)
+            if sol is not None:
+                return sol
+        best = min(best, (err, 0), key=lambda b: b[0])
+    raise InverseMapError(
+        f"the inverse map did not reach max-abs error {atol:g} for n = {prob.n}, m = {prob.m} "
+        f"({prob.sched.kind} schedule, method {method!r}) from {restarts + 1} starting points"
+        + (f"; best error {best[0]:.3g}" if np.isfinite(best[0]) else "")
+        + ". Raise restarts=, or see docs/init.md for the sizes this solver reaches."
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+def _host(name, a):
+    """(float64 NumPy copy of a, original dtype, was_cupy)."""
+    was_cupy = _is_cupy(a)
+    if was_cupy:
+        a = a.get()
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiu" or a.dtype.kind == "c":
+        raise DtypeError(f"{name} must be a real float32 or float64 array, got dtype {a.dtype}")
+    dtype = a.dtype if a.dtype.name in ("float32", "float64") else np.dtype(np.float64)
+    return np.array(a, dtype=np.float64), dtype, was_cupy
+
+
+def _check_orthonormal(name, Q, tol):
+    """Max-abs of Q^T Q - I must be <= tol (NotOrthogonalError with the measured error otherwise)."""
+    m = Q.shape[-1]
+    G = np.swapaxes(Q, -1, -2) @ Q
+    err = np.abs(G - np.eye(m)).max(axis=(-1, -2))
+    worst = float(np.max(err)) if err.size else 0.0
+    if not worst <= tol:
+        what = "orthogonal (U^T U = I)" if Q.shape[-1] == Q.shape[-2] else "orthonormal columns (Q^T Q = I)"
+        raise NotOrthogonalError(
+            f"{name} must be {what} within tol = {tol:g} (max-abs of {name}^T {name} - I); "
+            f"got error {worst:.3g}" + (" (worst matrix of the batch)" if err.ndim else "")
+        )
+
+
+def _reorthonormalize(Q):
+    """Nearest matrix with orthonormal columns (polar factor), so the solve targets an exact point."""
+    u, _, vt = np.linalg.svd(Q, full_matrices=False)
+    return u @ vt
+
+
+def _finish(theta, dtype, was_cupy):
+    theta = theta.astype(dtype, copy=False)
+    if was_cupy:
+        import cupy
+
+        return cupy.asarray(theta)
+    return theta
+
+
+def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-12, method="auto", restarts=8, sweeps=30,
+                       max_steps=4000):
+    r"""Angles :math:`\theta` with ``matrix(theta, schedule=schedule) == U`` (the inverse map of SO(n)).
+
+    The map :math:`\theta \mapsto U(\theta) = B_{R-1}\cdots B_0` is onto SO(n) but not one-to-one; this
+    returns one preimage, the same one every time for the same input (fixed starting points).  It is
+    what :class:`cupyortho.torch` parametrizations call in ``right_inverse``.
+
+    Args:
+        U (array_like): ``(n, n)`` or a batch ``(..., n, n)``, real float32 or float64 (NumPy or CuPy).
+            Must be in SO(n): orthogonal within ``tol`` and with determinant +1.  A matrix with
+            det = -1 (a reflection) is not a product of rotations; use ``U @ diag(1, ..., 1, -1)``
+            (flip the sign of the last column) and remember the flip.
+        schedule (str | Schedule | None): the schedule of the angles (``"circle"``, ``"team"``, a
+            :class:`~cupyortho.Schedule`, or None for the library default).  The same U gives
+            different angles for different schedules.
+        tol (float): accepted orthogonality error, max-abs of :math:`U^TU - I` (default 1e-6, so
+            float32 matrices pass).  The target is projected to the nearest orthogonal matrix first.
+        atol (float): required max-abs error of ``matrix(theta) - U`` (against the projected U), in
+            float64; default 1e-12.
+        method (str): ``"auto"`` (dense up to ``DENSE_LIMIT`` angles, else matrix-free),
+            ``"dense"`` (arclength continuation) or ``"matrix-free"`` (LM with LSQR).
+        restarts (int): extra starting points tried after ``theta = 0``.
+        sweeps (int): coordinate-ascent sweeps before the local solve.
+        max_steps (int): continuation step budget per starting point.
+
+    Returns:
+        ndarray ``(..., n(n-1)/2)`` in the upper-triangle layout, U's dtype (float64 for integer
+        input), NumPy or CuPy like U.  Angles lie in :math:`(-\pi, \pi]`.
+
+    Raises:
+        ShapeError: U is not a (batch of) square matrices with n >= 2.
+        NotOrthogonalError: :math:`\max|U^TU - I| > tol`, or det U = -1 (message says which).
+        InverseMapError: no starting point reached ``atol`` (see ``docs/init.md`` for reach).
+    """
+    A, dtype, was_cupy = _host("U", U)
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] < 2:
+        raise ShapeError(f"U must have shape (..., n, n) with n >= 2; got {tuple(A.shape)}")
+    if not np.isfinite(A).all():
+        raise NonFiniteError("U contains NaN or infinity")
+    n = A.shape[-1]
+    _check_orthonormal("U", A, tol)
+    det = np.linalg.det(A)
+    if np.any(det < 0):
+        raise NotOrthogonalError(
+            f"U must be in SO(n) (det = +1); got det = {float(np.min(det)):.3g}. A reflection is not a "
+            "product of rotations: pass U @ diag(1, ..., 1, -1) (last column negated) and apply the flip "
+            "yourself, or use angles_from_frame(U[..., :, :n-1], n-1), which accepts either sign"
+        )
+    sched = _sched.get_schedule(schedule, n)
+    batch = A.shape[:-2]
+    flat = A.reshape((-1, n, n))
+    out = np.empty((flat.shape[0], sched.num_angles))
+    for b in range(flat.shape[0]):
+        prob = _Problem(sched, _reorthonormalize(flat[b]))
+        th = _solve(prob, atol, method, restarts, sweeps, max_steps)
+        out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
+    return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
+
+
+def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-12, method="auto", restarts=8, sweeps=30,
+                      max_steps=4000):
+    r"""Angles :math:`\theta` with ``frame(theta, n, m, schedule=schedule) == Q`` (Stiefel inverse map).
+
+    The frame is the first ``m`` columns of the rotation built from the ``num_angles(n, m)`` pairs
+    ``i < j`` with ``i < m`` (:func:`cupyortho.frame`); every point of St(n, m) is reached.  For
+    ``m < n`` there is no determinant condition: any orthonormal ``n x m`` matrix is accepted.
+
+    Args:
+        Q (array_like): ``(n, m)`` or ``(..., n, m)`` with orthonormal columns within ``tol``.
+        m (int): number of columns, ``1 <= m <= n`` (must equal ``Q.shape[-1]``).
+        schedule, tol, atol, method, restarts, sweeps, max_steps: as in :func:`angles_from_matrix`.
+
+    Returns:
+        ndarray ``(..., n*m - m(m+1)/2)``, Q's dtype, NumPy or CuPy like Q.
+    """
+    A, dtype, was_cupy = _host("Q", Q)
+    if A.ndim < 2:
+        raise ShapeError(f"Q must have shape (..., n, m); got {tuple(A.shape)}")
+    n = A.shape[-2]
+    if n < 2:
+        raise SizeError(f"Q must have n >= 2 rows; got shape {tuple(A.shape)}")
+    m = _check_m(n, m)
+    if A.shape[-1] != m:
+        raise ShapeError(f"Q must have m = {m} columns (axis -1); got shape {tuple(A.shape)}")
+    if not np.isfinite(A).all():
+        raise NonFiniteError("Q contains NaN or infinity")
+    _check_orthonormal("Q", A, tol)
+    if m == n:
+        return angles_from_matrix(Q, schedule=schedule, tol=tol, atol=atol, method=method,
+                                  restarts=restarts, sweeps=sweeps, max_steps=max_steps)
+    sched = _sched.get_schedule(schedule, n, m)
+    batch = A.shape[:-2]
+    flat = A.reshape((-1, n, m))
+    out = np.empty((flat.shape[0], sched.num_angles))
+    for b in range(flat.shape[0]):
+        prob = _Problem(sched, _reorthonormalize(flat[b]))
+        th = _solve(prob, atol, method, restarts, sweeps, max_steps)
+        out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
+    return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
