@@ -366,6 +366,21 @@ def test_larger_team_sizes_against_reference(rng):
         _close(bl.apply_vjp(th, x, g[:, :3], s, u=u)[0], nb.rounds_apply_vjp(th, x, g[:, :3], s)[0], np.float64, 100)
 
 
+def test_threaded_block_work_equals_serial(rng, monkeypatch):
+    """Block construction and block-to-angle maps split over threads give the same numbers."""
+    n, t = 40, 8
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    g = rng.standard_normal((2, n, n))
+    x = rng.standard_normal((2, n, 3))
+    serial = (bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.apply_vjp(th, x, x, s)[0])
+    monkeypatch.setattr(bl, "_MIN_SPLIT", 1)
+    monkeypatch.setattr(bl, "THREADS", 3)
+    threaded = (bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.apply_vjp(th, x, x, s)[0])
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_inputs_are_not_modified(rng):
     n, t = 13, 4
     s = S.team_schedule(n, t)

@@ -33,6 +33,8 @@ their rotations are the identity, exactly as the schedule's dropped rotations.
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -53,6 +55,50 @@ APPLY_GRANULARITY = 4
 """Block half-size ``u`` for apply-mode sweeps over ``k`` columns: small blocks are cheaper to build
 and to differentiate (the per-angle work dominates when ``k << n``), large ones make faster GEMMs.
 Measured at n = 2048, k in {1, 32, 256} (float32, fwd+bwd): u = 4 is best or within 15% of it."""
+
+
+THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads for the block construction and the block-to-angle maps (NumPy elementwise work, which
+releases the GIL); the stage GEMMs use BLAS's own threads.  Work is split over independent blocks."""
+
+_MIN_SPLIT = 1 << 15  # angles per thread below which splitting does not pay
+_pool = None
+
+
+def _split_map(fn, n_items, weight, *arrays_axes):
+    """Run ``fn`` on ``THREADS`` slices of the block axis and concatenate the results.
+
+    ``arrays_axes``: ``(array, axis)`` pairs, each sliced along its axis (the same ``n_items``
+    blocks, ``weight`` angles each).  Returns ``fn``'s result, or the list of per-slice results.
+    """
+    global _pool
+    parts = THREADS if n_items * weight >= 2 * _MIN_SPLIT else 1
+    parts = min(parts, n_items)
+    if parts <= 1:
+        return fn(*[a for a, _ in arrays_axes])
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cupyortho")
+    bounds = np.linspace(0, n_items, parts + 1).astype(int)
+
+    def piece(k):
+        sl = slice(bounds[k], bounds[k + 1])
+        return fn(*[a[(slice(None),) * (axis % a.ndim) + (sl,)] for a, axis in arrays_axes])
+
+    return list(_pool.map(piece, range(parts)))
+
+
+def _build_meet_par(ang, levels):
+    """:func:`build_meet` over the block axis (last axis of ``ang``) in threads."""
+    R = ang.shape[-1]
+    res = _split_map(lambda a: build_meet(a, levels), R, ang.shape[-2], (ang, -1))
+    return res if not isinstance(res, list) else np.concatenate(res, axis=-3)
+
+
+def _meet_vjp_par(ang, a, levels):
+    """:func:`meet_vjp` over the block axis in threads."""
+    R = ang.shape[-1]
+    res = _split_map(lambda x, y: meet_vjp(x, y, levels), R, ang.shape[-2], (ang, -1), (a, -3))
+    return res if not isinstance(res, list) else np.concatenate(res, axis=-1)
 
 
 # --------------------------------------------------------------------------- plans (cached index data)
@@ -119,19 +165,49 @@ class Plan:
         return len(self.orders)
 
 
+class Gather:
+    """A permutation of ``N`` rows, applied as a permutation of contiguous chunks when it is one
+    (stage orders move whole teams, so most gathers copy runs of ``c`` rows, not single rows)."""
+
+    __slots__ = ("idx", "c", "chunks")
+
+    def __init__(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        N = idx.size
+        c = 1
+        while N % (2 * c) == 0:
+            cc = 2 * c
+            runs = idx.reshape(-1, cc)
+            if not (np.all(runs[:, 0] % cc == 0) and np.all(runs - runs[:, :1] == np.arange(cc))):
+                break
+            c = cc
+        self.idx, self.c, self.chunks = idx, c, idx[::c] // c
+
+    def __call__(self, a, axis=-2):
+        """``np.take(a, idx, axis)``."""
+        if self.c == 1:
+            return np.take(a, self.idx, axis=axis)
+        axis = axis % a.ndim
+        shape = a.shape[:axis] + (a.shape[axis] // self.c, self.c) + a.shape[axis + 1:]
+        return np.take(a.reshape(shape), self.chunks, axis=axis).reshape(a.shape)
+
+
+def _gather(idx, N):
+    return None if np.array_equal(idx, np.arange(N)) else Gather(idx)
+
+
 def _gathers(orders, N):
-    """For a sequence of row orders: the index taking rows in order k-1 (natural before the first)
-    to order k, and the final index back to natural order."""
+    """For a sequence of row orders: the gather taking rows in order k-1 (natural before the first)
+    to order k (None: nothing to do), and the final gather back to natural order."""
     out = []
     pos = np.arange(N)
     natural = True
     for order in orders:
-        idx = pos[order]
-        out.append(None if np.array_equal(idx, np.arange(N)) else idx)
+        out.append(_gather(pos[order], N))
         pos = np.empty(N, dtype=np.int64)
         pos[order] = np.arange(N)
         natural = False
-    final = None if natural or np.array_equal(pos, np.arange(N)) else pos
+    final = None if natural else _gather(pos, N)
     return out, final
 
 
@@ -352,6 +428,18 @@ def _meet_vjp_soa(ang, a, levels):
     """:func:`meet_vjp` with ``ang`` ``(u*u, *B)`` and ``a`` ``(2u, 2u, *B)``."""
     if levels == 0:
         return a[1, 0][None]
+    if levels == 1:
+        # closed form for a 4x4 meeting block, storage [a0, a1, b0, b1]: Y_1 = (a0, b1) and
+        # Y_2 = (a1, b0) act last and read A[3, 0], A[2, 1]; X_1 = (a0, b0), X_2 = (a1, b1) read
+        # (Y^T A Y)[2, 0] and [3, 1], each a sum of four entries of A.
+        c1, s1 = np.cos(ang[2]), np.sin(ang[2])
+        c2, s2 = np.cos(ang[3]), np.sin(ang[3])
+        d = np.empty((4,) + a.shape[2:], dtype=a.dtype)
+        d[0] = c2 * (a[2, 0] * c1 + a[2, 3] * s1) - s2 * (a[1, 0] * c1 + a[1, 3] * s1)
+        d[1] = c1 * (a[3, 1] * c2 + a[3, 2] * s2) - s1 * (a[0, 1] * c2 + a[0, 2] * s2)
+        d[2] = a[3, 0]
+        d[3] = a[2, 1]
+        return d
     h = 2 ** (levels - 1)
     q = 4 ** (levels - 1)
     rest = ang.shape[1:]
@@ -498,7 +586,7 @@ def _blocks(theta, pl):
     if pl.rr_v:
         out.append(build_rr(ext[..., pl.rr_slots], pl.rr_v))
     if pl.num_meet:
-        mb = build_meet(ext[..., pl.meet_slots], pl.levels)
+        mb = _build_meet_par(ext[..., pl.meet_slots], pl.levels)
         mb = mb.reshape(mb.shape[:-3] + (pl.num_meet, -1) + mb.shape[-2:])
         out += [mb[..., k, :, :, :] for k in range(pl.num_meet)]
     return out
@@ -533,12 +621,12 @@ def _angle_cotangent(a_list, theta, pl):
         slots = pl.meet_slots
         am = np.stack(a_list[k:], axis=-4)
         am = am.reshape(am.shape[:-4] + (-1,) + am.shape[-2:])
-        d[..., slots] = meet_vjp(ext[..., slots], am, pl.levels)
+        d[..., slots] = _meet_vjp_par(ext[..., slots], am, pl.levels)
     return d[..., : pl.A]
 
 
 def _take_rows(y, idx):
-    return y if idx is None else np.take(y, idx, axis=-2)
+    return y if idx is None else idx(y, axis=-2)
 
 
 def _pad_rows(x, N):
@@ -628,15 +716,9 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None, u=Non
     # Walk the applied stages backwards.  Forward order of application: stages 0..K-1 (transposed:
     # K-1..0 with P^T).  ``order`` tracks the coordinate order of the rows of y and g.
     seq = list(range(K)) if transpose else list(range(K - 1, -1, -1))
-    pos = np.arange(pl.N)
-    for k in seq:
-        order = pl.orders[k]
-        idx = pos[order]
-        if not np.array_equal(idx, np.arange(pl.N)):
-            y = np.take(y, idx, axis=-2)
-            g = np.take(g, idx, axis=-2)
-        pos = np.empty(pl.N, dtype=np.int64)
-        pos[order] = np.arange(pl.N)
+    gathers, final = pl.fwd if transpose else pl.rev
+    for k, idx in zip(seq, gathers):
+        y, g = _take_rows(y, idx), _take_rows(g, idx)
         blk = blocks[k]
         nb, b = blk.shape[-3], blk.shape[-1]
         kk = y.shape[-1]
@@ -656,8 +738,7 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None, u=Non
             g4 = g.reshape(g.shape[:-2] + (nb, b, kk))
             w = np.matmul(y4, np.swapaxes(g4, -1, -2))
             a_list[k] = _sum_to(w - np.swapaxes(w, -1, -2), theta.shape[:-1] + w.shape[-3:])
-    if not np.array_equal(pos, np.arange(pl.N)):
-        g = np.take(g, pos, axis=-2)
+    g = _take_rows(g, final)
     d_theta = _angle_cotangent(a_list, theta, pl)
     d_x = _sum_to(g[..., :n, :], x.shape)
     return d_theta, np.ascontiguousarray(d_x)
@@ -681,14 +762,10 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
     del w, batch
     K = len(blocks)
     a_list = [None] * K
-    pos = np.arange(N)  # rows and columns of a are in the same order
-    for k in range(K - 1, -1, -1):
-        order = pl.orders[k]
-        idx = pos[order]
-        if not np.array_equal(idx, np.arange(N)):
-            a = np.take(np.take(a, idx, axis=-2), idx, axis=-1)
-        pos = np.empty(N, dtype=np.int64)
-        pos[order] = np.arange(N)
+    gathers, _ = pl.rev  # rows and columns of a are in the same order
+    for k, idx in zip(range(K - 1, -1, -1), gathers):
+        if idx is not None:
+            a = idx(idx(a, axis=-2), axis=-1)
         blk = blocks[k]
         nb, b = blk.shape[-3], blk.shape[-1]
         a5 = a.reshape(a.shape[:-2] + (nb, b, nb, b))
