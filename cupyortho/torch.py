@@ -749,13 +749,23 @@ class OrthogonalParametrization(nn.Module):
     ``torch.nn.utils.parametrizations.orthogonal`` does); for square matrices with determinant −1
     (outside SO(n)) the sign of the last column is flipped.
 
+    The inverse map is a numerical solve whose cost grows quickly with n (see ``docs/init.md``);
+    with ``init="identity"`` the *first* call of :meth:`right_inverse` (the one
+    ``register_parametrization`` makes on the module's current weight) returns zero angles instead,
+    so the weight starts at the identity (or its first rows/columns) without solving anything;
+    later assignments to the weight use the inverse map.
+
     Args:
         rows (int), cols (int, optional; default rows): shape of the parametrized matrix.
         schedule (str | Schedule | None): as in :func:`cupyortho.matrix`.
+        init (str | None): None (invert the current weight at registration) or ``"identity"``.
     """
 
-    def __init__(self, rows: int, cols: Optional[int] = None, *, schedule=None):
+    def __init__(self, rows: int, cols: Optional[int] = None, *, schedule=None, init: Optional[str] = None):
         super().__init__()
+        if init not in (None, "identity"):
+            raise ValueError(f"init must be None or 'identity', got {init!r}")
+        self._pending_init = init
         rows = _sched._check_int("rows", rows, 1)
         cols = rows if cols is None else _sched._check_int("cols", cols, 1)
         self.shape = (rows, cols)
@@ -788,10 +798,14 @@ class OrthogonalParametrization(nn.Module):
         """
         if tuple(w.shape[-2:]) != self.shape:
             raise ShapeError(f"right_inverse expects a matrix of shape {self.shape}, got {tuple(w.shape)}")
+        if self._pending_init == "identity":
+            self._pending_init = None
+            return w.new_zeros(w.shape[:-2] + (self.num_angles,))
         try:
             from . import inverse
         except ImportError as exc:
-            raise NotImplementedError(
+            # Not NotImplementedError: register_parametrization would swallow that and keep the matrix.
+            raise BackendUnavailableError(
                 "OrthogonalParametrization.right_inverse needs cupyortho.inverse (angles_from_matrix, "
                 f"angles_from_frame), which cannot be imported here: {exc}"
             ) from exc

@@ -458,6 +458,26 @@ def test_register_parametrization_on_linear(inverse_map, features):
     assert lin.parametrizations.weight.original.grad is not None
 
 
+def test_parametrization_identity_init_skips_the_inverse(monkeypatch):
+    from torch.nn.utils import parametrize
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the inverse map must not run at registration with init='identity'")
+
+    monkeypatch.setitem(sys.modules, "cupyortho.inverse", type("NoInverse", (), {
+        "angles_from_matrix": staticmethod(refuse), "angles_from_frame": staticmethod(refuse)}))
+    monkeypatch.setattr(co, "inverse", sys.modules["cupyortho.inverse"], raising=False)
+    for features in ((32, 32), (32, 8)):
+        lin = torch.nn.Linear(*features, dtype=torch.float64)
+        p = ct.OrthogonalParametrization(features[1], features[0], init="identity")
+        parametrize.register_parametrization(lin, "weight", p)
+        torch.testing.assert_close(lin.weight, torch.eye(*lin.weight.shape, dtype=torch.float64), rtol=0, atol=0)
+        with pytest.raises(AssertionError, match="must not run"):  # later assignments do invert
+            lin.weight = lin.weight.detach().clone()
+    with pytest.raises(ValueError, match="init"):
+        ct.OrthogonalParametrization(3, init="haar")
+
+
 def test_parametrized_checkpoint_round_trip(inverse_map, tmp_path):
     from torch.nn.utils import parametrize
 
