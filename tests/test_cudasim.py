@@ -5,6 +5,7 @@ every seed; a removed barrier, an off-by-one index, a barrier in divergent code,
 overflow and a mistyped launch argument are each caught (a failed comparison or an error).
 """
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -26,7 +27,7 @@ NAMES = {
     "bugs.cu": [f"{k}<{t}>" for k in ("scale", "scale_read_past", "scale_write_past", "accumulate",
                                        "shared_uninitialized") for t in _T]
     + ["divergent_barrier", "early_return_barrier", "two_barriers", "shared_write_past", "overwrite",
-       "trap_at_five", "static_shared_read_before_write"],
+       "trap_at_five", "static_shared_read_before_write", "racy_accumulate", "atomic_accumulate"],
     "indices.cu": ["coordinates", "block_order"] + [f"{k}<{t}>" for k in ("atomic_sum", "math_functions") for t in _T],
     "warp.cu": [f"{k}<{t}>" for k in ("warp_sum_xor", "warp_sum_down") for t in _T]
     + [f"segment_scan<{t}, {w}>" for t in _T for w in (8, 32)]
@@ -407,10 +408,20 @@ def test_cpu_device_records_launches():
         dev.get_function("nope<float>")
 
 
-# ------------------------------------------------------------------------- AddressSanitizer mode
+# ---------------------------------------------------------------------------- sanitizer modes
 
-ASAN_SCRIPT = r'''
-import sys
+def _sanitized_python(runtime, options):
+    """(command prefix, env) for a Python with lib<runtime>.so preloaded, or skip if g++ lacks it."""
+    lib = subprocess.run(["g++", f"-print-file-name=lib{runtime}.so"], capture_output=True, text=True).stdout.strip()
+    if not pathlib.Path(lib).is_absolute():
+        pytest.skip(f"g++ has no lib{runtime}.so: the {runtime} mode is unavailable on this machine")
+    tests_dir = pathlib.Path(__file__).resolve().parent
+    env = {**os.environ, "LD_PRELOAD": lib, options[0]: options[1],
+           "PYTHONPATH": f"{tests_dir}:{tests_dir.parent}"}
+    return [sys.executable, "-c"], env
+
+
+ASAN_SCRIPT = r"""
 import numpy as np
 import cudasim
 K = cudasim.TEST_KERNEL_DIR
@@ -419,41 +430,91 @@ m = cudasim.build_module((K / "reduce.cu").read_text(), ["block_sum<double, true
 out = np.zeros(2)
 m.get_function("block_sum<double, true>")((2,), (256,), (np.ones(512), out, np.int32(512)))
 assert (out == 256).all(), out
-if sys.argv[1] == "package":
-    from cupyortho.backends import cupy_backend as cb, numpy_backend as nb
-    from cupyortho.schedule import circle_schedule, team_schedule
-    rng = np.random.default_rng(0)
-    for s in (circle_schedule(33),):
-        dev = cudasim.CpuDevice(0, mode="asan", multiprocessor_count=1)
-        theta, x = rng.standard_normal(s.num_angles), rng.standard_normal((33, 7))
-        np.testing.assert_allclose(cb._impl_apply(dev, theta, x, s, False, "fused"), nb.apply(theta, x, s), atol=1e-12)
-        np.testing.assert_allclose(cb._impl_apply_vjp(dev, theta, x, x, s, False, None, "fused")[0],
-                                   nb.apply_vjp(theta, x, x, s)[0], atol=1e-11)
-        np.testing.assert_allclose(cb._impl_apply_jvp(dev, theta, x, theta, x, s, False, "fused"),
-                                   nb.apply_jvp(theta, x, theta, x, s), atol=1e-11)
-    print("PACKAGE OK")
-else:
-    src = ('extern "C" __global__ void over(float* out) { __shared__ float buf[32]; buf[threadIdx.x] = 1.0f; '
-           '__syncthreads(); out[threadIdx.x] = buf[threadIdx.x]; }')
-    cudasim.build_module(src, ["over"], filename="over.cu", mode="asan").get_function("over")(
-        (1,), (33,), (np.zeros(33, np.float32),))
+print("CLEAN", flush=True)
+src = ('extern "C" __global__ void over(float* out) { __shared__ float buf[32]; buf[threadIdx.x] = 1.0f; '
+       '__syncthreads(); out[threadIdx.x] = buf[threadIdx.x]; }')
+cudasim.build_module(src, ["over"], filename="over.cu", mode="asan").get_function("over")(
+    (1,), (33,), (np.zeros(33, np.float32),))
 print("NOT CAUGHT")
-'''
+"""
 
 
 def test_asan_mode_catches_static_shared_overflow():
     """mode="asan" (ucontext fibers, -fsanitize=address) in a process with libasan preloaded: a
-    static __shared__ array indexed one past its end is reported; the package's fused-sweep kernels
-    (and cos_sin, reduce_partials) run clean and right."""
-    libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not pathlib.Path(libasan).is_absolute():
-        pytest.skip("g++ has no libasan.so: AddressSanitizer mode unavailable")
-    tests_dir = str(pathlib.Path(__file__).resolve().parent)
-    repo = str(pathlib.Path(tests_dir).parent)
-    env = {**__import__("os").environ, "LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0",
-           "PYTHONPATH": tests_dir + ":" + repo}
-    bad = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, "overflow"], capture_output=True, text=True, env=env)
-    assert bad.returncode != 0 and "global-buffer-overflow" in bad.stderr, bad.stderr[-3000:]
-    assert "over.cu:1" in bad.stderr
-    good = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, "package"], capture_output=True, text=True, env=env)
-    assert good.returncode == 0 and "PACKAGE OK" in good.stdout, good.stderr[-3000:]
+    correct kernel runs clean; a static __shared__ array indexed one past its end is reported."""
+    cmd, env = _sanitized_python("asan", ("ASAN_OPTIONS", "detect_leaks=0"))
+    run = subprocess.run(cmd + [ASAN_SCRIPT], capture_output=True, text=True, env=env)
+    assert "CLEAN" in run.stdout, run.stderr[-3000:]
+    assert run.returncode != 0 and "global-buffer-overflow" in run.stderr, run.stderr[-3000:]
+    assert "over.cu:1" in run.stderr and "NOT CAUGHT" not in run.stdout
+
+
+TSAN_SCRIPT = r"""
+import sys
+import numpy as np
+import cudasim
+K = cudasim.TEST_KERNEL_DIR
+def mod(name, names):
+    return cudasim.build_module((K / name).read_text(), names, include_dirs=[K], filename=str(K / name), mode="tsan")
+reduce = mod("reduce.cu", ["block_sum<double, true>", "block_sum<double, false>"])
+bugs = mod("bugs.cu", ["racy_accumulate", "atomic_accumulate"])
+x = np.ones(512)
+out = np.zeros(2)
+reduce.get_function("block_sum<double, true>")((2,), (256,), (x, out, np.int32(512)))
+assert (out == 256).all()
+total = np.zeros(1)
+bugs.get_function("atomic_accumulate")((3,), (128,), (x, total, np.int32(300)))
+assert total[0] == 300
+# the package's kernels: fused and per-round sweeps, the blocked team path, matrix VJPs
+from cupyortho.backends import cupy_backend as cb, numpy_backend as nb
+from cupyortho.schedule import circle_schedule, team_schedule
+rng = np.random.default_rng(0)
+for s, paths in ((circle_schedule(33), ("fused", "rounds")), (team_schedule(33, 4), ("fused",))):
+    for path in paths:
+        dev = cudasim.CpuDevice(0, mode="tsan", multiprocessor_count=1)
+        theta, y = rng.standard_normal(s.num_angles), rng.standard_normal((33, 7))
+        assert np.allclose(cb._impl_apply(dev, theta, y, s, False, path), nb.apply(theta, y, s))
+        assert np.allclose(cb._impl_apply_vjp(dev, theta, y, y, s, False, None, path)[0], nb.apply_vjp(theta, y, y, s)[0])
+        assert np.allclose(cb._impl_apply_jvp(dev, theta, y, theta, y, s, False, path), nb.apply_jvp(theta, y, theta, y, s))
+        cot = rng.standard_normal((33, 33))
+        mpath = "rounds" if (path, s.kind) == ("rounds", "circle") else None
+        assert np.allclose(cb._impl_matrix(dev, theta, s, mpath), nb.matrix(theta, s))
+        assert np.allclose(cb._impl_matrix_vjp(dev, theta, cot, s, mpath), nb.matrix_vjp(theta, cot, s))
+print("CLEAN", flush=True)
+sys.stderr.write("=== racy_accumulate\n")
+sys.stderr.flush()
+total[0] = 0
+bugs.get_function("racy_accumulate")((3,), (128,), (x, total, np.int32(300)))
+assert total[0] == 300  # the lost-update race does not show in the result on the CPU
+sys.stderr.write("=== block_sum<double, false>\n")
+sys.stderr.flush()
+reduce.get_function("block_sum<double, false>")((2,), (256,), (x, out, np.int32(512)))
+print("DONE", flush=True)
+"""
+
+
+def test_tsan_mode_reports_races_the_result_does_not_show():
+    """mode="tsan" (-fsanitize=thread, each CUDA thread a TSan fiber, barriers as release/acquire)
+    in a process with libtsan preloaded: correct kernels and every package kernel (n = 33, both
+    schedules, fused/per-round/blocked paths) run without a report; a lost-update race whose sum
+    comes out right on the CPU, and the reduction without its barrier, are each reported at their
+    source line."""
+    cmd, env = _sanitized_python("tsan", ("TSAN_OPTIONS", "halt_on_error=0 exitcode=66"))
+    run = subprocess.run(cmd + [TSAN_SCRIPT], capture_output=True, text=True, env=env)
+    assert "CLEAN" in run.stdout and "DONE" in run.stdout, run.stderr[-4000:]
+    before, rest = run.stderr.split("=== racy_accumulate\n", 1)
+    lost, missing_barrier = rest.split("=== block_sum<double, false>\n", 1)
+    assert "ThreadSanitizer" not in before, before[-4000:]
+    assert "WARNING: ThreadSanitizer: data race" in lost and "bugs.cu:" in lost, lost[-3000:]
+    assert "WARNING: ThreadSanitizer: data race" in missing_barrier, missing_barrier[-3000:]
+    assert "reduce.cu:18" in missing_barrier, missing_barrier[-3000:]
+    assert run.returncode == 66
+
+
+def test_lost_update_race_is_invisible_without_tsan():
+    """The gap the TSan mode closes: in the default mode fibers never interleave between barriers,
+    so a non-atomic ``out[0] += x[i]`` from every thread still sums correctly."""
+    m = module("bugs.cu", ["racy_accumulate"])
+    total = np.zeros(1)
+    m.get_function("racy_accumulate")((3,), (128,), (np.ones(300), total, np.int32(300)))
+    assert total[0] == 300

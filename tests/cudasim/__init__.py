@@ -198,6 +198,9 @@ MODES = {
     # such a module must be loaded into a process started with libasan preloaded.
     "asan": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-DCUDASIM_UCONTEXT"],
     "ucontext": ["-O2", "-DCUDASIM_UCONTEXT"],
+    # ThreadSanitizer: reports every pair of unordered accesses by different CUDA threads (one a
+    # write), whether or not it changes the result; load into a process with libtsan preloaded.
+    "tsan": ["-O1", "-g", "-fsanitize=thread"],
 }
 
 

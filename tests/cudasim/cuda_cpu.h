@@ -45,6 +45,26 @@
 #include <ucontext.h>
 #endif
 
+// ThreadSanitizer mode (-fsanitize=thread): every fiber is a TSan fiber, barriers and warp
+// operations are release/acquire pairs on per-block sync objects, and the runtime's own bookkeeping
+// is not instrumented.  So TSan reports any two accesses of different CUDA threads to one address,
+// at least one a write, that no barrier orders -- whether or not the result depends on it.
+#if defined(__SANITIZE_THREAD__)
+#define CUDASIM_TSAN 1
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void AnnotateNewMemory(const char* file, int line, const volatile void* mem, size_t size);
+}
+#define CUDASIM_RUNTIME __attribute__((no_sanitize_thread, noinline))
+#else
+#define CUDASIM_RUNTIME
+#endif
+
 #ifndef CUDASIM_STACK_BYTES
 #define CUDASIM_STACK_BYTES (256 * 1024)
 #endif
@@ -52,6 +72,9 @@
 #define CUDASIM_MAX_DYNAMIC_SHARED (232448)  // 227 KiB: the per-block opt-in maximum of sm_90
 #endif
 #define CUDASIM_SHARED_GUARD 1024
+#ifndef CUDASIM_TSAN_STACK_RESET
+#define CUDASIM_TSAN_STACK_RESET (32 * 1024)
+#endif
 
 #define CUDASIM_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -102,6 +125,8 @@ struct Fiber {
     int wline;
     uint64_t win;
     uint64_t wout;
+    long wcount;     // warp operations passed
+    void* tsan;      // TSan fiber (TSan mode)
 };
 
 struct Runtime {
@@ -120,6 +145,9 @@ struct Runtime {
     uint64_t rng = 0;
     int failed = 0;
     char msg[2048];
+    void* sched_tsan = nullptr;
+    char* sync = nullptr;  // per-block TSan sync objects: [0] start, [1..2] barriers, [3 + 2w + p] warps
+    char end_sync = 0;
     size_t dyn_bytes = 0;
     size_t dyn_limit = CUDASIM_MAX_DYNAMIC_SHARED;
     alignas(256) unsigned char dyn[CUDASIM_MAX_DYNAMIC_SHARED + CUDASIM_SHARED_GUARD];
@@ -204,9 +232,16 @@ cudasim_trampoline_:
 )");
 #endif
 
-inline void fiber_main(Fiber* f) {
+CUDASIM_RUNTIME inline void fiber_main(Fiber* f) {
+#ifdef CUDASIM_TSAN
+    __tsan_acquire(&rt.sync[0]);  // the block's inputs and poisoned shared memory, nothing of other blocks
+#endif
     rt.body();
     f->state = DONE;
+#ifdef CUDASIM_TSAN
+    __tsan_release(&rt.end_sync);  // the launch's results, for the host
+    __tsan_switch_to_fiber(rt.sched_tsan, 1);
+#endif
 #ifdef CUDASIM_USE_UCONTEXT
     // returning ends the context and resumes uc_link (the scheduler)
 #else
@@ -222,9 +257,12 @@ inline void fiber_entry_uc(unsigned hi, unsigned lo) {
 #endif
 
 // Suspend the current fiber and return to the scheduler.
-inline void yield_to_scheduler() {
+CUDASIM_RUNTIME inline void yield_to_scheduler() {
     asm volatile("" ::: "memory");
     Fiber* f = rt.cur;
+#ifdef CUDASIM_TSAN
+    __tsan_switch_to_fiber(rt.sched_tsan, 1);  // 1: no synchronisation implied by the switch
+#endif
 #ifdef CUDASIM_USE_UCONTEXT
     swapcontext(&f->ctx, &rt.sched_ctx);
 #else
@@ -233,8 +271,11 @@ inline void yield_to_scheduler() {
     asm volatile("" ::: "memory");
 }
 
-inline void resume(Fiber* f) {
+CUDASIM_RUNTIME inline void resume(Fiber* f) {
     rt.cur = f;
+#ifdef CUDASIM_TSAN
+    __tsan_switch_to_fiber(f->tsan, 1);
+#endif
 #ifdef CUDASIM_USE_UCONTEXT
     swapcontext(&rt.sched_ctx, &f->ctx);
 #else
@@ -243,7 +284,7 @@ inline void resume(Fiber* f) {
     rt.cur = nullptr;
 }
 
-inline char* stack_for(int t) {
+CUDASIM_RUNTIME inline char* stack_for(int t) {
     while ((int)rt.stacks.size() <= t) {
         const size_t page = 4096;
         void* p = mmap(nullptr, CUDASIM_STACK_BYTES + page, PROT_READ | PROT_WRITE,
@@ -255,9 +296,30 @@ inline char* stack_for(int t) {
     return rt.stacks[t];
 }
 
-inline bool start_fiber(Fiber* f, int t) {
+#ifdef CUDASIM_TSAN
+// TSan fibers are expensive to create (about 1 ms each), so they are pooled: two per thread index,
+// used by alternate blocks of a launch.  A TSan fiber orders its own accesses, so thread t of a
+// block is (wrongly) ordered after thread t of the block two positions earlier in the shuffled
+// block order; any other pair of blocks is unordered, as on a GPU.
+inline std::vector<void*> tsan_fibers[2];
+inline uint64_t tsan_block_parity = 0;
+CUDASIM_RUNTIME inline void* tsan_fiber_for(int t) {
+    std::vector<void*>& pool = tsan_fibers[tsan_block_parity & 1];
+    while ((int)pool.size() <= t) pool.push_back(__tsan_create_fiber(0));
+    return pool[t];
+}
+#endif
+
+CUDASIM_RUNTIME inline bool start_fiber(Fiber* f, int t) {
     char* stack = stack_for(t);
     if (!stack) return false;
+#ifdef CUDASIM_TSAN
+    f->tsan = tsan_fiber_for(t);
+    // a fresh stack per block: forget the top CUDASIM_TSAN_STACK_RESET bytes' history (kernels
+    // use a few KiB; resetting all of it costs more than the kernel)
+    AnnotateNewMemory(__FILE__, __LINE__, stack + CUDASIM_STACK_BYTES - CUDASIM_TSAN_STACK_RESET,
+                      CUDASIM_TSAN_STACK_RESET);
+#endif
 #ifdef CUDASIM_USE_UCONTEXT
     getcontext(&f->ctx);
     f->ctx.uc_stack.ss_sp = stack;
@@ -286,12 +348,19 @@ inline bool start_fiber(Fiber* f, int t) {
 
 // ------------------------------------------------------------------------------------------------
 // Barriers
-inline void syncthreads(const char* file, int line) {
+CUDASIM_RUNTIME inline void syncthreads(const char* file, int line) {
     Fiber* f = rt.cur;
     f->bar_file = file;
     f->bar_line = line;
     f->state = AT_BARRIER;
+#ifdef CUDASIM_TSAN
+    char* sync = &rt.sync[1 + (f->bar_count & 1)];
+    __tsan_release(sync);
+#endif
     yield_to_scheduler();
+#ifdef CUDASIM_TSAN
+    __tsan_acquire(sync);
+#endif
     f->bar_count++;
 }
 
@@ -301,7 +370,7 @@ inline int warp_size_of(int warp) {
 }
 
 template <typename T>
-inline T warp_op(int op, unsigned mask, T value, int arg, int width, int line) {
+CUDASIM_RUNTIME inline T warp_op(int op, unsigned mask, T value, int arg, int width, int line) {
     static_assert(sizeof(T) <= 8, "cudasim: warp exchange of a type wider than 8 bytes");
     static_assert(std::is_trivially_copyable<T>::value, "cudasim: warp exchange of a non-trivial type");
     Fiber* f = rt.cur;
@@ -313,14 +382,22 @@ inline T warp_op(int op, unsigned mask, T value, int arg, int width, int line) {
     f->win = 0;
     std::memcpy(&f->win, &value, sizeof(T));
     f->state = AT_WARP;
+#ifdef CUDASIM_TSAN
+    char* sync = &rt.sync[3 + 2 * (f->linear / 32) + (f->wcount & 1)];
+    __tsan_release(sync);
+#endif
     yield_to_scheduler();
+#ifdef CUDASIM_TSAN
+    __tsan_acquire(sync);
+#endif
+    f->wcount++;
     T out;
     std::memcpy(&out, &f->wout, sizeof(T));
     return out;
 }
 
 // Called by the scheduler when every lane of `warp` waits at a warp operation.
-inline void release_warp(int warp) {
+CUDASIM_RUNTIME inline void release_warp(int warp) {
     const int base = warp * 32;
     const int size = warp_size_of(warp);
     const unsigned lanes = size == 32 ? 0xffffffffu : ((1u << size) - 1u);
@@ -373,7 +450,7 @@ inline void release_warp(int warp) {
 
 // ------------------------------------------------------------------------------------------------
 // One block: run every thread to completion, barrier phase by barrier phase, in random order.
-inline void run_block() {
+CUDASIM_RUNTIME inline void run_block() {
     const int nthreads = (int)rt.fibers.size();
     std::vector<int> runnable;
     runnable.reserve(nthreads);
@@ -442,7 +519,7 @@ inline void run_block() {
 }
 
 // Run the whole grid.  Returns 0 on success; otherwise rt.msg says what went wrong.
-inline int launch(void (*body)(), void** argv, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+CUDASIM_RUNTIME inline int launch(void (*body)(), void** argv, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                   unsigned by, unsigned bz, size_t shared_mem, uint64_t seed, char* err, size_t errlen) {
     rt.failed = 0;
     rt.msg[0] = 0;
@@ -463,10 +540,23 @@ inline int launch(void (*body)(), void** argv, unsigned gx, unsigned gy, unsigne
     for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
     for (uint64_t i = nblocks; i > 1; --i) std::swap(order[i - 1], order[next_random() % i]);
     rt.fibers.assign(nthreads, Fiber{});
+#ifdef CUDASIM_TSAN
+    rt.sched_tsan = __tsan_get_current_fiber();
+#endif
     for (uint64_t blk : order) {
         rt.block_idx = uint3{(unsigned)(blk % gx), (unsigned)((blk / gx) % gy), (unsigned)(blk / ((uint64_t)gx * gy))};
+#ifdef CUDASIM_TSAN
+        // Shared memory is new memory for every block (no happens-before with other blocks), and
+        // the block gets fresh sync objects (freed memory drops TSan's clocks).
+        AnnotateNewMemory(__FILE__, __LINE__, rt.dyn, shared_mem + CUDASIM_SHARED_GUARD);
+        for (const SharedRegion& r : shared_regions) AnnotateNewMemory(__FILE__, __LINE__, r.p, r.n);
+        rt.sync = static_cast<char*>(malloc(3 + 2 * ((nthreads + 31) / 32)));
+#endif
         memset(rt.dyn, 0xFF, shared_mem + CUDASIM_SHARED_GUARD);
         for (const SharedRegion& r : shared_regions) memset(r.p, 0xFF, r.n);
+#ifdef CUDASIM_TSAN
+        __tsan_release(&rt.sync[0]);
+#endif
         for (int t = 0; t < nthreads; ++t) {
             Fiber* f = &rt.fibers[t];
             *f = Fiber{};
@@ -480,6 +570,12 @@ inline int launch(void (*body)(), void** argv, unsigned gx, unsigned gy, unsigne
             }
         }
         run_block();
+#ifdef CUDASIM_TSAN
+        ++tsan_block_parity;
+        free(rt.sync);
+        rt.sync = nullptr;
+        __tsan_acquire(&rt.end_sync);
+#endif
         if (!rt.failed) {
             for (size_t i = 0; i < CUDASIM_SHARED_GUARD; ++i)
                 if (rt.dyn[shared_mem + i] != 0xFF) {
@@ -604,16 +700,34 @@ static inline void __threadfence() { asm volatile("" ::: "memory"); }
 static inline void __threadfence_block() { asm volatile("" ::: "memory"); }
 template <typename T> static inline T __ldg(const T* p) { return *p; }
 
-// Atomics (plain read-modify-write: fibers only switch at barriers).
-template <typename T> static inline T atomicAdd(T* a, T v) { T o = *a; *a = o + v; return o; }
-template <typename T> static inline T atomicSub(T* a, T v) { T o = *a; *a = o - v; return o; }
-template <typename T> static inline T atomicExch(T* a, T v) { T o = *a; *a = v; return o; }
-template <typename T> static inline T atomicMin(T* a, T v) { T o = *a; *a = v < o ? v : o; return o; }
-template <typename T> static inline T atomicMax(T* a, T v) { T o = *a; *a = v > o ? v : o; return o; }
-template <typename T> static inline T atomicCAS(T* a, T cmp, T v) { T o = *a; if (o == cmp) *a = v; return o; }
-template <typename T> static inline T atomicAnd(T* a, T v) { T o = *a; *a = o & v; return o; }
-template <typename T> static inline T atomicOr(T* a, T v) { T o = *a; *a = o | v; return o; }
-template <typename T> static inline T atomicXor(T* a, T v) { T o = *a; *a = o ^ v; return o; }
+// Atomics: relaxed __atomic compare-and-swap loops on the bit pattern (fibers only switch at
+// barriers, so they never contend; the builtins make them atomics for ThreadSanitizer too).
+namespace cudasim {
+template <typename T, typename Op>
+inline T atomic_rmw(T* a, Op op) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cudasim: atomics on 4- or 8-byte types only");
+    using I = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    I* p = reinterpret_cast<I*>(a);
+    I old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    for (;;) {
+        T o;
+        memcpy(&o, &old, sizeof(T));
+        const T n = op(o);
+        I ni;
+        memcpy(&ni, &n, sizeof(T));
+        if (__atomic_compare_exchange_n(p, &old, ni, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return o;
+    }
+}
+}  // namespace cudasim
+template <typename T> static inline T atomicAdd(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return T(o + v); }); }
+template <typename T> static inline T atomicSub(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return T(o - v); }); }
+template <typename T> static inline T atomicExch(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T) { return v; }); }
+template <typename T> static inline T atomicMin(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return v < o ? v : o; }); }
+template <typename T> static inline T atomicMax(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return v > o ? v : o; }); }
+template <typename T> static inline T atomicCAS(T* a, T cmp, T v) { return ::cudasim::atomic_rmw(a, [cmp, v](T o) { return o == cmp ? v : o; }); }
+template <typename T> static inline T atomicAnd(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return T(o & v); }); }
+template <typename T> static inline T atomicOr(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return T(o | v); }); }
+template <typename T> static inline T atomicXor(T* a, T v) { return ::cudasim::atomic_rmw(a, [v](T o) { return T(o ^ v); }); }
 
 // Integer and float helpers of the CUDA math API (glibc already declares __sinf, __cosf, __expf, __sincosf).
 static inline int min(int a, int b) { return a < b ? a : b; }
@@ -651,7 +765,7 @@ static inline double __longlong_as_double(long long x) { double f; memcpy(&f, &x
 static inline long long __double_as_longlong(double x) { long long i; memcpy(&i, &x, 8); return i; }
 #define __trap() ::cudasim::trap_(__FILE__, __LINE__)
 namespace cudasim {
-inline void trap_(const char* file, int line) {
+CUDASIM_RUNTIME inline void trap_(const char* file, int line) {
     fail("__trap() at %s:%d", file, line);
     rt.cur->state = DONE;
     yield_to_scheduler();  // never resumed: the scheduler aborts the launch

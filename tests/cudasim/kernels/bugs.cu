@@ -102,3 +102,19 @@ extern "C" __global__ void static_shared_read_before_write(float* out)
     buf[threadIdx.x] = 1.0f;
     if (threadIdx.x == 0) other = 0.0f;
 }
+
+// A race the result does not show on the CPU: every thread adds into out[0] without an atomic.
+// On a GPU updates are lost; in the harness threads run one at a time, so the sum comes out right.
+// Only the ThreadSanitizer mode reports it.
+extern "C" __global__ void racy_accumulate(const double* __restrict__ x, double* __restrict__ out, const int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[0] += x[i];
+}
+
+// The same with atomicAdd: correct on a GPU, clean under ThreadSanitizer.
+extern "C" __global__ void atomic_accumulate(const double* __restrict__ x, double* __restrict__ out, const int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) atomicAdd(out, x[i]);
+}
