@@ -387,47 +387,8 @@ def test_parametrization_forward_shapes(rng):
         np.testing.assert_allclose(q.numpy(), ref, atol=1e-14)
 
 
-class _LeastSquaresInverse:
-    """Test stand-in for cupyortho.inverse while it is not on main: angles by least squares."""
-
-    @staticmethod
-    def _fit(f, target, count):
-        from scipy.optimize import least_squares
-
-        r = np.random.default_rng(0)
-        for _ in range(20):
-            sol = least_squares(lambda t: (f(t) - target).ravel(), r.uniform(-np.pi, np.pi, count),
-                                xtol=1e-15, ftol=1e-15, gtol=1e-15)
-            if np.abs(f(sol.x) - target).max() < 1e-11:
-                return sol.x
-        raise AssertionError("stand-in inverse did not converge")
-
-    @classmethod
-    def angles_from_matrix(cls, u, *, schedule=None):
-        assert np.linalg.det(u) > 0 and np.allclose(u.T @ u, np.eye(len(u)), atol=1e-12)
-        return cls._fit(lambda t: co.matrix(t, schedule=schedule), u, co.num_angles(len(u)))
-
-    @classmethod
-    def angles_from_frame(cls, q, m, *, schedule=None):
-        assert q.shape[1] == m and np.allclose(q.T @ q, np.eye(m), atol=1e-12)
-        n = q.shape[0]
-        return cls._fit(lambda t: co.frame(t, n, m, schedule=schedule), q, co.num_angles(n, m))
-
-
-@pytest.fixture
-def inverse_map(monkeypatch):
-    """cupyortho.inverse if it exists, else the least-squares stand-in (so right_inverse's wiring is tested)."""
-    try:
-        import cupyortho.inverse as inv  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "cupyortho.inverse", _LeastSquaresInverse)
-        monkeypatch.setattr(co, "inverse", _LeastSquaresInverse, raising=False)
-        return "stand-in"
-    return "cupyortho.inverse"
-
-
 @pytest.mark.parametrize("features", [(4, 4), (4, 2), (2, 4)])  # (in, out): weight is (out, in)
-def test_register_parametrization_on_linear(inverse_map, features):
+def test_register_parametrization_on_linear(features):
     from torch.nn.utils import parametrize
     from scipy.stats import ortho_group
 
@@ -478,7 +439,7 @@ def test_parametrization_identity_init_skips_the_inverse(monkeypatch):
         ct.OrthogonalParametrization(3, init="haar")
 
 
-def test_parametrized_checkpoint_round_trip(inverse_map, tmp_path):
+def test_parametrized_checkpoint_round_trip(tmp_path):
     from torch.nn.utils import parametrize
 
     def make():
