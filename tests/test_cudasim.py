@@ -480,6 +480,16 @@ for s, paths in ((circle_schedule(33), ("fused", "rounds")), (team_schedule(33, 
         mpath = "rounds" if (path, s.kind) == ("rounds", "circle") else None
         assert np.allclose(cb._impl_matrix(dev, theta, s, mpath), nb.matrix(theta, s))
         assert np.allclose(cb._impl_matrix_vjp(dev, theta, cot, s, mpath), nb.matrix_vjp(theta, cot, s))
+from cupyortho.backends import _kernels, cupy_unitary as cu, numpy_unitary as nu
+kernels = {**_kernels.KERNELS, **cu.KERNELS}
+for s in (circle_schedule(8), team_schedule(8, 2)):
+    dev = cudasim.CpuDevice(0, mode="tsan", kernels=kernels)
+    p, t = rng.standard_normal(64), rng.standard_normal(64)
+    z = (rng.standard_normal((8, 3)) + 1j * rng.standard_normal((8, 3)))
+    g = (rng.standard_normal((8, 8)) + 1j * rng.standard_normal((8, 8)))
+    assert np.allclose(cu._impl_unitary_vjp(dev, p, g, s), nu.unitary_vjp(p, g, s))
+    assert np.allclose(cu._impl_unitary_apply_vjp(dev, p, z, z, s, True)[0], nu.unitary_apply_vjp(p, z, z, s, True)[0])
+    assert np.allclose(cu._impl_unitary_apply_jvp(dev, p, z, t, z, s), nu.unitary_apply_jvp(p, z, t, z, s))
 print("CLEAN", flush=True)
 sys.stderr.write("=== racy_accumulate\n")
 sys.stderr.flush()
@@ -495,8 +505,8 @@ print("DONE", flush=True)
 
 def test_tsan_mode_reports_races_the_result_does_not_show():
     """mode="tsan" (-fsanitize=thread, each CUDA thread a TSan fiber, barriers as release/acquire)
-    in a process with libtsan preloaded: correct kernels and every package kernel (n = 33, both
-    schedules, fused/per-round/blocked paths) run without a report; a lost-update race whose sum
+    in a process with libtsan preloaded: correct kernels and every package kernel (float64; SO(33)
+    on both schedules and the fused, per-round and blocked paths; U(8)) run without a report; a lost-update race whose sum
     comes out right on the CPU, and the reduction without its barrier, are each reported at their
     source line."""
     cmd, env = _sanitized_python("tsan", ("TSAN_OPTIONS", "halt_on_error=0 exitcode=66"))
