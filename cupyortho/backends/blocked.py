@@ -28,6 +28,13 @@ factor ``F`` that acts after (the reduction-free formula of DESIGN.md section 2,
 
 Padding: coordinates ``>= n`` (and pairs with ``i >= m`` for a Stiefel restriction) get angle 0, so
 their rotations are the identity, exactly as the schedule's dropped rotations.
+
+Execution: ``U`` itself (``matrix``, ``matrix_vjp``) runs at ``u = t`` (``N/t`` stages of ``2t x 2t``
+blocks, the biggest GEMMs); sweeps over ``x`` at ``u = APPLY_GRANULARITY`` (cheaper blocks, more
+stages).  Blocks are stored in a bit-reversed local order (see "Storage order" below); the stage
+row orders absorb it.  Block construction and the block-to-angle maps run in ``THREADS`` threads over
+independent blocks.  Costs at ``u = t``: forward ``4N^3`` flops in stage GEMMs; the materialized VJP
+one GEMM for ``W``, ``8N^3`` for the two-sided sweep, plus ``O(N^2 log t)`` block work.
 """
 
 from __future__ import annotations
@@ -87,18 +94,37 @@ def _split_map(fn, n_items, weight, *arrays_axes):
     return list(_pool.map(piece, range(parts)))
 
 
-def _build_meet_par(ang, levels):
-    """:func:`build_meet` over the block axis (last axis of ``ang``) in threads."""
+def _build_meet_par(ang, levels, keep=False):
+    """:func:`build_meet` over the block axis (last axis of ``ang``) in threads; with ``keep`` also
+    returns the saved ``Y`` children, one dict per thread's slice."""
     R = ang.shape[-1]
-    res = _split_map(lambda a: build_meet(a, levels), R, ang.shape[-2], (ang, -1))
-    return res if not isinstance(res, list) else np.concatenate(res, axis=-3)
+
+    def run(a):
+        saved = {} if keep else None
+        return build_meet(a, levels, keep=saved), saved
+
+    res = _split_map(run, R, ang.shape[-2], (ang, -1))
+    if not isinstance(res, list):
+        res = [res]
+    blocks = res[0][0] if len(res) == 1 else np.concatenate([r[0] for r in res], axis=-3)
+    return (blocks, [r[1] for r in res]) if keep else blocks
 
 
-def _meet_vjp_par(ang, a, levels):
-    """:func:`meet_vjp` over the block axis in threads."""
+def _meet_vjp_par(ang, a, levels, keeps=None):
+    """:func:`meet_vjp` over the block axis in threads (the same slices as :func:`_build_meet_par`)."""
     R = ang.shape[-1]
-    res = _split_map(lambda x, y: meet_vjp(x, y, levels), R, ang.shape[-2], (ang, -1), (a, -3))
+    if keeps is None:
+        res = _split_map(lambda x, y: meet_vjp(x, y, levels), R, ang.shape[-2], (ang, -1), (a, -3))
+    else:
+        res = _split_map(lambda x, y, k: meet_vjp(x, y, levels, keeps[int(k[0])]),
+                         R, ang.shape[-2], (ang, -1), (a, -3), (_part_index(R, len(keeps)), 0))
     return res if not isinstance(res, list) else np.concatenate(res, axis=-1)
+
+
+def _part_index(R, parts):
+    """For each block, the index of the thread slice it falls in (so a slice knows its own data)."""
+    bounds = np.linspace(0, R, parts + 1).astype(int)
+    return np.repeat(np.arange(parts), np.diff(bounds))
 
 
 # --------------------------------------------------------------------------- plans (cached index data)
@@ -360,13 +386,15 @@ def _build_soa(ang, levels, dang=None):
     return blk
 
 
-def build_meet(ang, levels, dang=None):
+def build_meet(ang, levels, dang=None, keep=None):
     """Meeting blocks ``(..., R, 2u, 2u)`` (storage order) from leaf angles ``(..., u*u, R)``,
     ``u = 2**levels``; with ``dang`` returns ``(blocks, tangents)`` (product rule).
 
     Leaf layout: the leaf index is the base-4 number of the recursion's child choices (X1, X2, Y1,
     Y2) with the *bottom* level's digit most significant, so at every level the four children are
-    contiguous slabs; ``R`` counts independent blocks.
+    contiguous slabs; ``R`` counts independent blocks.  ``keep``: a dict that receives, for every
+    GEMM level ``lev``, the ``Y`` children combined there, ``(..., 2, 4**(levels-lev-1), R, b, b)``
+    (:func:`meet_vjp` reads them instead of rebuilding).
     """
     ls = min(levels, _SOA_LEVELS)
     lead = ang.shape[:-2]
@@ -384,6 +412,8 @@ def build_meet(ang, levels, dang=None):
         q = 4 ** (levels - lev - 1)
         shape = lead + (4, q, R) + blk.shape[-2:]
         ch = [blk.reshape(shape)[..., k, :, :, :, :] for k in range(4)]
+        if keep is not None:
+            keep[lev] = np.ascontiguousarray(blk.reshape(shape)[..., 2:, :, :, :, :])
         if dblk is not None:
             dch = [dblk.reshape(shape)[..., k, :, :, :, :] for k in range(4)]
             dblk = _combine(ch[0], ch[1], dch[2], dch[3]) + _combine(dch[0], dch[1], ch[2], ch[3])
@@ -458,11 +488,11 @@ def _meet_vjp_soa(ang, a, levels):
     return d.reshape(ang.shape)
 
 
-def meet_vjp(ang, a, levels):
+def meet_vjp(ang, a, levels, keep=None):
     r"""Leaf-angle cotangents ``(..., u*u, R)`` (layout of :func:`build_meet`) of meeting blocks, given
     ``A = W - W^T`` ``(..., R, 2u, 2u)`` (storage order) at their outputs.  ``Y``'s children read
     ``A`` on their coordinates; ``X``'s read ``Y^T A Y``; a leaf (one pair ``(a_0, b_0)``) reads
-    ``A[1, 0]``."""
+    ``A[1, 0]``.  ``keep``: the ``Y`` children saved by :func:`build_meet` (else rebuilt)."""
     if levels <= _SOA_LEVELS:
         d = _meet_vjp_soa(np.moveaxis(ang, -2, 0), np.moveaxis(a, (-2, -1), (0, 1)), levels)
         return np.moveaxis(d, 0, -2)
@@ -471,8 +501,12 @@ def meet_vjp(ang, a, levels):
     lead = ang.shape[:-2]
     R = ang.shape[-1]
     ang4 = ang.reshape(lead + (q, 4, R))  # the top digit is the fastest
-    yb = build_meet(ang4[..., 2:, :].reshape(lead + (q, 2 * R)), levels - 1)
-    yb = yb.reshape(lead + (2, R) + yb.shape[-2:])
+    if keep is not None and (levels - 1) in keep:
+        yb = keep.pop(levels - 1)
+        yb = yb.reshape(yb.shape[:-5] + (2, R) + yb.shape[-2:])
+    else:
+        yb = build_meet(ang4[..., 2:, :].reshape(lead + (q, 2 * R)), levels - 1)
+        yb = yb.reshape(lead + (2, R) + yb.shape[-2:])
     yb = np.stack([yb[..., 0, :, :, :], _fix_y2(yb[..., 1, :, :, :], h, (-2, -1))], axis=-3)
     batch = a.shape[:-2]
     a4 = a.reshape(batch + (4, h, 4, h))
@@ -481,7 +515,7 @@ def meet_vjp(ang, a, levels):
     _, inv = _y2_perm(h)
     ay2 = np.take(np.take(ayy[..., 2 * h:, 2 * h:], inv, axis=-2), inv, axis=-1)
     children = np.stack([ax1, ax2, ayy[..., : 2 * h, : 2 * h], ay2], axis=-4)  # (..., 4, R, 2h, 2h)
-    d = meet_vjp(ang4.reshape(lead + (q, 4 * R)), children.reshape(lead + (4 * R, 2 * h, 2 * h)), levels - 1)
+    d = meet_vjp(ang4.reshape(lead + (q, 4 * R)), children.reshape(lead + (4 * R, 2 * h, 2 * h)), levels - 1, keep)
     return d.reshape(ang.shape)
 
 
@@ -579,14 +613,19 @@ def _ext(theta):
     return np.concatenate([theta, np.zeros(theta.shape[:-1] + (1,), dtype=theta.dtype)], axis=-1)
 
 
-def _blocks(theta, pl):
-    """Per-stage blocks: a list of ``(..., B_k, b_k, b_k)`` arrays in application order."""
+def _blocks(theta, pl, keep=None):
+    """Per-stage blocks: a list of ``(..., B_k, b_k, b_k)`` arrays in application order.  ``keep``: a
+    list that receives the intermediate blocks :func:`_angle_cotangent` can reuse."""
     ext = _ext(theta)
     out = []
     if pl.rr_v:
         out.append(build_rr(ext[..., pl.rr_slots], pl.rr_v))
     if pl.num_meet:
-        mb = _build_meet_par(ext[..., pl.meet_slots], pl.levels)
+        if keep is not None:
+            mb, saved = _build_meet_par(ext[..., pl.meet_slots], pl.levels, keep=True)
+            keep.extend(saved)
+        else:
+            mb = _build_meet_par(ext[..., pl.meet_slots], pl.levels)
         mb = mb.reshape(mb.shape[:-3] + (pl.num_meet, -1) + mb.shape[-2:])
         out += [mb[..., k, :, :, :] for k in range(pl.num_meet)]
     return out
@@ -608,7 +647,7 @@ def _blocks_jvp(theta, tangent, pl):
     return out, dout
 
 
-def _angle_cotangent(a_list, theta, pl):
+def _angle_cotangent(a_list, theta, pl, keep=None):
     """Angle cotangents (public layout, shaped like theta) from the per-stage ``A`` blocks."""
     ext = _ext(theta)
     d = np.zeros(theta.shape[:-1] + (pl.A + 1,), dtype=theta.dtype)
@@ -621,7 +660,7 @@ def _angle_cotangent(a_list, theta, pl):
         slots = pl.meet_slots
         am = np.stack(a_list[k:], axis=-4)
         am = am.reshape(am.shape[:-4] + (-1,) + am.shape[-2:])
-        d[..., slots] = _meet_vjp_par(ext[..., slots], am, pl.levels)
+        d[..., slots] = _meet_vjp_par(ext[..., slots], am, pl.levels, keep or None)
     return d[..., : pl.A]
 
 
@@ -663,11 +702,9 @@ def apply(theta, x, schedule, transpose=False, u=None):
     n = schedule.n
     pl = plan(schedule, u or granularity(schedule, x.shape[-1]))
     blocks = _blocks(theta, pl)
-    y = _sweep(blocks, pl, _pad_rows(x, pl.N), transpose)
+    y = _sweep(blocks, pl, _pad_rows(x, pl.N), transpose)[..., :n, :]
     batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
-    y = y[..., :n, :]
-    return np.array(np.broadcast_to(y, batch + y.shape[-2:]), copy=True) if y.shape[:-2] != batch \
-        else np.ascontiguousarray(y)
+    return np.array(np.broadcast_to(y, batch + y.shape[-2:]), copy=True)
 
 
 def matrix(theta, schedule, u=None):
@@ -750,7 +787,8 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
     ``output`` may pass ``U`` to skip recomputing it."""
     n = schedule.n
     pl = plan(schedule, u or granularity(schedule))
-    blocks = _blocks(theta, pl)
+    keep = []
+    blocks = _blocks(theta, pl, keep)
     uu = _matrix_from_blocks(blocks, pl)[..., :n, :n] if output is None else output
     batch = np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2])
     w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))
@@ -779,7 +817,7 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
         zc = np.swapaxes(z.reshape(a.shape[:-1] + (nb, b)), -3, -2)  # (..., nb, N, b)
         r = np.matmul(zc, blk)  # (..., nb, N, b)
         a = np.swapaxes(r, -3, -2).reshape(a.shape)
-    return _angle_cotangent(a_list, theta, pl)
+    return _angle_cotangent(a_list, theta, pl, keep)
 
 
 def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False, u=None):

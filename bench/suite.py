@@ -1,0 +1,365 @@
+"""Side-by-side CPU benchmark: cupyortho against one n x n matmul, torch's orthogonal
+parametrizations (matrix_exp and cayley) and geotorch, every figure also as a ratio.
+
+    python bench/suite.py [--quick] [--out bench/results] [--tag NAME]
+    OPENBLAS_NUM_THREADS=1 python bench/suite.py --threads 1 --tag 1thread
+
+``--threads`` sets torch's threads; NumPy's BLAS threads come from ``OPENBLAS_NUM_THREADS`` (read at
+import).  On a loaded machine two-thread BLAS becomes erratic for sequences of mid-sized GEMMs (the
+blocked path's stages) while one large GEMM suffers less, so both configurations are worth a run.
+
+Sections (each table is measured in one run, so the ratios survive a noisy machine):
+
+* ``materialize``: forming ``U`` (forward) and forward+backward (``dL/dtheta`` for ``L = <G, U>``) at
+  n in {256, 512, 1024, 2048}, float32 and float64.  cupyortho rows: the public API
+  (``matrix`` then ``matrix_vjp``, which recomputes ``U``), and the backend call given ``U``
+  (``output=U``: what an autograd adapter that saved ``U`` pays).  torch rows: the parametrized
+  weight of ``nn.Linear(n, n)`` (``torch.nn.utils.parametrizations.orthogonal``), then ``backward``
+  of ``<G, W>``.  geotorch: ``geotorch.orthogonal`` (its default, the matrix exponential).
+* ``apply``: ``Y = U X``, forward+backward, n = 2048, k in {1, 32, 256}, float32; cupyortho with
+  ``method="auto"`` (and the other strategy), torch and geotorch materialize-then-matmul.
+* ``memory``: peak memory of materialize forward+backward at n = 2048 (float32), each method in a
+  fresh subprocess: the growth of the process's peak resident set (``ru_maxrss``) over its value
+  after the inputs were made, and for cupyortho also NumPy's own peak (``tracemalloc``).
+
+Writes ``results.csv``, ``materialize.png`` (log-log, time vs n, one line per method),
+``results.md`` (the tables) under ``--out``; prints the tables too.  Timings: the minimum over
+repeats after one warm-up call.  The machine's load average is recorded with every table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cupyortho as co  # noqa: E402
+from cupyortho.backends import numpy_backend as nb  # noqa: E402
+
+
+def best(fn, min_time=0.3, max_repeat=5):
+    """Minimum wall time of ``fn()`` over repeats (after one warm-up call)."""
+    fn()
+    times = []
+    total = 0.0
+    while len(times) < 2 or (total < min_time and len(times) < max_repeat):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+    return min(times)
+
+
+def load():
+    return os.getloadavg()[0]
+
+
+# --------------------------------------------------------------------------- methods
+
+def torch_param(n, kind, dtype):
+    """An nn.Linear(n, n) whose weight is orthogonal: torch (matrix_exp, cayley) or geotorch."""
+    import torch
+
+    lin = torch.nn.Linear(n, n, bias=False).to(getattr(torch, dtype))
+    if kind == "geotorch":
+        import geotorch
+
+        geotorch.orthogonal(lin, "weight")
+    else:
+        torch.nn.utils.parametrizations.orthogonal(lin, "weight", orthogonal_map=kind)
+    return lin
+
+
+def torch_fns(n, kind, dtype, g, x=None):
+    """(forward, forward+backward) closures for a torch-parametrized weight."""
+    import torch
+
+    lin = torch_param(n, kind, dtype)
+    gt = torch.from_numpy(g)
+    xt = None if x is None else torch.from_numpy(x)
+
+    def fwd():
+        with torch.no_grad():
+            w = lin.weight
+            return w if xt is None else w @ xt
+
+    def fwd_bwd():
+        lin.zero_grad(set_to_none=True)
+        w = lin.weight
+        out = w if xt is None else w @ xt
+        out.backward(gt)
+
+    return fwd, fwd_bwd
+
+
+TORCH_METHODS = [("torch cayley", "cayley"), ("torch matrix_exp", "matrix_exp"), ("geotorch", "geotorch")]
+
+
+def materialize_rows(sizes, dtypes, rng):
+    rows = []
+    for dtype in dtypes:
+        for n in sizes:
+            theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(dtype)
+            g = rng.standard_normal((n, n)).astype(dtype)
+            a = rng.standard_normal((n, n)).astype(dtype)
+            sched = co.get_schedule("team", n)
+            t_mm = best(lambda: a @ g, max_repeat=7)
+            ld = load()
+            res = {"matmul": (t_mm, None)}
+            t_f = best(lambda: co.matrix(theta, schedule="team"))
+
+            def fwd_bwd():
+                co.matrix(theta, schedule="team")
+                return co.matrix_vjp(theta, g, schedule="team")
+
+            t_fb = best(fwd_bwd)
+            u = co.matrix(theta, schedule="team")
+            t_b = best(lambda: nb.matrix_vjp(theta, g, sched, output=u))
+            res["cupyortho team"] = (t_f, t_fb)
+            res["cupyortho team (bwd given U)"] = (t_f, t_f + t_b)
+            if n <= 512:
+                t_fc = best(lambda: co.matrix(theta, schedule="circle"))
+                t_fbc = best(lambda: (co.matrix(theta, schedule="circle"), co.matrix_vjp(theta, g, schedule="circle")))
+                res["cupyortho circle"] = (t_fc, t_fbc)
+            for label, kind in TORCH_METHODS:
+                f, fb = torch_fns(n, kind, dtype, g)
+                res[label] = (best(f), best(fb))
+            for method, (tf, tfb) in res.items():
+                rows.append(dict(section="materialize", method=method, dtype=dtype, n=n, k="",
+                                 fwd_s=tf, fwd_bwd_s=tfb, fwd_ratio=tf / t_mm,
+                                 fwd_bwd_ratio=None if tfb is None else tfb / t_mm,
+                                 vs_cayley=None if tfb is None else tfb / res["torch cayley"][1],
+                                 load=ld))
+            print(f"  materialize {dtype} n={n} done (load {ld:.1f})", flush=True)
+    return rows
+
+
+def apply_rows(n, ks, dtype, rng):
+    rows = []
+    theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(dtype)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    for k in ks:
+        x = rng.standard_normal((n, k)).astype(dtype)
+        g = rng.standard_normal((n, k)).astype(dtype)
+        t_mm = best(lambda: a @ a, max_repeat=7)
+        ld = load()
+        res = {}
+        for method in ("auto", "rounds", "materialize"):
+            f = lambda m=method: co.apply(theta, x, schedule="team", method=m)  # noqa: E731
+            fb = lambda m=method: co.apply_vjp(theta, x, g, schedule="team", method=m,  # noqa: E731
+                                               output=co.apply(theta, x, schedule="team", method=m))
+            res[f"cupyortho team method={method}"] = (best(f), best(fb))
+        for label, kind in TORCH_METHODS:
+            f, fb = torch_fns(n, kind, dtype, g, x)
+            res[label + " (materialize, matmul)"] = (best(f), best(fb))
+        t_cay = res["torch cayley (materialize, matmul)"][1]
+        for method, (tf, tfb) in res.items():
+            rows.append(dict(section="apply", method=method, dtype=dtype, n=n, k=k, fwd_s=tf, fwd_bwd_s=tfb,
+                             fwd_ratio=tf / t_mm, fwd_bwd_ratio=tfb / t_mm, vs_cayley=tfb / t_cay, load=ld))
+        print(f"  apply k={k} done (load {ld:.1f})", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- memory
+
+_MEM_CHILD = r"""
+import json, resource, sys, tracemalloc
+import numpy as np
+sys.path.insert(0, {root!r})
+method, n = {method!r}, {n}
+rng = np.random.default_rng(0)
+g = rng.standard_normal((n, n)).astype(np.float32)
+out = {{}}
+if method.startswith("cupyortho"):
+    import cupyortho as co
+    theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(np.float32)
+    co.matrix_vjp(theta, g, schedule="team")  # warm caches (plans)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    u = co.matrix(theta, schedule="team")
+    d = co.matrix_vjp(theta, g, schedule="team")
+    out["numpy_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+else:
+    import torch
+    sys.path.insert(0, {bench!r})
+    from suite import torch_param
+    lin = torch_param(n, method, "float32")
+    gt = torch.from_numpy(g)
+    w = lin.weight; del w
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    w = lin.weight
+    w.backward(gt)
+out["rss_growth_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+print(json.dumps(out))
+"""
+
+
+def memory_rows(n):
+    rows = []
+    for label, method in [("cupyortho team", "cupyortho")] + [(lbl, k) for lbl, k in TORCH_METHODS]:
+        code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), method=method, n=n)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            continue
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(dict(section="memory", method=label, dtype="float32", n=n, k="",
+                         rss_growth_mib=out["rss_growth_mib"], numpy_peak_mib=out.get("numpy_peak_mib"),
+                         matrix_mib=n * n * 4 / 2**20))
+        print(f"  memory {label}: {out}", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+
+FIELDS = ["section", "method", "dtype", "n", "k", "fwd_s", "fwd_bwd_s", "fwd_ratio", "fwd_bwd_ratio",
+          "vs_cayley", "load", "rss_growth_mib", "numpy_peak_mib", "matrix_mib"]
+
+
+def fmt(v, digits=2):
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown(rows, header):
+    lines = [header, ""]
+    mat = [r for r in rows if r["section"] == "materialize"]
+    for dtype in sorted({r["dtype"] for r in mat}):
+        sub = [r for r in mat if r["dtype"] == dtype]
+        ns = sorted({r["n"] for r in sub})
+        loads = ", ".join(f"n={n}: {fmt(next(r['load'] for r in sub if r['n'] == n), 1)}" for n in ns)
+        lines += [f"### Materialize U, {dtype}: time / one n x n numpy matmul (same run)", "",
+                  f"Load average when measured: {loads}.", "",
+                  "| method | " + " | ".join(f"n={n} fwd | n={n} fwd+bwd" for n in ns) + " |",
+                  "|---|" + "---|---|" * len(ns)]
+        for method in dict.fromkeys(r["method"] for r in sub):
+            cells = []
+            for n in ns:
+                r = next((r for r in sub if r["n"] == n and r["method"] == method), None)
+                if r is None:
+                    cells += ["-", "-"]
+                elif method == "matmul":
+                    cells += [f"1 ({r['fwd_s'] * 1e3:.1f} ms)", "-"]
+                else:
+                    cells += [fmt(r["fwd_ratio"], 1), fmt(r["fwd_bwd_ratio"], 1)]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    app = [r for r in rows if r["section"] == "apply"]
+    if app:
+        n = app[0]["n"]
+        lines += [f"### Apply Y = U X, n = {n}, {app[0]['dtype']}, forward+backward", "",
+                  "Ratios: to one n x n numpy matmul, and to torch Cayley materialize-then-matmul (same run).", "",
+                  "| method | k | fwd / matmul | fwd+bwd / matmul | fwd+bwd / Cayley | Cayley is x times slower | load |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in app:
+            lines.append(f"| {r['method']} | {r['k']} | {fmt(r['fwd_ratio'])} | {fmt(r['fwd_bwd_ratio'])} | "
+                         f"{fmt(r['vs_cayley'], 3)} | {fmt(1 / r['vs_cayley'], 1)} | {fmt(r['load'], 1)} |")
+        lines.append("")
+    mem = [r for r in rows if r["section"] == "memory"]
+    if mem:
+        n = mem[0]["n"]
+        lines += [f"### Peak memory, materialize forward+backward, n = {n}, float32", "",
+                  f"One n x n float32 matrix is {mem[0]['matrix_mib']:.0f} MiB.  Growth of the process's peak RSS "
+                  "over its value after the inputs were made (fresh subprocess each); cupyortho also NumPy's "
+                  "traced peak.", "",
+                  "| method | peak RSS growth (MiB) | in n x n matrices | NumPy traced peak (MiB) |",
+                  "|---|---|---|---|"]
+        for r in mem:
+            lines.append(f"| {r['method']} | {fmt(r['rss_growth_mib'], 0)} | "
+                         f"{fmt(r['rss_growth_mib'] / r['matrix_mib'], 1)} | {fmt(r['numpy_peak_mib'], 0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mat = [r for r in rows if r["section"] == "materialize"]
+    dtypes = sorted({r["dtype"] for r in mat})
+    fig, axes = plt.subplots(len(dtypes), 2, figsize=(12, 4.5 * len(dtypes)), squeeze=False)
+    for row, dtype in enumerate(dtypes):
+        for col, (key, title) in enumerate([("fwd_s", "forward"), ("fwd_bwd_s", "forward+backward")]):
+            ax = axes[row][col]
+            for method in dict.fromkeys(r["method"] for r in mat):
+                pts = [(r["n"], r[key]) for r in mat if r["dtype"] == dtype and r["method"] == method
+                       and r[key] is not None]
+                if method == "matmul":
+                    pts = [(r["n"], r["fwd_s"]) for r in mat if r["dtype"] == dtype and r["method"] == method]
+                if pts:
+                    xs, ys = zip(*sorted(pts))
+                    ax.loglog(xs, ys, "o-" if method != "matmul" else "k--", label=method)
+            ax.set_xlabel("n")
+            ax.set_ylabel("seconds")
+            ax.set_title(f"materialize U, {title}, {dtype}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    p.add_argument("--sections", nargs="+", default=["materialize", "apply", "memory"])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    suffix = f"_{args.tag}" if args.tag else ""
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sizes = [64, 128] if args.quick else [256, 512, 1024, 2048]
+    napply = 256 if args.quick else 2048
+    rows = []
+    t0 = time.time()
+    start_load = os.getloadavg()
+    if "materialize" in args.sections:
+        rows += materialize_rows(sizes, ["float32", "float64"], rng)
+    if "apply" in args.sections:
+        rows += apply_rows(napply, [1, 32, 256], "float32", rng)
+    if "memory" in args.sections:
+        rows += memory_rows(napply)
+    header = (f"## CPU benchmark ({os.cpu_count()} cores, numpy {np.__version__}, torch {torch.__version__}; "
+              f"load average at start {start_load[0]:.2f}/{start_load[1]:.2f}/{start_load[2]:.2f}, "
+              f"run took {time.time() - t0:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+              f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+              f"torch threads {torch.get_num_threads()})\n\n"
+              f"Command: `{' '.join(['python', 'bench/suite.py'] + sys.argv[1:])}`.  "
+              "Every ratio is taken between timings of the same run "
+              "(minimum over repeats); the machine is shared, so absolute times are noisy.")
+    with open(out / f"results{suffix}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+    md = markdown(rows, header)
+    (out / f"results{suffix}.md").write_text(md + "\n")
+    if any(r["section"] == "materialize" for r in rows):
+        plot(rows, out / f"materialize{suffix}.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
