@@ -136,8 +136,10 @@ class Plan:
         n, m, t, u, N: sizes (``N`` padded).  A: number of angles (``len(theta)``).
         rr_v (int): block size of the first (round-robin) stage, 0 when there is none (``t = 1``).
         rr_slots (ndarray ``(N/v, v(v-1)/2)``): angle slot of every leaf of every ``RR(v)`` block.
-        meet_rows (ndarray ``(K, B, 2u)``): coordinates of each block of each meeting stage.
-        meet_slots (ndarray ``(K, B, u*u)``): angle slot of every leaf (recursion order).
+        meet_rows (ndarray ``(K, B, 2u)``): coordinates of each block of each meeting stage, in the
+            blocks' storage order (so they are also the rows' order after the stage).
+        meet_slots (ndarray ``(u*u, K*B)``): angle slot of every leaf of every meeting block, in
+            :func:`build_meet`'s leaf layout.  num_meet (int): ``K``.
         Slot ``A`` is a zero angle (dummy or dropped pair).
         orders: list of ``N``-arrays, the coordinate order of the rows of each stage's blocks.
     """
@@ -184,7 +186,7 @@ class Plan:
         if m is not None:
             valid &= i < m
         idx = _sched.pair_index(i, np.where(valid, j, i + 1), n)
-        return np.where(valid, idx, self.A).astype(np.int64)
+        return np.where(valid, idx, self.A).astype(np.int32 if self.A < 2**31 - 1 else np.int64)
 
     @property
     def num_stages(self):
@@ -264,7 +266,7 @@ def _rr_leaves(c):
             np.concatenate([mj, cj.reshape(shape)], axis=-1))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _plan(sched_key, u):
     kind, n, m, t = sched_key
     return Plan(_sched._rebuild(kind, n, m, t), u)
