@@ -279,9 +279,10 @@ def plan(schedule, u):
 
 def granularity(schedule, k=None):
     """Block half-size for a sweep over ``k`` columns (None: materializing ``U``): the team size for
-    ``U`` itself, :data:`APPLY_GRANULARITY` (capped by the team size) for a sweep over ``x``."""
+    ``U`` itself and for wide operands (``k >= n/4``, e.g. frames with many columns, where the stage
+    GEMMs dominate), :data:`APPLY_GRANULARITY` (capped by the team size) for thin ones."""
     t = schedule.team_size
-    if k is None:
+    if k is None or 4 * k >= schedule.n:
         return t
     return min(t, APPLY_GRANULARITY)
 
