@@ -322,6 +322,8 @@ def main():
     p.add_argument("--sections", nargs="+", default=["materialize", "apply", "memory"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="materialize sizes")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     args = p.parse_args()
     import torch
 
@@ -330,13 +332,13 @@ def main():
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    sizes = [64, 128] if args.quick else [256, 512, 1024, 2048]
+    sizes = args.sizes or ([64, 128] if args.quick else [256, 512, 1024, 2048])
     napply = 256 if args.quick else 2048
     rows = []
     t0 = time.time()
     start_load = os.getloadavg()
     if "materialize" in args.sections:
-        rows += materialize_rows(sizes, ["float32", "float64"], rng)
+        rows += materialize_rows(sizes, args.dtypes, rng)
     if "apply" in args.sections:
         rows += apply_rows(napply, [1, 32, 256], "float32", rng)
     if "memory" in args.sections:
