@@ -169,8 +169,8 @@ class _Problem:
         rounds, off = self.rounds, self.offsets
         c, s = np.cos(th), np.sin(th)
         M = np.zeros((self.n, self.n))
-        M[: self.m] = self.target.T @ self.matrix(th)           # E_m Q*^T L_0 B_0
-        _rot_cols(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]])
+        M[: self.m] = self.target.T @ self.matrix(th)           # E_m Q*^T U = E_m Q*^T L_0 B_0
+        _rot_cols(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]])  # M_0 = E_m Q*^T L_0
         for r, rd in enumerate(rounds):
             a, b = off[r], off[r + 1]
             t = np.arctan2(M[rd.i, rd.j] - M[rd.j, rd.i], M[rd.i, rd.i] + M[rd.j, rd.j])
@@ -244,11 +244,12 @@ class _Path:
 
 # --------------------------------------------------------------------------- local solvers
 
-def _newton(prob, th, atol, iters=8):
-    """Plain Newton on F(th) = rho(U^T Q*) = 0 with the dense Jacobian; returns (th, err)."""
+def _newton(prob, th, atol, iters=10):
+    """Newton on F(th) = rho(U^T Q*) = 0 with the dense Jacobian, continued past ``atol`` while the
+    error still drops (a polish to the accuracy the conditioning allows); returns (th, err)."""
     r, err, _ = prob.residual(th)
     for _ in range(iters):
-        if err <= atol:
+        if err < 1e-15:
             break
         try:
             d = np.linalg.solve(prob.jacobian(th), r)
@@ -256,7 +257,7 @@ def _newton(prob, th, atol, iters=8):
             break
         th2 = th + d
         r2, err2, _ = prob.residual(th2)
-        if not err2 < err:
+        if not err2 < (err if err > atol else 0.5 * err):
             break
         th, r, err = th2, r2, err2
     return th, err
@@ -265,71 +266,71 @@ def _newton(prob, th, atol, iters=8):
 def _continuation(prob, th0, atol, max_steps):
     """Pseudo-arclength continuation of F(th, t) = rho(U(th)^T E(t) E_m) = 0 from (th0, 0) to t = 1.
 
-    Returns angles with frame error <= atol, or None when the step budget runs out or the step
-    length underflows.
+    One LU factorisation per step: at a point y of the curve, K = [[dF(y)], [tau_prev^T]] gives the
+    tangent (K tau = e_last, so tau . tau_prev > 0 keeps the orientation through folds) and serves
+    as the chord matrix of the corrector, which solves F = 0 on the hyperplane
+    tau_prev . (y - y_pred) = 0.  dF/dth = -J (exact on the curve up to O(|F|)), dF/dt =
+    rho(U^T E(t) L E_m).  Returns angles with frame error <= atol, or None when the step budget
+    runs out or the step length underflows.
     """
     m = prob.m
     U0 = prob.matrix(th0)
     path = _Path(U0, _complete(prob.target, U0))
     L = path.L
+    A = th0.size
 
     def F(y):
         U = prob.matrix(y[:-1])
         return prob.rho(U.T @ path(y[-1])[:, :m]), U
 
-    def dF(y, U):
-        E = path(y[-1])
-        lt = prob.rho(U.T @ (E @ L)[:, :m])
-        return np.hstack([-prob.jacobian(y[:-1]), lt[:, None]])
-
     y = np.concatenate([th0, [0.0]])
-    tau_prev = None
+    tau_prev = np.zeros(A + 1)
+    tau_prev[-1] = 1.0
     h = 0.1
-    steps = 0
-    while steps < max_steps:
-        _, U = F(y)
-        M = dF(y, U)
-        q, _ = np.linalg.qr(M.T, mode="complete")
-        tau = q[:, -1]
-        if tau_prev is None:
-            tau = tau if tau[-1] > 0 else -tau
-        elif tau @ tau_prev < 0:
-            tau = -tau
+    K = None
+    for _ in range(max_steps):
+        if K is None:
+            _, U = F(y)
+            lt = prob.rho(U.T @ (path(y[-1]) @ L)[:, :m])
+            K = np.zeros((A + 1, A + 1))
+            K[:A, :A] = -prob.jacobian(y[:-1])
+            K[:A, A] = lt
+            K[A] = tau_prev
+            try:
+                lu = scipy.linalg.lu_factor(K, check_finite=False)
+            except (np.linalg.LinAlgError, ValueError):
+                return None
+            e = np.zeros(A + 1)
+            e[-1] = 1.0
+            tau = scipy.linalg.lu_solve(lu, e, check_finite=False)
+            tau /= np.linalg.norm(tau)
         hh = h
-        final = False
-        if tau[-1] != 0 and (y[-1] - 1) * (y[-1] + hh * tau[-1] - 1) <= 0:
+        final = tau[-1] != 0 and (y[-1] - 1) * (y[-1] + hh * tau[-1] - 1) <= 0
+        if final:
             hh = (1 - y[-1]) / tau[-1]
-            final = True
         yp = y + hh * tau
+        if final:
+            th, err = _newton(prob, yp[:-1], atol)
+            if err <= atol:
+                return th
+            h *= 0.5
+            continue
         yc = yp.copy()
         ok = False
         prev = np.inf
         for it in range(8):
-            r, U = F(yc)
+            r, _ = F(yc)
             nr = float(np.abs(r).max())
-            if nr < 1e-11:
+            if nr < 1e-7:
                 ok = True
                 break
-            if it > 0 and nr > 0.5 * prev:
+            if nr > 0.7 * prev or not np.isfinite(nr):
                 break
             prev = nr
-            Ma = dF(yc, U)
-            try:
-                if final:
-                    yc[-1] = 1.0
-                    yc[:-1] -= np.linalg.solve(Ma[:, :-1], r)
-                else:
-                    big = np.vstack([Ma, tau[None]])
-                    yc -= np.linalg.solve(big, np.concatenate([r, [tau @ (yc - yp)]]))
-            except np.linalg.LinAlgError:
-                break
-        steps += 1
-        if ok and np.linalg.norm(yc - yp) < 0.5 * abs(hh) + 1e-12:
-            y, tau_prev = yc, tau
+            yc -= scipy.linalg.lu_solve(lu, np.concatenate([r, [tau_prev @ (yc - yp)]]), check_finite=False)
+        if ok and np.linalg.norm(yc - yp) < 0.3 * abs(hh) + 1e-12:
+            y, tau_prev, K = yc, tau, None
             h = min(1.3 * h, 0.5)
-            if final:
-                th, err = _newton(prob, y[:-1], atol)
-                return th if err <= atol else None
         else:
             h *= 0.5
             if h < 1e-9:
@@ -371,35 +372,44 @@ def _starts(prob, restarts):
 
 
 def _solve(prob, atol, method, restarts, sweeps, max_steps):
-    """Round-major angles reproducing prob.target to max-abs atol (deterministic)."""
+    """Round-major angles reproducing prob.target to max-abs atol (deterministic).
+
+    Dense: iterative deepening, every starting point is tried with a step budget of
+    max_steps/16, then max_steps/4, then max_steps, so one long, winding continuation path does not
+    hold up a start whose path is short.  Matrix-free: sweeps then LM from each start.
+    """
     if method == "auto":
         method = "dense" if prob.sched.num_angles <= DENSE_LIMIT else "matrix-free"
-    best = (np.inf, None)
+    if method not in ("dense", "matrix-free"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free', got {method!r}")
+    starts = []
     for th in _starts(prob, restarts):
         for _ in range(sweeps):
             prob.sweep(th)
-        _, err, _ = prob.residual(th)
-        if err > 1e-3 and method == "dense":
-            sol = _continuation(prob, th, atol, max_steps)
-            if sol is not None:
-                return sol
-            continue
-        if method == "dense":
-            th, err = _newton(prob, th, atol)
-        else:
+        starts.append(th)
+    best = np.inf
+    if method == "dense":
+        for budget in sorted({max(1, max_steps // 16), max(1, max_steps // 4), max_steps}):
+            for th in starts:
+                _, err, _ = prob.residual(th)
+                if err <= 1e-3:
+                    th2, err2 = _newton(prob, th, atol)
+                    if err2 <= atol:
+                        return th2
+                sol = _continuation(prob, th, atol, budget)
+                if sol is not None:
+                    return sol
+    else:
+        for th in starts:
             th, err = _lm_matrix_free(prob, th, atol, iters=60)
-        if err <= atol:
-            return th
-        if method == "dense":
-            sol = _continuation(prob, th, atol, max_steps)
-            if sol is not None:
-                return sol
-        best = min(best, (err, 0), key=lambda b: b[0])
+            if err <= atol:
+                return th
+            best = min(best, err)
     raise InverseMapError(
         f"the inverse map did not reach max-abs error {atol:g} for n = {prob.n}, m = {prob.m} "
         f"({prob.sched.kind} schedule, method {method!r}) from {restarts + 1} starting points"
-        + (f"; best error {best[0]:.3g}" if np.isfinite(best[0]) else "")
-        + ". Raise restarts=, or see docs/init.md for the sizes this solver reaches."
+        + (f"; best error {best:.3g}" if np.isfinite(best) else "")
+        + ". Raise restarts= or max_steps=, or see docs/init.md for the sizes this solver reaches."
     )
 
 
@@ -446,7 +456,7 @@ def _finish(theta, dtype, was_cupy):
     return theta
 
 
-def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-12, method="auto", restarts=8, sweeps=30,
+def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto", restarts=8, sweeps=0,
                        max_steps=4000):
     r"""Angles :math:`\theta` with ``matrix(theta, schedule=schedule) == U`` (the inverse map of SO(n)).
 
@@ -465,7 +475,8 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-12, method="auto",
         tol (float): accepted orthogonality error, max-abs of :math:`U^TU - I` (default 1e-6, so
             float32 matrices pass).  The target is projected to the nearest orthogonal matrix first.
         atol (float): required max-abs error of ``matrix(theta) - U`` (against the projected U), in
-            float64; default 1e-12.
+            float64; default 1e-10.  Newton keeps polishing past it while the error drops (typically
+            to 1e-15..1e-13).
         method (str): ``"auto"`` (dense up to ``DENSE_LIMIT`` angles, else matrix-free),
             ``"dense"`` (arclength continuation) or ``"matrix-free"`` (LM with LSQR).
         restarts (int): extra starting points tried after ``theta = 0``.
@@ -506,7 +517,7 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-12, method="auto",
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
 
-def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-12, method="auto", restarts=8, sweeps=30,
+def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto", restarts=8, sweeps=0,
                       max_steps=4000):
     r"""Angles :math:`\theta` with ``frame(theta, n, m, schedule=schedule) == Q`` (Stiefel inverse map).
 

@@ -1,0 +1,105 @@
+r"""Initializations of the angles: identity, small random, and Haar-random rotations and frames.
+
+Design rule: every initializer returns angles in the public upper-triangle layout (NumPy float64 by
+default, ``dtype=`` to change), takes its randomness only from the ``rng`` argument
+(``None``, an int seed, or a ``numpy.random.Generator``) and never from global state.
+
+Haar angles.  The Haar measure pulled back to the angles has density :math:`|\det J(\theta)|`,
+which for round-robin schedules does not factor over the angles (it does for n <= 4, not for
+n = 6: the mixed second difference of :math:`\log|\det J|` is O(1)), so there is no independent
+per-angle law to sample.  :func:`haar_angles` therefore draws a Haar rotation (QR of a Gaussian
+matrix with the signs of R's diagonal moved into Q, then one column negated when det = -1, which
+is invariant under left multiplication by SO(n) and hence Haar on SO(n)) and maps it back with
+:func:`cupyortho.inverse.angles_from_matrix`.  The matrix of the angles equals the drawn matrix to
+``atol``, so it is Haar-distributed up to that error; the cost is that of the inverse map
+(``docs/init.md``).  Naive uniform angles on :math:`(-\pi, \pi]` are *not* Haar (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import schedule as _sched
+from .inverse import angles_from_frame, angles_from_matrix
+
+__all__ = [
+    "identity_angles",
+    "small_random_angles",
+    "haar_matrix",
+    "haar_angles",
+    "haar_frame_angles",
+]
+
+
+def _rng(rng):
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _count(n, m):
+    n = _sched._check_int("n", n, 2)
+    return _sched.num_angles(n, m)
+
+
+def _shape(shape):
+    return () if shape is None else ((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape))
+
+
+def identity_angles(n, m=None, *, shape=(), dtype=np.float64):
+    """Angles of the identity matrix (all zero): ``(*shape, num_angles(n, m))``.
+
+    Every schedule maps zero angles to :math:`I` (and ``frame`` to :math:`I_{n,m}`).
+    """
+    return np.zeros(_shape(shape) + (_count(n, m),), dtype=dtype)
+
+
+def small_random_angles(n, m=None, *, scale=1e-2, shape=(), rng=None, dtype=np.float64):
+    r"""Angles drawn i.i.d. from :math:`N(0, \mathrm{scale}^2)`: a rotation near the identity,
+    :math:`U = I + \sum_p \theta_p K_p + O(\mathrm{scale}^2)`, for symmetric-breaking starts.
+
+    Returns ``(*shape, num_angles(n, m))``.
+    """
+    count = _count(n, m)
+    return (_rng(rng).normal(0.0, scale, _shape(shape) + (count,))).astype(dtype)
+
+
+def haar_matrix(n, *, shape=(), rng=None):
+    r"""Haar-random rotations in SO(n), ``(*shape, n, n)`` float64.
+
+    :math:`Z` Gaussian, :math:`Z = QR`, :math:`Q \leftarrow Q\,\mathrm{diag}(\mathrm{sign}\,R_{ii})`
+    is Haar on O(n); negating the first column when :math:`\det Q = -1` maps it onto SO(n)
+    equivariantly, so the result is Haar on SO(n).
+    """
+    n = _sched._check_int("n", n, 2)
+    z = _rng(rng).standard_normal(_shape(shape) + (n, n))
+    q, r = np.linalg.qr(z)
+    d = np.sign(np.diagonal(r, axis1=-2, axis2=-1))
+    d[d == 0] = 1
+    q = q * d[..., None, :]
+    neg = np.linalg.det(q) < 0
+    q[neg, :, 0] *= -1
+    return q
+
+
+def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
+    r"""Angles whose matrix ``matrix(theta, schedule=schedule)`` is Haar-distributed on SO(n).
+
+    Draws :func:`haar_matrix` and inverts it with :func:`~cupyortho.inverse.angles_from_matrix`
+    (``solver`` keywords are passed on).  Deterministic for a given ``rng`` seed.
+
+    Args:
+        n (int): size.  schedule: ``"circle"``, ``"team"``, a Schedule or None (default schedule).
+        rng: None, int seed or ``numpy.random.Generator``.  shape: batch shape.
+        dtype: of the result.
+    Returns:
+        ndarray ``(*shape, n(n-1)/2)``.
+    """
+    U = haar_matrix(n, shape=shape, rng=rng)
+    return angles_from_matrix(U, schedule=schedule, **solver).astype(dtype)
+
+
+def haar_frame_angles(n, m, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
+    r"""Angles whose frame ``frame(theta, n, m, schedule=schedule)`` is uniform on St(n, m) (the first
+    ``m`` columns of a Haar rotation).  Returns ``(*shape, num_angles(n, m))``."""
+    U = haar_matrix(n, shape=shape, rng=rng)
+    m = int(m)
+    return angles_from_frame(U[..., :, :m], m, schedule=schedule, **solver).astype(dtype)
