@@ -55,6 +55,7 @@ from .errors import CupyorthoError, DtypeError, NonFiniteError, NotOrthogonalErr
 __all__ = [
     "angles_from_matrix",
     "angles_from_frame",
+    "params_from_unitary",
     "InverseMapError",
     "DENSE_LIMIT",
 ]
@@ -102,6 +103,19 @@ class _Problem:
         self.offsets = sched.round_offsets
         self.rounds = sched.rounds
         self.eye = np.eye(self.n)
+        self.size = sched.num_angles
+
+    def first_start(self):
+        """theta = 0 (the identity): the path is the geodesic from I to the target."""
+        return np.zeros(self.size)
+
+    def inner(self, U, X):
+        """U^T X (the left-trivialisation; U^H X for the unitary problem)."""
+        return U.T @ X
+
+    def path(self, U0):
+        """The geodesic from U0 to the completed target."""
+        return _Path(U0, _complete(self.target, U0))
 
     def matrix(self, th):
         """The full n x n matrix of the (restricted) schedule for round-major angles ``th``."""
@@ -242,6 +256,72 @@ class _Path:
         return self.U0 @ e.real
 
 
+class _UPath:
+    """Unitary geodesic E(t) = U0 expm(t L), L = log(U0^H T) anti-Hermitian, from the complex Schur
+    form of the normal matrix U0^H T (diagonal: eigenvalues e^{i phi_k})."""
+
+    def __init__(self, U0, T):
+        D, Z = scipy.linalg.schur(U0.conj().T @ T, output="complex")
+        self.phi = np.angle(np.diagonal(D))
+        self.Z = Z
+        self.U0 = U0
+        self.L = (Z * (1j * self.phi)) @ Z.conj().T
+
+    def __call__(self, t):
+        return self.U0 @ ((self.Z * np.exp(1j * t * self.phi)) @ self.Z.conj().T)
+
+
+class _UnitaryProblem:
+    """Target in U(n) for the unitary parametrization (``cupyortho.unitary``), parameters in its
+    public layout [theta, phi, delta].  Coordinates of u(n): the real and imaginary parts of the
+    entries below the diagonal of the anti-Hermitian part, then its diagonal's imaginary parts (n^2).
+    The Jacobian is built from n^2 batched unitary JVPs (dense, small n)."""
+
+    def __init__(self, sched, target):
+        from . import unitary as _unitary
+
+        self._unitary = _unitary
+        self.sched = sched
+        self.n = self.m = sched.n
+        self.target = target
+        self.size = self.n * self.n
+        self.li, self.lj = np.tril_indices(self.n, -1)
+
+    def first_start(self):
+        """theta = 1/2, phi = delta = 0: at theta = 0 the phases phi have no effect (a polar-coordinate
+        singularity of the Jacobian), so the unitary solve starts away from it."""
+        p = np.zeros(self.size)
+        p[: self.n * (self.n - 1) // 2] = 0.5
+        return p
+
+    def inner(self, U, X):
+        return U.conj().T @ X
+
+    def path(self, U0):
+        return _UPath(U0, self.target)
+
+    def matrix(self, p):
+        return self._unitary.unitary(p, n=self.n, schedule=self.sched)
+
+    def rho(self, X):
+        A = 0.5 * (X - X.conj().T)
+        low = A[self.li, self.lj]
+        return np.concatenate([low.real, low.imag, np.diagonal(A).imag])
+
+    def residual(self, p):
+        U = self.matrix(p)
+        return self.rho(self.inner(U, self.target)), float(np.abs(U - self.target).max()), U
+
+    def jacobian(self, p):
+        U = self.matrix(p)
+        P = p.size
+        dU = self._unitary.unitary_jvp(np.broadcast_to(p, (P, P)), np.eye(P), n=self.n, schedule=self.sched)
+        S = U.conj().T @ dU
+        A = 0.5 * (S - np.conj(np.swapaxes(S, -1, -2)))
+        low = A[:, self.li, self.lj]
+        return np.concatenate([low.real, low.imag, np.diagonal(A, axis1=-2, axis2=-1).imag], axis=1).T
+
+
 # --------------------------------------------------------------------------- local solvers
 
 def _newton(prob, th, atol, iters=10):
@@ -275,13 +355,13 @@ def _continuation(prob, th0, atol, max_steps):
     """
     m = prob.m
     U0 = prob.matrix(th0)
-    path = _Path(U0, _complete(prob.target, U0))
+    path = prob.path(U0)
     L = path.L
     A = th0.size
 
     def F(y):
         U = prob.matrix(y[:-1])
-        return prob.rho(U.T @ path(y[-1])[:, :m]), U
+        return prob.rho(prob.inner(U, path(y[-1])[:, :m])), U
 
     y = np.concatenate([th0, [0.0]])
     tau_prev = np.zeros(A + 1)
@@ -291,7 +371,7 @@ def _continuation(prob, th0, atol, max_steps):
     for _ in range(max_steps):
         if K is None:
             _, U = F(y)
-            lt = prob.rho(U.T @ (path(y[-1]) @ L)[:, :m])
+            lt = prob.rho(prob.inner(U, (path(y[-1]) @ L)[:, :m]))
             K = np.zeros((A + 1, A + 1))
             K[:A, :A] = -prob.jacobian(y[:-1])
             K[:A, A] = lt
@@ -304,6 +384,8 @@ def _continuation(prob, th0, atol, max_steps):
             e[-1] = 1.0
             tau = scipy.linalg.lu_solve(lu, e, check_finite=False)
             tau /= np.linalg.norm(tau)
+            if not np.all(np.isfinite(tau)):
+                return None
         hh = h
         final = tau[-1] != 0 and (y[-1] - 1) * (y[-1] + hh * tau[-1] - 1) <= 0
         if final:
@@ -319,6 +401,8 @@ def _continuation(prob, th0, atol, max_steps):
         ok = False
         prev = np.inf
         for it in range(8):
+            if not np.all(np.isfinite(yc)):
+                break
             r, _ = F(yc)
             nr = float(np.abs(r).max())
             if nr < 1e-7:
@@ -365,10 +449,11 @@ def _lm_matrix_free(prob, th, atol, iters):
 
 
 def _starts(prob, restarts):
-    """The fixed starting points: zero, then N(0, (pi / sqrt(3n))^2) angles from default_rng(k)."""
-    yield np.zeros(prob.sched.num_angles)
+    """The fixed starting points: ``prob.first_start()``, then N(0, (pi / sqrt(3n))^2) parameters
+    from default_rng(k), k = 1..restarts."""
+    yield prob.first_start()
     for k in range(1, restarts + 1):
-        yield np.random.default_rng(k).normal(0.0, np.pi / np.sqrt(3 * prob.n), prob.sched.num_angles)
+        yield np.random.default_rng(k).normal(0.0, np.pi / np.sqrt(3 * prob.n), prob.size)
 
 
 def _solve(prob, atol, method, restarts, sweeps, max_steps):
@@ -379,7 +464,7 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps):
     hold up a start whose path is short.  Matrix-free: sweeps then LM from each start.
     """
     if method == "auto":
-        method = "dense" if prob.sched.num_angles <= DENSE_LIMIT else "matrix-free"
+        method = "dense" if prob.size <= DENSE_LIMIT else "matrix-free"
     if method not in ("dense", "matrix-free"):
         raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free', got {method!r}")
     starts = []
@@ -557,3 +642,50 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
         th = _solve(prob, atol, method, restarts, sweeps, max_steps)
         out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
+
+
+def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, max_steps=4000):
+    r"""Parameters ``p`` with ``cupyortho.unitary.unitary(p, schedule=schedule) == U`` (U(n) inverse map).
+
+    Same solver as :func:`angles_from_matrix` (dense pseudo-arclength continuation from ``p = 0``,
+    i.e. from the identity, then fixed restarts), on the unitary parametrization
+    :math:`U = D(\delta) B_{R-1}\cdots B_0` with complex Givens rotations; the Jacobian is assembled
+    from ``n*n`` unitary JVPs, so this is meant for small n.  Every unitary matrix is reachable (no
+    determinant condition); for SU(n) parameters (``special=True``, ``n*n - 1`` of them) drop the last
+    diagonal phase after checking that ``sum(delta)`` is a multiple of 2 pi, i.e. det U = 1.
+
+    Args:
+        U (array_like): ``(n, n)`` or ``(..., n, n)`` complex (or real) unitary within ``tol``
+            (max-abs of :math:`U^HU - I`).
+        schedule, tol, atol, restarts, max_steps: as in :func:`angles_from_matrix`.
+
+    Returns:
+        float ndarray ``(..., n*n)`` laid out ``[theta (A), phi (A), delta (n)]``, float32 for complex64
+        input, float64 otherwise; NumPy or CuPy like U.  Entries lie in :math:`(-\pi, \pi]`.
+    """
+    was_cupy = _is_cupy(U)
+    A = U.get() if was_cupy else np.asarray(U)
+    if A.dtype.kind not in "fc":
+        raise DtypeError(f"U must be a complex (or real floating) array, got dtype {A.dtype}")
+    dtype = np.dtype(np.float32) if A.dtype in (np.complex64, np.float32) else np.dtype(np.float64)
+    A = np.array(A, dtype=np.complex128)
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] < 2:
+        raise ShapeError(f"U must have shape (..., n, n) with n >= 2; got {tuple(A.shape)}")
+    if not np.isfinite(A).all():
+        raise NonFiniteError("U contains NaN or infinity")
+    n = A.shape[-1]
+    G = np.conj(np.swapaxes(A, -1, -2)) @ A
+    worst = float(np.abs(G - np.eye(n)).max())
+    if not worst <= tol:
+        raise NotOrthogonalError(
+            f"U must be unitary (U^H U = I) within tol = {tol:g} (max-abs of U^H U - I); got error {worst:.3g}"
+        )
+    sched = _sched.get_schedule(schedule, n)
+    batch = A.shape[:-2]
+    flat = A.reshape((-1, n, n))
+    out = np.empty((flat.shape[0], n * n))
+    for b in range(flat.shape[0]):
+        prob = _UnitaryProblem(sched, _reorthonormalize(flat[b]))
+        p = _solve(prob, atol, "dense", restarts, 0, max_steps)
+        out[b] = np.angle(np.exp(1j * p))
+    return _finish(out.reshape(batch + (n * n,)), dtype, was_cupy)
