@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import schedule as _sched
-from .inverse import angles_from_frame, angles_from_matrix
+from .inverse import angles_from_frame, angles_from_matrix, params_from_unitary
 
 __all__ = [
     "identity_angles",
@@ -28,6 +28,9 @@ __all__ = [
     "haar_matrix",
     "haar_angles",
     "haar_frame_angles",
+    "haar_unitary_matrix",
+    "haar_unitary_params",
+    "identity_unitary_params",
 ]
 
 
@@ -103,3 +106,30 @@ def haar_frame_angles(n, m, *, schedule=None, rng=None, shape=(), dtype=np.float
     U = haar_matrix(n, shape=shape, rng=rng)
     m = int(m)
     return angles_from_frame(U[..., :, :m], m, schedule=schedule, **solver).astype(dtype)
+
+
+def identity_unitary_params(n, *, special=False, shape=(), dtype=np.float64):
+    """Parameters of the identity in the unitary layout ``[theta, phi, delta]`` (all zero):
+    ``(*shape, n*n)`` (``n*n - 1`` with ``special=True``)."""
+    n = _sched._check_int("n", n, 2)
+    return np.zeros(_shape(shape) + (n * n - (1 if special else 0),), dtype=dtype)
+
+
+def haar_unitary_matrix(n, *, shape=(), rng=None):
+    r"""Haar-random unitaries in U(n), ``(*shape, n, n)`` complex128: QR of a complex Gaussian matrix,
+    :math:`Q \leftarrow Q\,\mathrm{diag}(R_{ii}/|R_{ii}|)` (Mezzadri's phase fix)."""
+    n = _sched._check_int("n", n, 2)
+    g = _rng(rng)
+    z = (g.standard_normal(_shape(shape) + (n, n)) + 1j * g.standard_normal(_shape(shape) + (n, n))) / np.sqrt(2)
+    q, r = np.linalg.qr(z)
+    d = np.diagonal(r, axis1=-2, axis2=-1)
+    d = np.where(d == 0, 1, d / np.abs(d))
+    return q * d[..., None, :]
+
+
+def haar_unitary_params(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
+    r"""Parameters whose ``cupyortho.unitary.unitary(p, schedule=schedule)`` is Haar on U(n): draws
+    :func:`haar_unitary_matrix` and inverts it with :func:`~cupyortho.inverse.params_from_unitary`
+    (small n).  Returns ``(*shape, n*n)`` in the layout ``[theta, phi, delta]``."""
+    U = haar_unitary_matrix(n, shape=shape, rng=rng)
+    return params_from_unitary(U, schedule=schedule, **solver).astype(dtype)

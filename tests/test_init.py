@@ -110,3 +110,25 @@ def test_haar_frame_angles():
         assert th.shape == (2, co.num_angles(6, 2))
         np.testing.assert_allclose(co.frame(th, 6, 2, schedule=s), haar_matrix(6, rng=7, shape=(2,))[..., :2],
                                    atol=1e-10)
+
+
+def test_haar_unitary():
+    from scipy.stats import unitary_group
+
+    from cupyortho.init import haar_unitary_matrix, haar_unitary_params, identity_unitary_params
+    from cupyortho.unitary import unitary
+
+    n, N = 4, 400
+    ref = unitary_group.rvs(n, size=2000, random_state=1)
+    H = haar_unitary_matrix(n, shape=N, rng=0)
+    np.testing.assert_allclose(np.conj(np.swapaxes(H, -1, -2)) @ H, np.broadcast_to(np.eye(n), H.shape), atol=1e-13)
+    uipr = lambda U: (np.abs(U) ** 4).sum(axis=-2).mean(axis=-1)  # noqa: E731
+    assert ks_2samp(uipr(H), uipr(ref)).pvalue > 0.01
+    # naive uniform parameters are rejected by the same statistic
+    naive = np.random.default_rng(0).uniform(-np.pi, np.pi, (N, n * n))
+    assert ks_2samp(uipr(unitary(naive, schedule="circle")), uipr(ref)).pvalue < 1e-4
+    # and the parameters reproduce the Haar draw
+    p = haar_unitary_params(n, schedule="team", rng=3, shape=(2,))
+    np.testing.assert_allclose(unitary(p, schedule="team"), haar_unitary_matrix(n, rng=3, shape=(2,)), atol=1e-10)
+    assert not identity_unitary_params(3, special=True).any() and identity_unitary_params(3).shape == (9,)
+    np.testing.assert_array_equal(unitary(identity_unitary_params(3), schedule="circle"), np.eye(3))

@@ -260,3 +260,39 @@ def test_cupy_round_trip():
     theta = angles_from_matrix(cupy.asarray(U), schedule="circle")
     assert isinstance(theta, cupy.ndarray)
     assert np.abs(co.matrix(cupy.asnumpy(theta), schedule="circle") - U).max() <= 1e-10
+
+
+# --------------------------------------------------------------------------- unitary
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_unitary_round_trip(kind, n):
+    from scipy.stats import unitary_group
+
+    from cupyortho.inverse import params_from_unitary
+    from cupyortho.unitary import unitary
+
+    for seed in range(2):
+        U = unitary_group.rvs(n, random_state=seed)
+        p = params_from_unitary(U, schedule=kind)
+        assert p.shape == (n * n,) and p.dtype == np.float64
+        assert np.abs(unitary(p, schedule=kind) - U).max() <= 1e-10
+
+
+def test_unitary_checks_batch_and_real_input():
+    from scipy.stats import unitary_group
+
+    from cupyortho.inverse import params_from_unitary
+    from cupyortho.unitary import unitary
+
+    U = unitary_group.rvs(3, random_state=5)
+    with pytest.raises(NotOrthogonalError, match="unitary"):
+        params_from_unitary(U * 1.01, schedule="circle")
+    batch = np.stack([U, np.eye(3, dtype=complex)])
+    p = params_from_unitary(batch.astype(np.complex64), schedule="circle")
+    assert p.shape == (2, 9) and p.dtype == np.float32
+    assert np.abs(unitary(p.astype(np.float64), schedule="circle") - batch).max() <= 1e-6
+    # a real rotation with det -1 is unitary: reachable (the diagonal phases carry the sign)
+    R = haar(3, 0) @ np.diag([1, 1, -1.0])
+    p = params_from_unitary(R, schedule="team")
+    assert np.abs(unitary(p, schedule="team") - R).max() <= 1e-10
