@@ -424,12 +424,12 @@ def _continuation(prob, th0, atol, max_steps):
 
 def _lm_matrix_free(prob, th, atol, iters):
     """Levenberg-Marquardt with LSQR (damped least squares) on the left-trivialised Jacobian applied
-    matrix-free; returns (th, err)."""
+    matrix-free, continued past atol while the error halves; returns (th, err)."""
     r, err, _ = prob.residual(th)
     lam = 1e-3
     A = th.size
     for _ in range(iters):
-        if err <= atol:
+        if err <= 1e-3 * atol:
             break
         op = scipy.sparse.linalg.LinearOperator(
             (r.size, A), matvec=lambda d, th=th: prob.jvp_left(th, d),
@@ -439,9 +439,14 @@ def _lm_matrix_free(prob, th, atol, iters):
         th2 = th + d
         r2, err2, _ = prob.residual(th2)
         if np.sum(prob.weights * r2**2) < np.sum(prob.weights * r**2):
+            stalled = err <= atol and err2 > 0.5 * err
             th, r, err = th2, r2, err2
             lam = max(lam * 0.2, 1e-12)
+            if stalled:  # polished past atol as far as rounding allows
+                break
         else:
+            if err <= atol:
+                break
             lam *= 10
             if lam > 1e6:
                 break
