@@ -18,9 +18,10 @@ Sections (each table is measured in one run, so the ratios survive a noisy machi
   of ``<G, W>``.  geotorch: ``geotorch.orthogonal`` (its default, the matrix exponential).
 * ``apply``: ``Y = U X``, forward+backward, n = 2048, k in {1, 32, 256}, float32; cupyortho with
   ``method="auto"`` (and the other strategy), torch and geotorch materialize-then-matmul.
-* ``memory``: peak memory of materialize forward+backward at n = 2048 (float32), each method in a
-  fresh subprocess: the growth of the process's peak resident set (``ru_maxrss``) over its value
-  after the inputs were made, and for cupyortho also NumPy's own peak (``tracemalloc``).
+* ``memory``: peak memory of one materialize forward+backward at n = 2048 (float32), each method in
+  a fresh subprocess with no earlier call: the growth of the process's peak resident set
+  (``ru_maxrss``) over its value once the inputs (and cupyortho's cached index tables) exist, and
+  for cupyortho also NumPy's traced peak (``tracemalloc``; it sees every NumPy allocation).
 
 Writes ``results.csv``, ``materialize.png`` (log-log, time vs n, one line per method),
 ``results.md`` (the tables) under ``--out``; prints the tables too.  Timings: the minimum over
@@ -192,8 +193,10 @@ g = rng.standard_normal((n, n)).astype(np.float32)
 out = {{}}
 if method.startswith("cupyortho"):
     import cupyortho as co
+    from cupyortho.backends import blocked
     theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(np.float32)
-    co.matrix_vjp(theta, g, schedule="team")  # warm caches (plans)
+    sched = co.get_schedule("team", n)
+    blocked.plan(sched, blocked.granularity(sched))  # index tables (cached, reused by every call)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     u = co.matrix(theta, schedule="team")
@@ -202,11 +205,11 @@ if method.startswith("cupyortho"):
     tracemalloc.stop()
 else:
     import torch
+    torch.set_num_threads({threads})
     sys.path.insert(0, {bench!r})
     from suite import torch_param
     lin = torch_param(n, method, "float32")
     gt = torch.from_numpy(g)
-    w = lin.weight; del w
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     w = lin.weight
     w.backward(gt)
@@ -218,7 +221,8 @@ print(json.dumps(out))
 def memory_rows(n):
     rows = []
     for label, method in [("cupyortho team", "cupyortho")] + [(lbl, k) for lbl, k in TORCH_METHODS]:
-        code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), method=method, n=n)
+        code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), method=method, n=n,
+                                 threads=os.cpu_count() or 1)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)

@@ -457,69 +457,83 @@ def _vjp_level(ayy, yb, h, soa):
     return ax1, ax2
 
 
-def _meet_vjp_soa(ang, a, levels):
-    """:func:`meet_vjp` with ``ang`` ``(u*u, *B)`` and ``a`` ``(2u, 2u, *B)``."""
+def _soa_leaf_levels(ang, a, levels):
+    """The last one or two levels of :func:`_meet_vjp_soa` (``levels <= 1``)."""
     if levels == 0:
         return a[1, 0][None]
-    if levels == 1:
-        # closed form for a 4x4 meeting block, storage [a0, a1, b0, b1]: Y_1 = (a0, b1) and
-        # Y_2 = (a1, b0) act last and read A[3, 0], A[2, 1]; X_1 = (a0, b0), X_2 = (a1, b1) read
-        # (Y^T A Y)[2, 0] and [3, 1], each a sum of four entries of A.
-        c1, s1 = np.cos(ang[2]), np.sin(ang[2])
-        c2, s2 = np.cos(ang[3]), np.sin(ang[3])
-        d = np.empty((4,) + a.shape[2:], dtype=a.dtype)
-        d[0] = c2 * (a[2, 0] * c1 + a[2, 3] * s1) - s2 * (a[1, 0] * c1 + a[1, 3] * s1)
-        d[1] = c1 * (a[3, 1] * c2 + a[3, 2] * s2) - s1 * (a[0, 1] * c2 + a[0, 2] * s2)
-        d[2] = a[3, 0]
-        d[3] = a[2, 1]
-        return d
-    h = 2 ** (levels - 1)
-    q = 4 ** (levels - 1)
-    rest = ang.shape[1:]
-    ang4 = ang.reshape((q, 4) + rest)  # the top digit is the fastest
-    yb = _build_soa(ang4[:, 2:], levels - 1)  # (2h, 2h, 2, *B)
-    yb = [yb[:, :, 0], _fix_y2(yb[:, :, 1], h, (0, 1))]
-    a4 = a.reshape((4, h, 4, h) + rest)
-    ayy = a4[_YORDER][:, :, _YORDER].reshape((4 * h, 4 * h) + rest)
-    ax1, ax2 = _vjp_level(ayy, yb, h, soa=True)
-    ay2 = ayy[2 * h:, 2 * h:]
-    if h > 1:
-        _, inv = _y2_perm(h)
-        ay2 = ay2[inv][:, inv]
-    children = np.stack([ax1, ax2, ayy[: 2 * h, : 2 * h], ay2], axis=2)  # (2h, 2h, 4, *B)
-    d = _meet_vjp_soa(ang4, children, levels - 1)
-    return d.reshape(ang.shape)
+    # closed form for a 4x4 meeting block, storage [a0, a1, b0, b1]: Y_1 = (a0, b1) and
+    # Y_2 = (a1, b0) act last and read A[3, 0], A[2, 1]; X_1 = (a0, b0), X_2 = (a1, b1) read
+    # (Y^T A Y)[2, 0] and [3, 1], each a sum of four entries of A.
+    c1, s1 = np.cos(ang[2]), np.sin(ang[2])
+    c2, s2 = np.cos(ang[3]), np.sin(ang[3])
+    d = np.empty((4,) + a.shape[2:], dtype=a.dtype)
+    d[0] = c2 * (a[2, 0] * c1 + a[2, 3] * s1) - s2 * (a[1, 0] * c1 + a[1, 3] * s1)
+    d[1] = c1 * (a[3, 1] * c2 + a[3, 2] * s2) - s1 * (a[0, 1] * c2 + a[0, 2] * s2)
+    d[2] = a[3, 0]
+    d[3] = a[2, 1]
+    return d
+
+
+def _meet_vjp_soa(ang, a, levels):
+    """:func:`meet_vjp` with ``ang`` ``(u*u, *B)`` and ``a`` ``(2u, 2u, *B)`` (one level per pass of
+    the loop, so each level's temporaries are freed before the next)."""
+    shape = ang.shape
+    while levels > 1:
+        h = 2 ** (levels - 1)
+        q = 4 ** (levels - 1)
+        rest = ang.shape[1:]
+        ang = ang.reshape((q, 4) + rest)  # the top digit is the fastest
+        yb = _build_soa(ang[:, 2:], levels - 1)  # (2h, 2h, 2, *B)
+        yb = [yb[:, :, 0], _fix_y2(yb[:, :, 1], h, (0, 1))]
+        a4 = a.reshape((4, h, 4, h) + rest)
+        ayy = a4[_YORDER][:, :, _YORDER].reshape((4 * h, 4 * h) + rest)
+        del a4
+        ax1, ax2 = _vjp_level(ayy, yb, h, soa=True)
+        ay2 = ayy[2 * h:, 2 * h:]
+        if h > 1:
+            _, inv = _y2_perm(h)
+            ay2 = ay2[inv][:, inv]
+        a = np.stack([ax1, ax2, ayy[: 2 * h, : 2 * h], ay2], axis=2)  # (2h, 2h, 4, *B)
+        del ayy, ax1, ax2, ay2, yb
+        levels -= 1
+    return _soa_leaf_levels(ang, a, levels).reshape(shape)
 
 
 def meet_vjp(ang, a, levels, keep=None):
     r"""Leaf-angle cotangents ``(..., u*u, R)`` (layout of :func:`build_meet`) of meeting blocks, given
     ``A = W - W^T`` ``(..., R, 2u, 2u)`` (storage order) at their outputs.  ``Y``'s children read
     ``A`` on their coordinates; ``X``'s read ``Y^T A Y``; a leaf (one pair ``(a_0, b_0)``) reads
-    ``A[1, 0]``.  ``keep``: the ``Y`` children saved by :func:`build_meet` (else rebuilt)."""
-    if levels <= _SOA_LEVELS:
-        d = _meet_vjp_soa(np.moveaxis(ang, -2, 0), np.moveaxis(a, (-2, -1), (0, 1)), levels)
-        return np.moveaxis(d, 0, -2)
-    h = 2 ** (levels - 1)
-    q = 4 ** (levels - 1)
+    ``A[1, 0]``.  ``keep``: the ``Y`` children saved by :func:`build_meet` (else rebuilt).  One level
+    per pass of the loop (the children of all blocks become the next pass's blocks), so a level's
+    temporaries are freed before the next."""
+    shape = ang.shape
     lead = ang.shape[:-2]
-    R = ang.shape[-1]
-    ang4 = ang.reshape(lead + (q, 4, R))  # the top digit is the fastest
-    if keep is not None and (levels - 1) in keep:
-        yb = keep.pop(levels - 1)
-        yb = yb.reshape(yb.shape[:-5] + (2, R) + yb.shape[-2:])
-    else:
-        yb = build_meet(ang4[..., 2:, :].reshape(lead + (q, 2 * R)), levels - 1)
-        yb = yb.reshape(lead + (2, R) + yb.shape[-2:])
-    yb = np.stack([yb[..., 0, :, :, :], _fix_y2(yb[..., 1, :, :, :], h, (-2, -1))], axis=-3)
-    batch = a.shape[:-2]
-    a4 = a.reshape(batch + (4, h, 4, h))
-    ayy = np.take(np.take(a4, _YORDER, axis=-4), _YORDER, axis=-2).reshape(batch + (4 * h, 4 * h))
-    ax1, ax2 = _vjp_level(ayy, yb, h, soa=False)
-    _, inv = _y2_perm(h)
-    ay2 = np.take(np.take(ayy[..., 2 * h:, 2 * h:], inv, axis=-2), inv, axis=-1)
-    children = np.stack([ax1, ax2, ayy[..., : 2 * h, : 2 * h], ay2], axis=-4)  # (..., 4, R, 2h, 2h)
-    d = meet_vjp(ang4.reshape(lead + (q, 4 * R)), children.reshape(lead + (4 * R, 2 * h, 2 * h)), levels - 1, keep)
-    return d.reshape(ang.shape)
+    while levels > _SOA_LEVELS:
+        h = 2 ** (levels - 1)
+        q = 4 ** (levels - 1)
+        R = ang.shape[-1]
+        ang4 = ang.reshape(lead + (q, 4, R))  # the top digit is the fastest
+        if keep is not None and (levels - 1) in keep:
+            yb = keep.pop(levels - 1)
+            yb = yb.reshape(yb.shape[:-5] + (2, R) + yb.shape[-2:])
+        else:
+            yb = build_meet(ang4[..., 2:, :].reshape(lead + (q, 2 * R)), levels - 1)
+            yb = yb.reshape(lead + (2, R) + yb.shape[-2:])
+        yb = np.stack([yb[..., 0, :, :, :], _fix_y2(yb[..., 1, :, :, :], h, (-2, -1))], axis=-3)
+        batch = a.shape[:-2]
+        a4 = a.reshape(batch + (4, h, 4, h))
+        ayy = np.take(np.take(a4, _YORDER, axis=-4), _YORDER, axis=-2).reshape(batch + (4 * h, 4 * h))
+        del a4
+        ax1, ax2 = _vjp_level(ayy, yb, h, soa=False)
+        _, inv = _y2_perm(h)
+        ay2 = np.take(np.take(ayy[..., 2 * h:, 2 * h:], inv, axis=-2), inv, axis=-1)
+        a = np.stack([ax1, ax2, ayy[..., : 2 * h, : 2 * h], ay2], axis=-4)  # (..., 4, R, 2h, 2h)
+        a = a.reshape(lead + (4 * R, 2 * h, 2 * h))
+        del ayy, ax1, ax2, ay2, yb
+        ang = ang4.reshape(lead + (q, 4 * R))
+        levels -= 1
+    d = _meet_vjp_soa(np.moveaxis(ang, -2, 0), np.moveaxis(a, (-2, -1), (0, 1)), levels)
+    return np.moveaxis(d, 0, -2).reshape(shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -662,6 +676,7 @@ def _angle_cotangent(a_list, theta, pl, keep=None):
     if pl.num_meet:
         slots = pl.meet_slots
         am = np.stack(a_list[k:], axis=-4)
+        a_list.clear()
         am = am.reshape(am.shape[:-4] + (-1,) + am.shape[-2:])
         d[..., slots] = _meet_vjp_par(ext[..., slots], am, pl.levels, keep or None)
     return d[..., : pl.A]
@@ -818,8 +833,12 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
         z = np.matmul(np.swapaxes(blk, -1, -2), a.reshape(a.shape[:-2] + (nb, b, N)))
         z = z.reshape(a.shape)
         zc = np.swapaxes(z.reshape(a.shape[:-1] + (nb, b)), -3, -2)  # (..., nb, N, b)
+        del a
         r = np.matmul(zc, blk)  # (..., nb, N, b)
-        a = np.swapaxes(r, -3, -2).reshape(a.shape)
+        del z, zc
+        a = np.swapaxes(r, -3, -2).reshape(r.shape[:-3] + (N, N))
+        del r
+    del a, blocks, uu
     return _angle_cotangent(a_list, theta, pl, keep)
 
 
