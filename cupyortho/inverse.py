@@ -43,6 +43,8 @@ reliably for small n; the number of folds along the path grows quickly with n, a
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
@@ -343,7 +345,7 @@ def _newton(prob, th, atol, iters=10):
     return th, err
 
 
-def _continuation(prob, th0, atol, max_steps):
+def _continuation(prob, th0, atol, max_steps, deadline=None):
     """Pseudo-arclength continuation of F(th, t) = rho(U(th)^T E(t) E_m) = 0 from (th0, 0) to t = 1.
 
     One LU factorisation per step: at a point y of the curve, K = [[dF(y)], [tau_prev^T]] gives the
@@ -373,6 +375,8 @@ def _continuation(prob, th0, atol, max_steps):
     h = 0.1
     K = None
     for _ in range(max_steps):
+        if deadline is not None and time.monotonic() > deadline:
+            return None
         if K is None:
             _, U = F(y)
             lt = prob.rho(prob.inner(U, (path(y[-1]) @ L)[:, :m]))
@@ -465,7 +469,7 @@ def _starts(prob, restarts):
         yield np.random.default_rng(k).normal(0.0, np.pi / np.sqrt(3 * prob.n), prob.size)
 
 
-def _solve(prob, atol, method, restarts, sweeps, max_steps):
+def _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit=None):
     """Round-major angles reproducing prob.target to max-abs atol (deterministic).
 
     Dense: iterative deepening, every starting point is tried with a step budget of
@@ -476,6 +480,7 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps):
         method = "dense" if prob.size <= DENSE_LIMIT else "matrix-free"
     if method not in ("dense", "matrix-free"):
         raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free', got {method!r}")
+    deadline = None if time_limit is None else time.monotonic() + float(time_limit)
     starts = []
     for th in _starts(prob, restarts):
         for _ in range(sweeps):
@@ -490,11 +495,13 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps):
                     th2, err2 = _newton(prob, th, atol)
                     if err2 <= atol:
                         return th2
-                sol = _continuation(prob, th, atol, budget)
+                sol = _continuation(prob, th, atol, budget, deadline)
                 if sol is not None:
                     return sol
     else:
         for th in starts:
+            if deadline is not None and time.monotonic() > deadline:
+                break
             th, err = _lm_matrix_free(prob, th, atol, iters=60)
             if err <= atol:
                 return th
@@ -503,7 +510,8 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps):
         f"the inverse map did not reach max-abs error {atol:g} for n = {prob.n}, m = {prob.m} "
         f"({prob.sched.kind} schedule, method {method!r}) from {restarts + 1} starting points"
         + (f"; best error {best:.3g}" if np.isfinite(best) else "")
-        + ". Raise restarts= or max_steps=, or see docs/init.md for the sizes this solver reaches."
+        + (f" within time_limit = {time_limit:g} s" if deadline is not None and time.monotonic() > deadline else "")
+        + ". Raise restarts=, max_steps= or time_limit=, or see docs/init.md for the sizes this solver reaches."
     )
 
 
@@ -551,7 +559,7 @@ def _finish(theta, dtype, was_cupy):
 
 
 def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto", restarts=8, sweeps=0,
-                       max_steps=4000):
+                       max_steps=4000, time_limit=None):
     r"""Angles :math:`\theta` with ``matrix(theta, schedule=schedule) == U`` (the inverse map of SO(n)).
 
     The map :math:`\theta \mapsto U(\theta) = B_{R-1}\cdots B_0` is onto SO(n) but not one-to-one; this
@@ -576,6 +584,9 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto",
         restarts (int): extra starting points tried after ``theta = 0``.
         sweeps (int): coordinate-ascent sweeps before the local solve.
         max_steps (int): continuation step budget per starting point.
+        time_limit (float | None): seconds per matrix after which ``InverseMapError`` is raised
+            (None: no limit).  Haar targets beyond the reach in ``docs/init.md`` can otherwise run
+            for hours; the angles returned (when it succeeds) do not depend on it.
 
     Returns:
         ndarray ``(..., n(n-1)/2)`` in the upper-triangle layout, U's dtype (float64 for integer
@@ -606,13 +617,13 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto",
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
-        th = _solve(prob, atol, method, restarts, sweeps, max_steps)
+        th = _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit)
         out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
 
 def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto", restarts=8, sweeps=0,
-                      max_steps=4000):
+                      max_steps=4000, time_limit=None):
     r"""Angles :math:`\theta` with ``frame(theta, n, m, schedule=schedule) == Q`` (Stiefel inverse map).
 
     The frame is the first ``m`` columns of the rotation built from the ``num_angles(n, m)`` pairs
@@ -622,7 +633,8 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
     Args:
         Q (array_like): ``(n, m)`` or ``(..., n, m)`` with orthonormal columns within ``tol``.
         m (int): number of columns, ``1 <= m <= n`` (must equal ``Q.shape[-1]``).
-        schedule, tol, atol, method, restarts, sweeps, max_steps: as in :func:`angles_from_matrix`.
+        schedule, tol, atol, method, restarts, sweeps, max_steps, time_limit: as in
+            :func:`angles_from_matrix`.
 
     Returns:
         ndarray ``(..., n*m - m(m+1)/2)``, Q's dtype, NumPy or CuPy like Q.
@@ -641,19 +653,20 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
     _check_orthonormal("Q", A, tol)
     if m == n:
         return angles_from_matrix(Q, schedule=schedule, tol=tol, atol=atol, method=method,
-                                  restarts=restarts, sweeps=sweeps, max_steps=max_steps)
+                                  restarts=restarts, sweeps=sweeps, max_steps=max_steps, time_limit=time_limit)
     sched = _sched.get_schedule(schedule, n, m)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
-        th = _solve(prob, atol, method, restarts, sweeps, max_steps)
+        th = _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit)
         out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
 
-def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, max_steps=4000):
+def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, max_steps=4000,
+                        time_limit=None):
     r"""Parameters ``p`` with ``cupyortho.unitary.unitary(p, schedule=schedule) == U`` (U(n) inverse map).
 
     Same solver as :func:`angles_from_matrix` (dense pseudo-arclength continuation from ``p = 0``,
@@ -666,7 +679,7 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
     Args:
         U (array_like): ``(n, n)`` or ``(..., n, n)`` complex (or real) unitary within ``tol``
             (max-abs of :math:`U^HU - I`).
-        schedule, tol, atol, restarts, max_steps: as in :func:`angles_from_matrix`.
+        schedule, tol, atol, restarts, max_steps, time_limit: as in :func:`angles_from_matrix`.
 
     Returns:
         float ndarray ``(..., n*n)`` laid out ``[theta (A), phi (A), delta (n)]``, float32 for complex64
@@ -695,6 +708,6 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
     out = np.empty((flat.shape[0], n * n))
     for b in range(flat.shape[0]):
         prob = _UnitaryProblem(sched, _reorthonormalize(flat[b]))
-        p = _solve(prob, atol, "dense", restarts, 0, max_steps)
+        p = _solve(prob, atol, "dense", restarts, 0, max_steps, time_limit)
         out[b] = np.angle(np.exp(1j * p))
     return _finish(out.reshape(batch + (n * n,)), dtype, was_cupy)

@@ -346,3 +346,8 @@ def test_torch_assign_checkpoint_and_continue(kind, tmp_path):
     # the reloaded weight can be reassigned (right_inverse again) and is reproduced
     lin2.weight = lin.weight.detach().clone()
     assert (lin2.weight - lin.weight).abs().max().item() <= 1e-10
+
+
+def test_time_limit_raises():
+    with pytest.raises(InverseMapError, match="time_limit"):
+        angles_from_matrix(haar(14, 0), schedule="circle", time_limit=0.01)
