@@ -1,7 +1,8 @@
 r"""The inverse map: Givens angles whose matrix (or frame) equals a given rotation (or Stiefel frame).
 
-Design rule: everything here runs on the host in float64 with NumPy/SciPy, one matrix at a time (a
-batch is a loop); CuPy inputs are copied to the host and the angles copied back.  The solver is
+Design rule: everything here runs on the host in float64 with NumPy/SciPy (SciPy imported inside
+the solver functions, so importing this module costs NumPy only), one matrix at a time (a batch is
+a loop); CuPy inputs are copied to the host and the angles copied back.  The solver is
 deterministic: its starting points are fixed (``theta = 0``, then points drawn from
 ``numpy.random.default_rng(k)`` for restart ``k``), so the same input always gives the same angles.
 
@@ -46,8 +47,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse.linalg
 
 from . import schedule as _sched
 from ._api import _is_cupy, _check_m
@@ -206,6 +205,8 @@ def _skew_log(X):
     """Real skew-symmetric L with expm(L) = X for X in SO(n), from the real Schur form (which is
     block diagonal for a normal matrix): 2x2 blocks [[c,-s],[s,c]] give angle atan2(s, c); the
     eigenvalues -1 (an even number of 1x1 blocks) are paired into angle-pi rotations."""
+    import scipy.linalg
+
     T, Z = scipy.linalg.schur(X, output="real")
     n = X.shape[0]
     Lt = np.zeros((n, n))
@@ -263,6 +264,8 @@ class _UPath:
     form of the normal matrix U0^H T (diagonal: eigenvalues e^{i phi_k})."""
 
     def __init__(self, U0, T):
+        import scipy.linalg
+
         D, Z = scipy.linalg.schur(U0.conj().T @ T, output="complex")
         self.phi = np.angle(np.diagonal(D))
         self.Z = Z
@@ -359,6 +362,8 @@ def _continuation(prob, th0, atol, max_steps, deadline=None):
     Returns angles with frame error <= atol, or None when the step budget
     runs out or the step length underflows.
     """
+    import scipy.linalg
+
     m = prob.m
     U0 = prob.matrix(th0)
     path = prob.path(U0)
@@ -433,6 +438,8 @@ def _continuation(prob, th0, atol, max_steps, deadline=None):
 def _lm_matrix_free(prob, th, atol, iters):
     """Levenberg-Marquardt with LSQR (damped least squares) on the left-trivialised Jacobian applied
     matrix-free, continued past atol while the error halves; returns (th, err)."""
+    import scipy.sparse.linalg
+
     r, err, _ = prob.residual(th)
     lam = 1e-3
     A = th.size
