@@ -450,7 +450,8 @@ def _lm_matrix_free(prob, th, atol, iters):
             (r.size, A), matvec=lambda d, th=th: prob.jvp_left(th, d),
             rmatvec=lambda w, th=th: prob.vjp_left(th, w), dtype=np.float64,
         )
-        d = scipy.sparse.linalg.lsqr(op, r, damp=np.sqrt(lam), atol=1e-12, btol=1e-12, iter_lim=300)[0]
+        tol = max(1e-12, min(1e-2, err))  # inexact Gauss-Newton: solve only as well as needed
+        d = scipy.sparse.linalg.lsqr(op, r, damp=np.sqrt(lam), atol=tol, btol=tol, iter_lim=300)[0]
         th2 = th + d
         r2, err2, _ = prob.residual(th2)
         if np.sum(prob.weights * r2**2) < np.sum(prob.weights * r**2):
