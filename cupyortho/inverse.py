@@ -19,27 +19,30 @@ size grows with n).  So the map is inverted numerically.
 
 Algorithm (``docs/init.md``), for a target ``Q*`` (``n x m``; ``m = n`` for SO(n)):
 
-1. *Global phase: exact round-wise coordinate ascent.*  :math:`\langle Q^*, U(\theta) E_m\rangle =
-   \mathrm{tr}(B_r M_r)` with :math:`M_r = R_r E_m Q^{*T} L_r`, :math:`R_r = B_{r-1}\cdots B_0`,
-   :math:`L_r = B_{R-1}\cdots B_{r+1}`; the rotations of one round are disjoint, so each angle of
-   round ``r`` is maximised in closed form, :math:`\theta_{ij} = \mathrm{atan2}(M_{ij}-M_{ji},
-   M_{ii}+M_{jj})`, and :math:`M_{r+1} = B_r M_r B_{r+1}^T` costs two rotation sweeps.  One sweep
-   over all rounds costs about one VJP; the fit improves monotonically.
-2. *Local phase: pseudo-arclength continuation* (dense, small n) from the sweep result
-   :math:`\theta_0` along the geodesic :math:`E(t) = U_0 \exp(tL)` from :math:`U_0 = U(\theta_0)`
-   to (a completion of) the target, solving
-   :math:`F(\theta, t) = \rho\big(U(\theta)^T E(t) E_m\big) = 0` (``rho`` takes the entries below the
-   diagonal in the first ``m`` columns, skew-symmetrised in the top ``m x m`` block).  The Jacobian
-   is the left-trivialised one, column ``p`` (pair ``(i,j)`` of round ``r``) is
-   :math:`R_r^T K_{ij} R_r = r_j r_i^T - r_i r_j^T` (rows of :math:`R_r`).  The solution curve
-   meets folds (the Jacobian is singular there) where a plain homotopy in ``t`` stalls; arclength
-   continuation goes around them.  Newton polishes the end point to ``atol``.
-   Large n (``method="matrix-free"``): Levenberg-Marquardt with LSQR on the same Jacobian applied
-   matrix-free by rotation sweeps (:func:`_jvp_left`, :func:`_vjp_left`), O(n^3) per product.
-3. Restarts from fixed seeds when a start fails.
+1. *Pseudo-arclength continuation* (dense; the default up to ``DENSE_LIMIT`` angles) from a start
+   :math:`\theta_0` (first ``theta = 0``: the path starts at the identity) along the geodesic
+   :math:`E(t) = U_0 \exp(tL)` from :math:`U_0 = U(\theta_0)` to (a completion of) the target,
+   solving :math:`F(\theta, t) = \rho\big(U(\theta)^T E(t) E_m\big) = 0` (``rho`` takes the entries
+   below the diagonal in the first ``m`` columns, skew-symmetrised in the top ``m x m`` block).  The
+   Jacobian is the left-trivialised one, column ``p`` (pair ``(i,j)`` of round ``r``) is
+   :math:`R_r^T K_{ij} R_r = r_j r_i^T - r_i r_j^T` (rows of :math:`R_r = B_{r-1}\cdots B_0`).  The
+   solution curve meets folds (the Jacobian is singular there) where a plain homotopy in ``t``
+   stalls; arclength continuation goes around them.  Newton polishes the end point.
+2. Restarts from fixed seeds, with iterative deepening of the step budget.
+3. Optional global phase (``sweeps=``): exact round-wise coordinate ascent.
+   :math:`\langle Q^*, U(\theta) E_m\rangle = \mathrm{tr}(B_r M_r)` with
+   :math:`M_r = R_r E_m Q^{*T} L_r`, :math:`L_r = B_{R-1}\cdots B_{r+1}`; the rotations of one round
+   are disjoint, so each angle of round ``r`` is maximised in closed form,
+   :math:`\theta_{ij} = \mathrm{atan2}(M_{ij}-M_{ji}, M_{ii}+M_{jj})`, and
+   :math:`M_{r+1} = B_r M_r B_{r+1}^T` costs two rotation sweeps (a sweep costs about one VJP and
+   never lowers the fit).  It stalls near singular points, so it is off by default.
+4. Large n (``method="matrix-free"``): Levenberg-Marquardt with inexact LSQR solves on the same
+   Jacobian applied by rotation sweeps (:meth:`_Problem.jvp_left`, :meth:`_Problem.vjp_left`),
+   O(n^3) per product.  Converges for targets near the start, not for Haar targets.
 
-Reach (measured, ``bench/inverse_bench.py``, ``docs/init.md``): Haar-random targets are solved
-reliably for small n; the number of folds along the path grows quickly with n, and so does the cost.
+Reach (measured, ``bench/inverse_bench.py``, ``docs/init.md``): Haar-random targets are solved up to
+n ~ 12 (16 for the team schedule) in seconds to a minute; the number of folds along the path, and
+the cost, grow quickly with n.  Targets near the start are solved matrix-free up to n = 256.
 """
 
 from __future__ import annotations
