@@ -87,7 +87,9 @@ def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **sol
     r"""Angles whose matrix ``matrix(theta, schedule=schedule)`` is Haar-distributed on SO(n).
 
     Draws :func:`haar_matrix` and inverts it with :func:`~cupyortho.inverse.angles_from_matrix`
-    (``solver`` keywords are passed on).  Deterministic for a given ``rng`` seed.
+    (``solver`` keywords are passed on, e.g. ``time_limit=``).  Deterministic for a given ``rng``
+    seed.  Practical for small n only (Haar targets are inverted up to n ~ 12-16, see
+    ``docs/init.md``); for large n use :func:`identity_angles` or :func:`small_random_angles`.
 
     Args:
         n (int): size.  schedule: ``"circle"``, ``"team"``, a Schedule or None (default schedule).
