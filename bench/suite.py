@@ -19,9 +19,9 @@ Sections (each table is measured in one run, so the ratios survive a noisy machi
 * ``apply``: ``Y = U X``, forward+backward, n = 2048, k in {1, 32, 256}, float32; cupyortho with
   ``method="auto"`` (and the other strategy), torch and geotorch materialize-then-matmul.
 * ``memory``: peak memory of one materialize forward+backward at n = 2048 (float32), each method in
-  a fresh subprocess with no earlier call: the growth of the process's peak resident set
-  (``ru_maxrss``) over its value once the inputs (and cupyortho's cached index tables) exist, and
-  for cupyortho also NumPy's traced peak (``tracemalloc``; it sees every NumPy allocation).
+  a fresh subprocess with no earlier call: the kernel's peak resident set (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` once the inputs and cupyortho's cached index tables exist) minus the
+  resident set at that point, and for cupyortho also NumPy's traced peak (``tracemalloc``).
 
 Writes ``results.csv``, ``materialize.png`` (log-log, time vs n, one line per method),
 ``results.md`` (the tables) under ``--out``; prints the tables too.  Timings: the minimum over
@@ -184,8 +184,22 @@ def apply_rows(n, ks, dtype, rng):
 # --------------------------------------------------------------------------- memory
 
 _MEM_CHILD = r"""
-import json, resource, sys, tracemalloc
+import json, sys, tracemalloc
 import numpy as np
+
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # MiB
+
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as fh:  # "5": reset the peak RSS (VmHWM) to the current RSS
+        fh.write("5")
+    return status("VmRSS")
+
+
 sys.path.insert(0, {root!r})
 method, n = {method!r}, {n}
 rng = np.random.default_rng(0)
@@ -197,7 +211,7 @@ if method.startswith("cupyortho"):
     theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(np.float32)
     sched = co.get_schedule("team", n)
     blocked.plan(sched, blocked.granularity(sched))  # index tables (cached, reused by every call)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_peak()
     tracemalloc.start()
     u = co.matrix(theta, schedule="team")
     d = co.matrix_vjp(theta, g, schedule="team")
@@ -210,10 +224,10 @@ else:
     from suite import torch_param
     lin = torch_param(n, method, "float32")
     gt = torch.from_numpy(g)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_peak()
     w = lin.weight
     w.backward(gt)
-out["rss_growth_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+out["rss_growth_mib"] = status("VmHWM") - base
 print(json.dumps(out))
 """
 
@@ -287,9 +301,9 @@ def markdown(rows, header):
     if mem:
         n = mem[0]["n"]
         lines += [f"### Peak memory, materialize forward+backward, n = {n}, float32", "",
-                  f"One n x n float32 matrix is {mem[0]['matrix_mib']:.0f} MiB.  Growth of the process's peak RSS "
-                  "over its value after the inputs were made (fresh subprocess each); cupyortho also NumPy's "
-                  "traced peak.", "",
+                  f"One n x n float32 matrix is {mem[0]['matrix_mib']:.0f} MiB.  Peak RSS of one call (fresh "
+                  "subprocess each, peak counter reset once the inputs exist) minus the RSS at that point; "
+                  "cupyortho also NumPy's traced peak.", "",
                   "| method | peak RSS growth (MiB) | in n x n matrices | NumPy traced peak (MiB) |",
                   "|---|---|---|---|"]
         for r in mem:
