@@ -88,7 +88,7 @@ def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **sol
 
     Draws :func:`haar_matrix` and inverts it with :func:`~cupyortho.inverse.angles_from_matrix`
     (``solver`` keywords are passed on, e.g. ``time_limit=``).  Deterministic for a given ``rng``
-    seed.  Practical for small n only (Haar targets are inverted up to n ~ 12-16, see
+    seed.  Practical for small n only (Haar targets are inverted up to n ~ 16, see
     ``docs/init.md``); for large n use :func:`identity_angles` or :func:`small_random_angles`.
 
     Args:

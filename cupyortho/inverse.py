@@ -41,7 +41,7 @@ Algorithm (``docs/init.md``), for a target ``Q*`` (``n x m``; ``m = n`` for SO(n
    O(n^3) per product.  Converges for targets near the start, not for Haar targets.
 
 Reach (measured, ``bench/inverse_bench.py``, ``docs/init.md``): Haar-random targets are solved up to
-n ~ 12 (16 for the team schedule) in seconds to a minute; the number of folds along the path, and
+n = 16 in seconds (n = 20 sometimes, in minutes); the number of folds along the path, and
 the cost, grow quickly with n.  Targets near the start are solved matrix-free up to n = 256.
 """
 
