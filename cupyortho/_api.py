@@ -35,6 +35,7 @@ from .errors import (
     BackendMismatchError,
     BackendUnavailableError,
     DtypeError,
+    MethodError,
     NonFiniteError,
     ShapeError,
     SizeError,
@@ -206,7 +207,7 @@ def _method(method, theta, x2):
     in ``O(nk)`` memory.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise MethodError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
     n, k = x2.shape[-2], x2.shape[-1]
@@ -306,7 +307,7 @@ def _eye_frame(backend, sched, dtype):
 
 # --------------------------------------------------------------------------- VJPs
 
-def matrix_vjp(theta, cotangent, *, n=None, schedule=None, check_finite=True):
+def matrix_vjp(theta, cotangent, *, n=None, schedule=None, output=None, check_finite=True):
     r"""Gradient with respect to theta of a loss of ``U = matrix(theta)``, given ``cotangent = dL/dU``.
 
     Uses the reduction-free formula: :math:`W = \bar G U^T`, then per round (last first) the angle of
@@ -314,16 +315,21 @@ def matrix_vjp(theta, cotangent, *, n=None, schedule=None, check_finite=True):
 
     Args:
         theta: ``(..., A)``.  cotangent: ``(..., n, n)``, the shape of the output.
+        output: optionally ``U = matrix(theta)`` from the forward pass, to skip recomputing it (it is
+            trusted: a different matrix gives a wrong gradient).
     Returns:
         ndarray shaped like theta.
     """
-    backend = _backend_for(theta=theta, cotangent=cotangent)
+    backend = _backend_for(theta=theta, cotangent=cotangent, output=output)
     theta = _as_array("theta", theta, backend, check_finite)
     cotangent = _as_array("cotangent", cotangent, backend, check_finite)
+    output = _as_array("output", output, backend, check_finite, allow_none=True)
     sched = _resolve(theta, n, schedule)
     _check_same_shape("cotangent", cotangent, theta.shape[:-1] + (sched.n, sched.n), "matrix(theta)")
-    dtype = _common_dtype(theta, cotangent)
-    return backend.matrix_vjp(_cast(theta, dtype), _cast(cotangent, dtype), sched)
+    if output is not None:
+        _check_same_shape("output", output, theta.shape[:-1] + (sched.n, sched.n), "matrix(theta)")
+    dtype = _common_dtype(theta, cotangent, output)
+    return backend.matrix_vjp(_cast(theta, dtype), _cast(cotangent, dtype), sched, _cast(output, dtype))
 
 
 def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=None, check_finite=True,

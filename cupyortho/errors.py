@@ -15,6 +15,7 @@ __all__ = [
     "DtypeError",
     "NonFiniteError",
     "ScheduleError",
+    "MethodError",
     "BackendMismatchError",
     "BackendUnavailableError",
     "NotOrthogonalError",
@@ -47,6 +48,10 @@ class NonFiniteError(CupyorthoError, ValueError):
 
 class ScheduleError(CupyorthoError, ValueError):
     """An unknown schedule name, or a schedule built for another n."""
+
+
+class MethodError(CupyorthoError, ValueError):
+    """An unknown ``method`` (strategy) argument."""
 
 
 class BackendMismatchError(CupyorthoError, TypeError):

@@ -190,16 +190,19 @@ def _(theta, n, kind, team_size):
 
 @torch.library.custom_op(f"{_LIB}::matrix_vjp", mutates_args=())
 def _matrix_vjp_op(
-    theta: torch.Tensor, cotangent: torch.Tensor, n: int, kind: Optional[str], team_size: Optional[int]
+    theta: torch.Tensor, cotangent: torch.Tensor, u: torch.Tensor, n: int, kind: Optional[str],
+    team_size: Optional[int],
 ) -> torch.Tensor:
+    # ``u`` is the forward output U(theta), saved by autograd, so the backward does not rebuild it.
     sched = _schedule(kind, team_size, n)
     return _call(
-        lambda t, g: _co.matrix_vjp(t, g, n=n, schedule=sched, check_finite=False), theta, cotangent
+        lambda t, g, uu: _co.matrix_vjp(t, g, n=n, schedule=sched, output=uu, check_finite=False),
+        theta, cotangent, u,
     )
 
 
 @_matrix_vjp_op.register_fake
-def _(theta, cotangent, n, kind, team_size):
+def _(theta, cotangent, u, n, kind, team_size):
     return torch.empty_like(theta)
 
 
@@ -278,13 +281,13 @@ def _(theta, x, y, cotangent, transpose, kind, team_size):
 
 def _matrix_setup(ctx, inputs, output):
     theta, n, kind, team_size = inputs
-    ctx.save_for_backward(theta)
+    ctx.save_for_backward(theta, output)
     ctx.args = (n, kind, team_size)
 
 
 def _matrix_backward(ctx, grad):
-    (theta,) = ctx.saved_tensors
-    return _matrix_vjp_op(theta, grad, *ctx.args), None, None, None
+    theta, u = ctx.saved_tensors
+    return _matrix_vjp_op(theta, grad, u, *ctx.args), None, None, None
 
 
 _matrix_op.register_autograd(_matrix_backward, setup_context=_matrix_setup)
@@ -484,7 +487,7 @@ def _vmap_rule(op, core_ndims, n_tensors, outputs_like=None):
 _vmap_rule(_matrix_op, (1,), 1)
 _vmap_rule(_frame_op, (1,), 1)
 _vmap_rule(_apply_op, (1, 2), 2)
-_vmap_rule(_matrix_vjp_op, (1, 2), 2, outputs_like=(0,))
+_vmap_rule(_matrix_vjp_op, (1, 2, 2), 3, outputs_like=(0,))
 _vmap_rule(_frame_vjp_op, (1, 2), 2, outputs_like=(0,))
 _vmap_rule(_apply_vjp_op, (1, 2, 2, 2), 4, outputs_like=(0, 1))
 _vmap_rule(_unitary_op, (1,), 1)

@@ -34,6 +34,7 @@ CALLS = {
     "matrix_vjp": lambda d, s: co.matrix_vjp(d["theta"], d["gu"], schedule=s),
     "apply_vjp": lambda d, s: co.apply_vjp(d["theta"], d["x"], d["gy"], schedule=s),
     "apply_vjp_out": lambda d, s: co.apply_vjp(d["theta"], d["x"], d["gy"], schedule=s, output=d["gy"] * 0.5),
+    "matrix_vjp_out": lambda d, s: co.matrix_vjp(d["theta"], d["gu"], schedule=s, output=d["gu"] * 0.5),
     "frame_vjp": lambda d, s: co.frame_vjp(d["tf"], d["gq"], N, 2, schedule=s),
     "matrix_jvp": lambda d, s: co.matrix_jvp(d["theta"], d["theta"] * 0.3, schedule=s),
     "apply_jvp": lambda d, s: co.apply_jvp(d["theta"], d["x"], d["theta"] * 0.3, d["x"] * 2, schedule=s),
@@ -148,3 +149,16 @@ def test_import_is_light():
     code = ("import sys, cupyortho; heavy = [m for m in ('scipy', 'torch', 'jax', 'cupy') if m in sys.modules]; "
             "print(heavy); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_method_and_output_arguments(rng):
+    from cupyortho.errors import MethodError
+    theta = rng.normal(size=A)
+    _raises(MethodError, ["method", "'fast'", "auto"], lambda: co.apply(theta, np.zeros(N), method="fast"))
+    g = rng.normal(size=(N, N))
+    u = co.matrix(theta)
+    for kind in ("circle", "team"):
+        uk = co.matrix(theta, schedule=kind)
+        np.testing.assert_allclose(co.matrix_vjp(theta, g, schedule=kind, output=uk),
+                                   co.matrix_vjp(theta, g, schedule=kind), atol=1e-13)
+    _raises(ShapeError, ["output", "(5, 5)", "(5, 4)"], lambda: co.matrix_vjp(theta, g, output=u[:, :4]))

@@ -139,7 +139,7 @@ def _opcheck_cases(rng):
     return [
         (ct._matrix_op, (th, n, None, None)),
         (ct._matrix_op, (th, n, "team", 2)),
-        (ct._matrix_vjp_op, (thd, _t(rng.normal(size=(2, n, n))), n, None, None)),
+        (ct._matrix_vjp_op, (thd, _t(rng.normal(size=(2, n, n))), ct.matrix(thd).detach(), n, None, None)),
         (ct._frame_op, (tf, n, m, "circle", None)),
         (ct._frame_vjp_op, (tfd, _t(rng.normal(size=(n, m))), n, m, None, None)),
         (ct._apply_op, (th, x, False, None, None)),

@@ -130,14 +130,15 @@ def rounds_apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None
     return d_theta, d_x
 
 
-def rounds_matrix_vjp(theta, cotangent, schedule):
+def rounds_matrix_vjp(theta, cotangent, schedule, output=None):
     r"""``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU``, by the reduction-free formula.
 
     :math:`W_{R-1} = \bar G U^T`, :math:`W_{r-1} = B_r^T W_r B_r`, and the angle of pair ``(i, j)`` in
     round ``r`` gets :math:`W_r[j, i] - W_r[i, j]`: one GEMM, then two-sided rotation sweeps; every
-    gradient is a single difference of two entries, with no sums over columns.
+    gradient is a single difference of two entries, with no sums over columns.  ``output`` may pass
+    ``U`` to skip recomputing it.
     """
-    u = rounds_matrix(theta, schedule)
+    u = rounds_matrix(theta, schedule) if output is None else output
     batch = np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2])
     w = np.matmul(cotangent, np.swapaxes(u, -1, -2))
     w = _work(w, batch, u.dtype)
@@ -222,7 +223,7 @@ def matrix_vjp(theta, cotangent, schedule, output=None):
     """``d_theta`` of ``matrix`` (see :func:`rounds_matrix_vjp`); ``output`` may pass ``U``."""
     if _blocked(schedule):
         return blocked.matrix_vjp(theta, cotangent, schedule, output)
-    return rounds_matrix_vjp(theta, cotangent, schedule)
+    return rounds_matrix_vjp(theta, cotangent, schedule, output)
 
 
 def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
