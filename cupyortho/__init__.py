@@ -4,8 +4,8 @@ The ``n(n-1)/2`` plane rotations of SO(n) are scheduled as rounds of commuting r
 round-robin tournament), so :math:`U(\theta)` is built in O(n) parallel steps and differentiated
 exactly (VJPs and JVPs) without storing intermediates.  See ``docs/conventions.md``.
 
-Importing cupyortho imports NumPy only; CuPy, PyTorch and JAX are used when their arrays are passed
-in (or their adapter modules are imported).
+Importing cupyortho imports NumPy only; SciPy, CuPy, PyTorch and JAX are imported when needed (CuPy
+when its arrays are passed in; PyTorch and JAX by their adapters ``cupyortho.torch``/``cupyortho.jax``).
 """
 
 from ._version import __version__
@@ -30,16 +30,38 @@ from ._api import (
     apply_jvp,
     available_backends,
 )
+from ._unitary import (
+    num_unitary_params,
+    unitary,
+    unitary_apply,
+    unitary_vjp,
+    unitary_apply_vjp,
+    unitary_jvp,
+    unitary_apply_jvp,
+)
+from .inverse import angles_from_matrix, angles_from_frame, params_from_unitary
+from .init import (
+    identity_angles,
+    small_random_angles,
+    haar_matrix,
+    haar_angles,
+    haar_frame_angles,
+    identity_unitary_params,
+    haar_unitary_matrix,
+    haar_unitary_params,
+)
 
 __all__ = [
     "__version__",
     "errors",
+    # schedules
     "Schedule",
     "circle_schedule",
     "team_schedule",
     "get_schedule",
     "num_angles",
     "pair_index",
+    # SO(n) and St(n, m)
     "matrix",
     "frame",
     "apply",
@@ -50,4 +72,24 @@ __all__ = [
     "frame_jvp",
     "apply_jvp",
     "available_backends",
+    # U(n) and SU(n)
+    "num_unitary_params",
+    "unitary",
+    "unitary_apply",
+    "unitary_vjp",
+    "unitary_apply_vjp",
+    "unitary_jvp",
+    "unitary_apply_jvp",
+    # inverse map and initialization
+    "angles_from_matrix",
+    "angles_from_frame",
+    "params_from_unitary",
+    "identity_angles",
+    "small_random_angles",
+    "haar_matrix",
+    "haar_angles",
+    "haar_frame_angles",
+    "identity_unitary_params",
+    "haar_unitary_matrix",
+    "haar_unitary_params",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "BackendMismatchError",
     "BackendUnavailableError",
     "NotOrthogonalError",
+    "InverseMapError",
 ]
 
 
@@ -64,3 +65,7 @@ class BackendUnavailableError(CupyorthoError, ImportError):
 
 class NotOrthogonalError(CupyorthoError, ValueError):
     """A matrix given as orthogonal/unitary is not, within the stated tolerance."""
+
+
+class InverseMapError(CupyorthoError, RuntimeError):
+    """The inverse map did not reach the requested accuracy from any of its starting points."""

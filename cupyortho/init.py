@@ -130,7 +130,7 @@ def haar_unitary_matrix(n, *, shape=(), rng=None):
 
 
 def haar_unitary_params(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
-    r"""Parameters whose ``cupyortho.unitary.unitary(p, schedule=schedule)`` is Haar on U(n): draws
+    r"""Parameters whose ``cupyortho.unitary(p, schedule=schedule)`` is Haar on U(n): draws
     :func:`haar_unitary_matrix` and inverts it with :func:`~cupyortho.inverse.params_from_unitary`
     (small n).  Returns ``(*shape, n*n)`` in the layout ``[theta, phi, delta]``."""
     U = haar_unitary_matrix(n, shape=shape, rng=rng)

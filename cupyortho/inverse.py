@@ -54,7 +54,9 @@ import numpy as np
 from . import schedule as _sched
 from ._api import _is_cupy, _check_m
 from .backends import numpy_backend as _nb
-from .errors import CupyorthoError, DtypeError, NonFiniteError, NotOrthogonalError, ShapeError, SizeError
+from .errors import (
+    CupyorthoError, DtypeError, InverseMapError, NonFiniteError, NotOrthogonalError, ShapeError, SizeError,
+)
 
 __all__ = [
     "angles_from_matrix",
@@ -68,8 +70,6 @@ DENSE_LIMIT = 2100
 """Largest number of angles solved with dense Jacobians (n = 65 for SO(n)); above it, matrix-free."""
 
 
-class InverseMapError(CupyorthoError, RuntimeError):
-    """The inverse map did not reach the requested accuracy from any of its starting points."""
 
 
 # --------------------------------------------------------------------------- rotation sweeps
@@ -286,7 +286,7 @@ class _UnitaryProblem:
     The Jacobian is built from n^2 batched unitary JVPs (dense, small n)."""
 
     def __init__(self, sched, target):
-        from . import unitary as _unitary
+        from . import _unitary
 
         self._unitary = _unitary
         self.sched = sched
@@ -682,7 +682,7 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
 
 def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, max_steps=8000,
                         time_limit=None):
-    r"""Parameters ``p`` with ``cupyortho.unitary.unitary(p, schedule=schedule) == U`` (U(n) inverse map).
+    r"""Parameters ``p`` with ``cupyortho.unitary(p, schedule=schedule) == U`` (U(n) inverse map).
 
     Same solver as :func:`angles_from_matrix` (dense pseudo-arclength continuation from ``p = 0``,
     i.e. from the identity, then fixed restarts), on the unitary parametrization

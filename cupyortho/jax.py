@@ -24,7 +24,7 @@ derivatives are first order only: the backward rule is itself a callback.
 NaN and infinity propagate (cupyortho is called with ``check_finite=False``).  Dtypes: float32 and
 float64 (float64 needs ``jax_enable_x64``); ``apply`` promotes theta and x to a common dtype.
 
-:func:`unitary` and :func:`unitary_apply` wire :mod:`cupyortho.unitary` the same way; JAX's
+:func:`unitary` and :func:`unitary_apply` wire :mod:`cupyortho._unitary` the same way; JAX's
 cotangent of a complex output is the conjugate of cupyortho's (torch's) convention, so complex
 cotangents are conjugated on the way in and complex ``d_x`` on the way out.
 
@@ -46,7 +46,7 @@ import numpy as np
 
 import cupyortho as _co
 from . import schedule as _sched
-from . import unitary as _umod
+from . import _unitary as _umod
 from .errors import AngleCountError, DtypeError, ShapeError, SizeError
 
 __all__ = ["matrix", "frame", "apply", "unitary", "unitary_apply"]
@@ -220,7 +220,7 @@ def _apply_bwd(sched, transpose, res, g):
 _apply.defvjp(_apply_fwd, _apply_bwd)
 
 
-# Unitary.  cupyortho.unitary takes and returns cotangents of complex arrays as dL/dRe + i dL/dIm
+# Unitary.  cupyortho.unitary_vjp takes and returns cotangents of complex arrays as dL/dRe + i dL/dIm
 # (torch's convention); JAX's are the complex conjugate, so complex cotangents are conjugated on
 # the way in and the complex d_x on the way out.
 
@@ -383,7 +383,7 @@ def apply(theta, x, *, transpose=False, schedule=None):
 
 
 def unitary(params, *, n=None, special=False, schedule=None):
-    r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary.unitary`).
+    r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary`).
 
     Args:
         params: real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n), ``special=True``),
@@ -409,7 +409,7 @@ def unitary(params, *, n=None, special=False, schedule=None):
 
 
 def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None):
-    r"""``U(params) @ x`` (or ``U^H @ x``) without forming U (see :func:`cupyortho.unitary.unitary_apply`).
+    r"""``U(params) @ x`` (or ``U^H @ x``) without forming U (see :func:`cupyortho.unitary_apply`).
 
     ``x`` is real or complex, ``(n,)`` or ``(..., n, k)``; the result is complex.
     """

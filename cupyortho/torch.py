@@ -52,7 +52,7 @@ from torch import nn
 
 import cupyortho as _co
 from . import schedule as _sched
-from . import unitary as _unitary
+from . import _unitary
 from .errors import (
     AngleCountError,
     BackendMismatchError,
@@ -346,7 +346,7 @@ _once_differentiable(_apply_vjp_op, "apply")
 # --------------------------------------------------------------------------- unitary ops
 # Parameters are real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n)); outputs complex.
 # torch's cotangent of a complex output of a real loss is dL/dRe + i dL/dIm, the convention of
-# cupyortho.unitary's VJPs, so they are wired unchanged.
+# cupyortho.unitary_vjp and unitary_apply_vjp, so they are wired unchanged.
 
 def _complex_of(dtype):
     return torch.complex64 if dtype == torch.float32 else torch.complex128
@@ -613,7 +613,7 @@ def _n_from_unitary_count(count: int, special: bool) -> int:
 
 
 def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = False, schedule=None) -> torch.Tensor:
-    r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary.unitary`).
+    r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary`).
 
     Args:
         params (Tensor): real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n), ``special=True``),
@@ -638,7 +638,7 @@ def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = Fa
 
 def unitary_apply(params: torch.Tensor, x: torch.Tensor, *, special: bool = False, adjoint: bool = False,
                   schedule=None) -> torch.Tensor:
-    r"""``U(params) @ x`` (or ``U^H @ x``) without forming U (see :func:`cupyortho.unitary.unitary_apply`).
+    r"""``U(params) @ x`` (or ``U^H @ x``) without forming U (see :func:`cupyortho.unitary_apply`).
 
     ``x`` is real or complex, ``(n,)`` or ``(..., n, k)``; the result is complex, of the precision of
     params and x together.

@@ -119,7 +119,7 @@ def test_haar_unitary():
     from scipy.stats import unitary_group
 
     from cupyortho.init import haar_unitary_matrix, haar_unitary_params, identity_unitary_params
-    from cupyortho.unitary import unitary
+    from cupyortho._unitary import unitary
 
     n, N = 4, 400
     ref = unitary_group.rvs(n, size=2000, random_state=1)

@@ -163,7 +163,7 @@ def test_buffer_callback_path_on_cpu(rng, x64):
 
 
 def test_unitary_functions(rng, x64):
-    import cupyortho.unitary as cu
+    import cupyortho._unitary as cu
 
     n = 4
     p = jnp.asarray(rng.normal(size=(2, n * n)))

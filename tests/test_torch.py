@@ -207,7 +207,7 @@ def test_vmap_forward_and_backward(rng):
 
 
 def test_unitary_ops(rng):
-    import cupyortho.unitary as cu
+    import cupyortho._unitary as cu
     from torch.func import vmap
 
     n = 4

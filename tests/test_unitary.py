@@ -20,7 +20,7 @@ from cupyortho.backends import numpy_backend as _nb
 from cupyortho.errors import (
     AngleCountError, DtypeError, NonFiniteError, ScheduleError, ShapeError, SizeError,
 )
-from cupyortho.unitary import (
+from cupyortho._unitary import (
     num_unitary_params, unitary, unitary_apply, unitary_apply_jvp, unitary_apply_vjp, unitary_jvp,
     unitary_vjp,
 )

@@ -1,7 +1,7 @@
 r"""NumPy reference backend for U(n): complex Givens rotations on the same round-robin schedules.
 
 Design rule: as :mod:`cupyortho.backends.numpy_backend`, one function per public operation, each
-taking arrays that :mod:`cupyortho.unitary` has already validated and cast, and a resolved
+taking arrays that :mod:`cupyortho._unitary` has already validated and cast, and a resolved
 :class:`~cupyortho.schedule.Schedule`.  Every round is one vectorized step over its disjoint pairs;
 the only Python loop is over rounds.  Nothing the caller passed is written to.  Backends see only the
 full U(n) layout (``n*n`` parameters); the SU(n) reduction is done by the public layer.
