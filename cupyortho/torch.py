@@ -46,6 +46,8 @@ Dtypes: float32 and float64; ``apply`` promotes theta and x to a common dtype.
 import math
 from typing import List, Optional, Tuple
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -762,10 +764,16 @@ class OrthogonalParametrization(nn.Module):
         rows (int), cols (int, optional; default rows): shape of the parametrized matrix.
         schedule (str | Schedule | None): as in :func:`cupyortho.matrix`.
         init (str | None): None (invert the current weight at registration) or ``"identity"``.
+        inverse_time_limit (float | None): seconds one inverse map may take before
+            :class:`cupyortho.errors.InverseMapError` is raised (default 120; None for no limit).
+            Haar-like weights are inverted in seconds up to n of about 16 and may take far longer
+            beyond (``docs/init.md``): prefer ``init="identity"`` for large layers.
     """
 
-    def __init__(self, rows: int, cols: Optional[int] = None, *, schedule=None, init: Optional[str] = None):
+    def __init__(self, rows: int, cols: Optional[int] = None, *, schedule=None, init: Optional[str] = None,
+                 inverse_time_limit: Optional[float] = 120.0):
         super().__init__()
+        self.inverse_time_limit = inverse_time_limit
         if init not in (None, "identity"):
             raise ValueError(f"init must be None or 'identity', got {init!r}")
         self._pending_init = init
@@ -817,11 +825,18 @@ class OrthogonalParametrization(nn.Module):
         if self.m is None:
             neg = torch.linalg.det(q) < 0
             if bool(neg.any()):
+                warnings.warn(
+                    "right_inverse: the assigned matrix has determinant -1, outside SO(n); the sign of its "
+                    "last column is flipped so the parametrized weight is W @ diag(1, ..., 1, -1)",
+                    stacklevel=2,
+                )
                 q = q.clone()
                 q[..., -1] = torch.where(neg[..., None], -q[..., -1], q[..., -1])
-            angles = inverse.angles_from_matrix(_to_numpy(q), schedule=self.schedule)
+            angles = inverse.angles_from_matrix(_to_numpy(q), schedule=self.schedule,
+                                                time_limit=self.inverse_time_limit)
         else:
-            angles = inverse.angles_from_frame(_to_numpy(q), self.m, schedule=self.schedule)
+            angles = inverse.angles_from_frame(_to_numpy(q), self.m, schedule=self.schedule,
+                                               time_limit=self.inverse_time_limit)
         return torch.as_tensor(np.asarray(angles), dtype=w.dtype, device=w.device)
 
 

@@ -491,3 +491,31 @@ def test_cuda_on_side_stream(rng):  # pragma: no cover - needs a GPU
         u = ct.matrix(theta * 1.0)
     torch.cuda.current_stream().wait_stream(s)
     torch.testing.assert_close(u, ref)
+
+
+def test_parametrization_reflection_warns_and_flips_last_column():
+    from scipy.stats import special_ortho_group
+    from torch.nn.utils import parametrize
+
+    n = 4
+    q = special_ortho_group.rvs(n, random_state=3)
+    w = q.copy()
+    w[:, -1] *= -1  # det = -1
+    layer = torch.nn.Linear(n, n, bias=False).double()
+    parametrize.register_parametrization(layer, "weight", ct.OrthogonalParametrization(n, init="identity"))
+    with pytest.warns(UserWarning, match="determinant -1"):
+        layer.weight = torch.as_tensor(w)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), q, atol=1e-10)
+
+
+def test_parametrization_inverse_time_limit():
+    from cupyortho.errors import InverseMapError
+    from scipy.stats import special_ortho_group
+    from torch.nn.utils import parametrize
+
+    n = 12
+    layer = torch.nn.Linear(n, n, bias=False).double()
+    p = ct.OrthogonalParametrization(n, init="identity", inverse_time_limit=1e-3)
+    parametrize.register_parametrization(layer, "weight", p)
+    with pytest.raises(InverseMapError, match="time_limit"):
+        layer.weight = torch.as_tensor(special_ortho_group.rvs(n, random_state=0))
