@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from .backends._common import sum_to as _sum_to
 from . import schedule as _sched
 from .backends import numpy_backend as _numpy_backend
 from .errors import (
@@ -216,18 +217,6 @@ def _method(method, theta, x2):
     return "materialize" if k * per_u >= n else "rounds"
 
 
-def _sum_to_shape(xp, a, shape):
-    """Sum a broadcast result back to ``shape`` (reverse of broadcasting)."""
-    shape = tuple(shape)
-    if tuple(a.shape) == shape:
-        return a
-    lead = a.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
-    )
-    return xp.sum(a, axis=axes).reshape(shape)
-
-
 def _t(xp, a):
     return xp.swapaxes(a, -1, -2)
 
@@ -369,9 +358,9 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
         theta_c, x_c, g_c = _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype)
         u = backend.matrix(theta_c, sched)
         g_u = xp.matmul(x_c, _t(xp, g_c)) if transpose else xp.matmul(g_c, _t(xp, x_c))
-        g_u = _sum_to_shape(xp, g_u, theta.shape[:-1] + g_u.shape[-2:])
+        g_u = _sum_to(g_u, theta.shape[:-1] + g_u.shape[-2:])
         d_theta = backend.matrix_vjp(theta_c, g_u, sched, output=u)
-        d_x = _sum_to_shape(xp, xp.matmul(u if transpose else _t(xp, u), g_c), x2.shape)
+        d_x = _sum_to(xp.matmul(u if transpose else _t(xp, u), g_c), x2.shape)
     else:
         d_theta, d_x = backend.apply_vjp(
             _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype), sched,

@@ -55,7 +55,7 @@ from . import schedule as _sched
 from ._api import _is_cupy, _check_m
 from .backends import numpy_backend as _nb
 from .errors import (
-    CupyorthoError, DtypeError, InverseMapError, NonFiniteError, NotOrthogonalError, ShapeError, SizeError,
+    DtypeError, InverseMapError, NonFiniteError, NotOrthogonalError, ShapeError, SizeError,
 )
 
 __all__ = [

@@ -44,7 +44,7 @@ Dtypes: float32 and float64; ``apply`` promotes theta and x to a common dtype.
 """
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import warnings
 

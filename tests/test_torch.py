@@ -278,7 +278,6 @@ def test_orthogonal_layer_is_linear_with_orthogonal_weight(rng, rows):
     torch.testing.assert_close(w.mT @ w, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-13)
     assert torch.linalg.det(w).item() == pytest.approx(1.0, abs=1e-12)
     # gradients agree between the two forward paths
-    grads = []
     for path_rows in (rows, 3 * n):
         layer.theta.grad = None
         xx = x.repeat(path_rows // rows + 1, 1)[:path_rows] if path_rows != rows else x

@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ._common import sum_to as _sum_to
 from .. import schedule as _sched
 
 __all__ = [
@@ -871,13 +872,3 @@ def matrix_jvp(theta, theta_tangent, schedule, u=None):
     return apply_jvp(theta, eye, theta_tangent, None, schedule, u=u or granularity(schedule))
 
 
-def _sum_to(a, shape):
-    """Sum a broadcast result back to ``shape`` (reverse of broadcasting)."""
-    shape = tuple(shape)
-    if a.shape == shape:
-        return a
-    lead = a.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
-    )
-    return a.sum(axis=axes).reshape(shape)

@@ -48,6 +48,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ._common import sum_to as _sum_to
 from .. import schedule as _sched
 from . import _launch
 from ._device import get_device
@@ -291,18 +292,6 @@ def _cos_sin(dev, theta, batch, index):
     return cs, step * 2 * A
 
 
-def _sum_to(xp, a, shape):
-    """Sum a broadcast result back to ``shape`` (the reverse of broadcasting)."""
-    shape = tuple(shape)
-    if tuple(a.shape) == shape:
-        return a
-    lead = a.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
-    )
-    return a.sum(axis=axes).reshape(shape)
-
-
 def _tile_width(dev, n, k, B, buffers, itemsize, A=None, path=None):
     """Columns per thread block of a fused sweep, or None for the per-round path.
 
@@ -414,8 +403,8 @@ def _impl_apply_vjp(dev, theta, x, cotangent, schedule, transpose=False, output=
             _launch.apply_vjp_round(dev, y, g, d_round, cs, rd.pair_i, rd.pair_j, int(off[r]),
                                     int(off[r + 1] - off[r]), cs_bstride, undo, dsign)
         d[:, rd.angle_index] = d_round
-    d_theta = _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
-    d_x = _sum_to(xp, g.reshape(batch + (n, k)), x.shape)
+    d_theta = _sum_to(d.reshape(batch + (A,)), theta.shape)
+    d_x = _sum_to(g.reshape(batch + (n, k)), x.shape)
     return d_theta, d_x
 
 
@@ -540,7 +529,7 @@ def _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule, output=None, block
             w = xp.ascontiguousarray(xp.swapaxes(w, -1, -2))  # (P^T M)^T = M^T P
             w = xp.matmul(blk_t, w.reshape(B, NB, L, N)).reshape(B, N, N)  # P^T M^T P
             transposed = not transposed
-    return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
+    return _sum_to(d.reshape(batch + (A,)), theta.shape)
 
 
 def _use_dense(schedule, x, path):
@@ -580,7 +569,7 @@ def _impl_apply_vjp_dense(dev, theta, x, cotangent, schedule, transpose):
         d_theta = _impl_matrix_vjp_blocked(dev, theta, u_bar, schedule, u, blocked)
     else:  # x or the cotangent carry batch axes theta does not
         d_theta = _impl_matrix_vjp_blocked(dev, theta, u_bar, schedule)
-    return d_theta, _sum_to(xp, d_x, x.shape)
+    return d_theta, _sum_to(d_x, x.shape)
 
 
 # --------------------------------------------------------------------------- materialized
@@ -636,7 +625,7 @@ def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None, output=None):
                                      int(off[r + 1] - off[r]), cs_bstride)
     d = xp.empty((B, A), dtype=theta.dtype)
     d[:, rd.angle_index] = d_round
-    return _sum_to(xp, d.reshape(batch + (A,)), theta.shape)
+    return _sum_to(d.reshape(batch + (A,)), theta.shape)
 
 
 def _impl_matrix_jvp(dev, theta, theta_tangent, schedule, path=None):

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from . import cupy_backend as _cb
+from ._common import sum_to as _sum_to
 from ._kernels import DTYPES
 
 __all__ = [
@@ -161,7 +162,7 @@ def _coefficients(dev, params, batch, schedule, cdtype):
     """coef (Bc, A, 4) round-major (cos theta, sin theta, cos phi, sin phi), its batch stride, and the
     diagonal e^{i delta} as (Bc, n, 1) complex (Bc = 1 when one parameter set serves the batch)."""
     xp = dev.xp
-    n, A = schedule.n, schedule.num_angles
+    A = schedule.num_angles
     p, step = _cb._angles_per_batch(xp, params, batch)
     idx = _cb._rounds_data(dev, schedule).angle_index
     theta = p[:, :A][:, idx]
@@ -240,8 +241,8 @@ def _impl_unitary_apply_vjp(dev, params, x, cotangent, schedule, adjoint=False, 
         else:
             launch_apply_vjp_round(dev, yr, gr, d_round, coef, rd.pair_i, rd.pair_j, q0, P, A, cb, sign)
     d_full = xp.concatenate([_from_round_order(xp, d_round, rd, A), d_delta], axis=-1)
-    d_params = _cb._sum_to(xp, d_full.reshape(batch + (n * n,)), params.shape)
-    d_x = _cb._sum_to(xp, g.reshape(batch + x.shape[-2:]), x.shape)
+    d_params = _sum_to(d_full.reshape(batch + (n * n,)), params.shape)
+    d_x = _sum_to(g.reshape(batch + x.shape[-2:]), x.shape)
     return d_params, d_x
 
 
@@ -269,13 +270,13 @@ def _impl_unitary_vjp(dev, params, cotangent, schedule):
         launch_matrix_vjp_round(dev, wr, d_round, coef, sl.slot_i, sl.slot_j, sl.slot_q, int(off[r]),
                                 int(off[r + 1] - off[r]), A, cb)
     d_full = xp.concatenate([_from_round_order(xp, d_round, rd, A), d_delta], axis=-1)
-    return _cb._sum_to(xp, d_full.reshape(batch + (n * n,)), params.shape)
+    return _sum_to(d_full.reshape(batch + (n * n,)), params.shape)
 
 
 def _impl_unitary_apply_jvp(dev, params, x, params_tangent, x_tangent, schedule, adjoint=False):
     """Tangent of ``y = unitary_apply(params, x)`` along ``(params_tangent, x_tangent)``."""
     xp = dev.xp
-    n, A = schedule.n, schedule.num_angles
+    A = schedule.num_angles
     shapes = [params.shape[:-1], x.shape[:-2], params_tangent.shape[:-1]]
     if x_tangent is not None:
         shapes.append(x_tangent.shape[:-2])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._common import sum_to as _sum_to
 from . import blocked
 
 __all__ = [
@@ -69,17 +70,6 @@ def _rounds(schedule, transpose):
 def _work(x, batch, dtype):
     """A private, writable copy of x broadcast to ``batch + x.shape[-2:]``."""
     return np.array(np.broadcast_to(x, batch + x.shape[-2:]), dtype=dtype, copy=True, order="C")
-
-
-def _sum_to(a, shape):
-    """Sum a broadcast result back to ``shape`` (reverse of broadcasting)."""
-    if a.shape == shape:
-        return a
-    lead = a.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
-    )
-    return a.sum(axis=axes).reshape(shape)
 
 
 def rounds_apply(theta, x, schedule, transpose=False):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numpy_backend import _sum_to
+from ._common import sum_to as _sum_to
 
 __all__ = [
     "unitary",

@@ -1,0 +1,16 @@
+"""Helpers shared by every backend (array-library agnostic: only ndarray methods are used)."""
+
+from __future__ import annotations
+
+
+def sum_to(a, shape):
+    """Sum a broadcast result back to ``shape``: the reverse of broadcasting (the VJP of
+    ``broadcast_to``).  Works for NumPy and CuPy arrays alike."""
+    shape = tuple(shape)
+    if tuple(a.shape) == shape:
+        return a
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
+    )
+    return a.sum(axis=axes).reshape(shape)
