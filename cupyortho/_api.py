@@ -63,14 +63,20 @@ def _is_cupy(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def _backend_for(**arrays):
-    """The backend module for the given (name -> array) arguments; None values are ignored."""
+def _array_library(**arrays) -> str:
+    """``"cupy"`` or ``"numpy"``: the one library all given (name -> array) arguments live in; None
+    values are ignored.  Mixing libraries raises :class:`BackendMismatchError`."""
     kinds = {name: ("cupy" if _is_cupy(a) else "numpy") for name, a in arrays.items() if a is not None}
     found = set(kinds.values())
     if len(found) > 1:
         desc = ", ".join(f"{k} is a {v} array" for k, v in kinds.items())
         raise BackendMismatchError(f"all array arguments must live in the same library; got {desc}")
-    if found == {"cupy"}:
+    return found.pop() if found else "numpy"
+
+
+def _backend_for(**arrays):
+    """The SO(n) backend module for the given (name -> array) arguments."""
+    if _array_library(**arrays) == "cupy":
         try:
             from .backends import cupy_backend
         except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed

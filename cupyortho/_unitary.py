@@ -52,11 +52,10 @@ import math
 import numpy as np
 
 from . import schedule as _sched
-from ._api import _batch_shape, _check_same_shape, _is_cupy, _x_as_matrix
+from ._api import _array_library, _batch_shape, _check_same_shape, _x_as_matrix
 from .backends import numpy_unitary as _numpy_unitary
 from .errors import (
     AngleCountError,
-    BackendMismatchError,
     BackendUnavailableError,
     DtypeError,
     NonFiniteError,
@@ -91,12 +90,8 @@ def num_unitary_params(n: int, special: bool = False) -> int:
 # --------------------------------------------------------------------------- dispatch and checks
 
 def _backend_for(**arrays):
-    kinds = {name: ("cupy" if _is_cupy(a) else "numpy") for name, a in arrays.items() if a is not None}
-    found = set(kinds.values())
-    if len(found) > 1:
-        desc = ", ".join(f"{k} is a {v} array" for k, v in kinds.items())
-        raise BackendMismatchError(f"all array arguments must live in the same library; got {desc}")
-    if found == {"cupy"}:
+    """The U(n) backend module for the given (name -> array) arguments."""
+    if _array_library(**arrays) == "cupy":
         try:
             from .backends import cupy_unitary
         except ImportError as exc:
