@@ -31,6 +31,7 @@ import numpy as np
 from .backends._common import sum_to as _sum_to
 from . import schedule as _sched
 from .backends import numpy_backend as _numpy_backend
+from ._strategy import apply_method as _method
 from .errors import (
     AngleCountError,
     BackendMismatchError,
@@ -199,28 +200,6 @@ def matrix(theta, *, n=None, schedule=None, check_finite=True):
     theta = _as_array("theta", theta, backend, check_finite)
     sched = _resolve(theta, n, schedule)
     return backend.matrix(theta, sched)
-
-
-METHODS = ("auto", "materialize", "rounds")
-
-
-def _method(method, theta, x2):
-    """Resolve the ``method`` argument of apply/apply_vjp/apply_jvp to "materialize" or "rounds".
-
-    "auto" materializes when the columns sharing one ``U`` are at least ``n``:
-    ``k * (number of x matrices per theta matrix) >= n``; forming ``U`` then costs about as much as
-    one sweep over the columns, and everything after it is a GEMM.  Otherwise "rounds": the rounds
-    (or, for team schedules on the NumPy backend, the block stages) are applied to ``x`` directly,
-    in ``O(nk)`` memory.
-    """
-    if method not in METHODS:
-        raise MethodError(f"method must be one of {METHODS}, got {method!r}")
-    if method != "auto":
-        return method
-    n, k = x2.shape[-2], x2.shape[-1]
-    out_batch = _batch_shape(theta.shape[:-1], x2.shape[:-2])
-    per_u = math.prod(out_batch) // max(1, math.prod(theta.shape[:-1]))
-    return "materialize" if k * per_u >= n else "rounds"
 
 
 def _t(xp, a):

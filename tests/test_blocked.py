@@ -23,6 +23,7 @@ import cupyortho as co
 from cupyortho import schedule as S
 from cupyortho.backends import blocked as bl
 from cupyortho.backends import numpy_backend as nb
+from cupyortho import _strategy
 
 
 def _sizes():
@@ -429,13 +430,12 @@ def test_method_materialize_equals_rounds(kind, transpose, rng):
 
 
 def test_method_auto_rule_and_errors(rng):
-    from cupyortho import _api
     n = 8
     th = np.zeros(co.num_angles(n))
-    assert _api._method("auto", th, np.zeros((n, 7))) == "rounds"
-    assert _api._method("auto", th, np.zeros((n, 8))) == "materialize"
-    assert _api._method("auto", th, np.zeros((2, n, 4))) == "materialize"  # 2 matrices share one U
-    assert _api._method("auto", np.zeros((2, th.size)), np.zeros((2, n, 4))) == "rounds"
-    assert _api._method("rounds", th, np.zeros((n, 100))) == "rounds"
+    assert _strategy.apply_method("auto", th, np.zeros((n, 7))) == "rounds"
+    assert _strategy.apply_method("auto", th, np.zeros((n, 8))) == "materialize"
+    assert _strategy.apply_method("auto", th, np.zeros((2, n, 4))) == "materialize"  # 2 matrices share one U
+    assert _strategy.apply_method("auto", np.zeros((2, th.size)), np.zeros((2, n, 4))) == "rounds"
+    assert _strategy.apply_method("rounds", th, np.zeros((n, 100))) == "rounds"
     with pytest.raises(ValueError, match="method must be one of"):
         co.apply(th, np.zeros(n), method="dense")
