@@ -79,7 +79,7 @@ def _backend_for(**arrays):
     """The SO(n) backend module for the given (name -> array) arguments."""
     if _array_library(**arrays) == "cupy":
         try:
-            from .backends import cupy_backend
+            from .backends import cupy as cupy_backend
         except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed
             raise BackendUnavailableError(f"the CuPy backend cannot be loaded: {exc}") from exc
         return cupy_backend

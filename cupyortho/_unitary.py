@@ -93,7 +93,7 @@ def _backend_for(**arrays):
     """The U(n) backend module for the given (name -> array) arguments."""
     if _array_library(**arrays) == "cupy":
         try:
-            from .backends import cupy_unitary
+            from .backends import cupy as cupy_unitary
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the unitary functions have no usable CuPy backend here: {exc}; pass NumPy arrays"

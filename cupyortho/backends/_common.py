@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def sum_to(a, shape):
     """Sum a broadcast result back to ``shape``: the reverse of broadcasting (the VJP of
@@ -14,3 +16,8 @@ def sum_to(a, shape):
         lead + d for d, size in enumerate(shape) if size == 1 and a.shape[lead + d] != 1
     )
     return a.sum(axis=axes).reshape(shape)
+
+
+def complex_dtype(real_dtype):
+    """The complex dtype of the same precision: complex64 for float32, complex128 for float64."""
+    return np.result_type(np.dtype(real_dtype), np.complex64)

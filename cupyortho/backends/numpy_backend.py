@@ -36,7 +36,6 @@ __all__ = [
     "rounds_apply_jvp",
 ]
 
-name = "numpy"
 xp = np
 
 

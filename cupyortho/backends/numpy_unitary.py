@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import sum_to as _sum_to
+from ._common import complex_dtype, sum_to as _sum_to
 
 __all__ = [
     "unitary",
@@ -42,18 +42,12 @@ __all__ = [
     "unitary_apply_jvp",
 ]
 
-name = "numpy"
 xp = np
 
 
 def all_finite(a) -> bool:
     """True when every entry of ``a`` is finite."""
     return bool(np.isfinite(a).all())
-
-
-def complex_dtype(real_dtype):
-    """complex64 for float32, complex128 for float64."""
-    return np.result_type(np.dtype(real_dtype), np.complex64)
 
 
 # --------------------------------------------------------------------------- coefficients

@@ -1,17 +1,20 @@
-"""One launcher per kernel: grid, block and shared memory are chosen here, nowhere else.
+"""One launcher per kernel, SO(n) and U(n): grid, block and shared memory are chosen here, nowhere else.
 
-Design rule: every launcher takes the device object ``dev`` first (see :mod:`._device`), C-contiguous
+Design rule: every launcher takes the device object ``dev`` first (see :mod:`.device`), C-contiguous
 ``dev.xp`` arrays and Python ints, converts the scalars to the exact C types of the kernel's
 parameters (``np.int32`` for ``int``, ``np.int64`` for ``long long``, the array's float type for
-``T``) and launches on the current stream.  The algorithms in :mod:`.cupy_backend` call these and
-nothing lower.  The CPU harness in ``tests/cudasim`` runs the same launchers with its own ``dev``.
+``T``) and launches on the current stream.  The algorithms in :mod:`.so` and :mod:`.un` call
+these and nothing lower.  The CPU harness in ``tests/cudasim`` runs the same launchers with its own
+``dev``.  U(n) launchers take complex operands as their real views (``(B, n, 2k)``), so every kernel
+is templated on the real type.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import name_expression
+from ...errors import DtypeError, ShapeError
+from .kernels import name_expression
 
 __all__ = [
     "THREADS",
@@ -27,10 +30,16 @@ __all__ = [
     "matrix_vjp_fused",
     "build_blocks",
     "block_vjp",
+    "unitary_apply_round",
+    "unitary_apply_vjp_round",
+    "unitary_apply_jvp_round",
+    "unitary_matrix_vjp_round",
 ]
 
 #: Threads per block of the element-wise (one item per thread) kernels.
 THREADS = 256
+#: Threads per block of the per-round backward kernels (one thread sums the columns of one pair).
+VJP_THREADS = 128
 #: Largest block of the fused kernels (one block owns a column tile for all rounds).
 FUSED_THREADS = 1024
 #: Threads per block of the block kernels (one block per L x L block).
@@ -54,9 +63,9 @@ def _flat_grid(total: int, threads: int = THREADS):
 def _check(name, a, dtype=None):
     # Kernels ignore strides: every array must be C-contiguous (and of the kernel's type).
     if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: kernel argument must be C-contiguous")
+        raise ShapeError(f"kernel argument {name} must be C-contiguous, got strides {a.strides}")
     if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name}: kernel argument must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+        raise DtypeError(f"kernel argument {name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
 
 
 def cos_sin(dev, theta, angle_index, out):
@@ -96,7 +105,7 @@ def apply_vjp_round(dev, y, g, d, cs, pair_i, pair_j, q0, P, cs_bstride, sign, d
     total = B * P
     if total == 0:
         return
-    grid, block = _flat_grid(total, 128)
+    grid, block = _flat_grid(total, VJP_THREADS)
     f = dev.get_function(name_expression("apply_vjp_round", y.dtype))
     f(grid, block, (y, g, d, cs, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k), _i32(A),
                     _i64(cs_bstride), _scalar(y.dtype, sign), _scalar(y.dtype, dsign), _i64(total)))
@@ -248,3 +257,62 @@ def block_vjp(dev, w, d, cs, block_angle, local_i, local_j, stage, cs_bstride):
     f = dev.get_function(name_expression("block_vjp", w.dtype))
     f((B * NB,), (BLOCK_THREADS,),
       (w, d, cs, block_angle, local_i, local_j, _i32(t), _i32(stage), _i32(NB), _i32(A), _i64(cs_bstride)))
+
+
+# --------------------------------------------------------------------------- U(n) (kernels/unitary.cu)
+
+def unitary_apply_round(dev, yr, coef, pair_i, pair_j, q0, P, coef_bstride, sign):
+    """One round on yr (B, n, 2k) (the real view of a complex (B, n, k)), in place."""
+    B, n, k2 = yr.shape
+    k = k2 // 2
+    total = B * P * k
+    if total == 0:
+        return
+    _check("y", yr, coef.dtype)
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("unitary_apply_round", yr.dtype))
+    f(grid, block, (yr, coef, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k), _i64(coef_bstride),
+                    _scalar(yr.dtype, sign), _i64(total)))
+
+
+def unitary_apply_vjp_round(dev, yr, gr, d, coef, pair_i, pair_j, q0, P, A, coef_bstride, sign):
+    """Undo one round op on yr and gr (real views (B, n, 2k)) in place; its 2P cotangents into d (B, 2A)."""
+    B, n, k2 = yr.shape
+    total = B * P
+    if total == 0:
+        return
+    for name, a in (("y", yr), ("g", gr), ("d", d)):
+        _check(name, a, coef.dtype)
+    grid, block = _flat_grid(total, VJP_THREADS)
+    f = dev.get_function(name_expression("unitary_apply_vjp_round", yr.dtype))
+    f(grid, block, (yr, gr, d, coef, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k2 // 2), _i32(A),
+                    _i64(coef_bstride), _scalar(yr.dtype, sign), _i64(total)))
+
+
+def unitary_apply_jvp_round(dev, yr, dyr, coef, dt, pair_i, pair_j, q0, P, A, coef_bstride, dt_bstride, sign):
+    """One forward-mode round op on (yr, dyr) (real views (B, n, 2k)), in place.  dt: (Bt, 2A)."""
+    B, n, k2 = yr.shape
+    k = k2 // 2
+    total = B * P * k
+    if total == 0:
+        return
+    for name, a in (("y", yr), ("dy", dyr), ("dt", dt)):
+        _check(name, a, coef.dtype)
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("unitary_apply_jvp_round", yr.dtype))
+    f(grid, block, (yr, dyr, coef, dt, pair_i, pair_j, _i32(q0), _i32(P), _i32(n), _i32(k), _i32(A),
+                    _i64(coef_bstride), _i64(dt_bstride), _scalar(yr.dtype, sign), _i64(total)))
+
+
+def unitary_matrix_vjp_round(dev, wr, d, coef, slot_i, slot_j, slot_q, s0, S, A, coef_bstride):
+    """One backward round of the reduction-free VJP on wr (real view (B, n, 2n)), in place."""
+    B, n, _ = wr.shape
+    total = B * S * S
+    if total == 0:
+        return
+    for name, a in (("w", wr), ("d", d)):
+        _check(name, a, coef.dtype)
+    grid, block = _flat_grid(total)
+    f = dev.get_function(name_expression("unitary_matrix_vjp_round", wr.dtype))
+    f(grid, block, (wr, d, coef, slot_i, slot_j, slot_q, _i32(s0), _i32(S), _i32(n), _i32(A),
+                    _i64(coef_bstride), _i64(total)))
