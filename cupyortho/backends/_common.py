@@ -1,8 +1,16 @@
-"""Helpers shared by every backend (array-library agnostic: only ndarray methods are used)."""
+"""Helpers shared by every backend (array-library agnostic: only ndarray methods are used), and the
+names of the backend protocol (``docs/backends.md``)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+#: The SO(n) operations every backend module provides (signatures in ``docs/backends.md``).
+SO_FUNCTIONS = ("matrix", "apply", "matrix_vjp", "apply_vjp", "matrix_jvp", "apply_jvp")
+#: The U(n) operations every backend module provides.
+U_FUNCTIONS = ("unitary", "unitary_apply", "unitary_vjp", "unitary_apply_vjp", "unitary_jvp", "unitary_apply_jvp")
+#: Everything else a backend module provides: its array module and two helpers.
+ATTRIBUTES = ("xp", "all_finite", "complex_dtype")
 
 
 def sum_to(a, shape):

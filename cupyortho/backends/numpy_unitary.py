@@ -31,16 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import complex_dtype, sum_to as _sum_to
+from ._common import U_FUNCTIONS, complex_dtype, sum_to as _sum_to
 
-__all__ = [
-    "unitary",
-    "unitary_apply",
-    "unitary_vjp",
-    "unitary_apply_vjp",
-    "unitary_jvp",
-    "unitary_apply_jvp",
-]
+__all__ = list(U_FUNCTIONS)
 
 xp = np
 

@@ -24,27 +24,12 @@ from __future__ import annotations
 
 import contextlib
 
-from .._common import complex_dtype
+from .._common import SO_FUNCTIONS, U_FUNCTIONS, complex_dtype
 from . import so as _so
 from . import un as _un
 from .device import get_device
 
-__all__ = [
-    "all_finite",
-    "complex_dtype",
-    "matrix",
-    "apply",
-    "matrix_vjp",
-    "apply_vjp",
-    "matrix_jvp",
-    "apply_jvp",
-    "unitary",
-    "unitary_apply",
-    "unitary_vjp",
-    "unitary_apply_vjp",
-    "unitary_jvp",
-    "unitary_apply_jvp",
-]
+__all__ = ["all_finite", "complex_dtype", *SO_FUNCTIONS, *U_FUNCTIONS]
 
 
 def __getattr__(attr):
