@@ -70,27 +70,6 @@ DENSE_LIMIT = 2100
 """Largest number of angles solved with dense Jacobians (n = 65 for SO(n)); above it, matrix-free."""
 
 
-
-
-# --------------------------------------------------------------------------- rotation sweeps
-
-def _rot_rows(M, i, j, c, s):
-    """In place: rows i, j of M <- (c M_i - s M_j, s M_i + c M_j) (left product by the round)."""
-    Mi = M[i]
-    Mj = M[j]
-    M[i] = c[:, None] * Mi - s[:, None] * Mj
-    M[j] = s[:, None] * Mi + c[:, None] * Mj
-
-
-def _rot_cols(M, i, j, c, s):
-    """In place: columns i, j of M <- (c M_i - s M_j, s M_i + c M_j) (right product by the
-    transpose of the round with angles (c, s))."""
-    Mi = M[:, i]
-    Mj = M[:, j]
-    M[:, i] = c * Mi - s * Mj
-    M[:, j] = s * Mi + c * Mj
-
-
 class _Problem:
     """One target (n x m, float64) and a (possibly restricted) schedule; angles in round-major order."""
 
@@ -150,7 +129,7 @@ class _Problem:
             a, b = self.offsets[r], self.offsets[r + 1]
             Ri, Rj = R[rd.i], R[rd.j]
             J[:, a:b] = (Rj[:, ra] * Ri[:, rb] - Ri[:, ra] * Rj[:, rb]).T
-            _rot_rows(R, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(R, rd.i, rd.j, c[a:b, None], s[a:b, None])
         return J
 
     def jvp_left(self, th, d):
@@ -162,8 +141,8 @@ class _Problem:
             rd = self.rounds[r]
             a, b = self.offsets[r], self.offsets[r + 1]
             if r < len(self.rounds) - 1:
-                _rot_rows(T, rd.i, rd.j, c[a:b], -s[a:b])
-                _rot_cols(T, rd.i, rd.j, c[a:b], -s[a:b])
+                _nb.rotate(T, rd.i, rd.j, c[a:b, None], -s[a:b, None])
+                _nb.rotate(T, rd.i, rd.j, c[a:b], -s[a:b], axis=-1)
             T[rd.j, rd.i] += d[a:b]
             T[rd.i, rd.j] -= d[a:b]
         return T[self.ra, self.rb]
@@ -178,8 +157,8 @@ class _Problem:
         for r, rd in enumerate(self.rounds):
             a, b = self.offsets[r], self.offsets[r + 1]
             out[a:b] = Z[rd.j, rd.i] - Z[rd.i, rd.j]
-            _rot_rows(Z, rd.i, rd.j, c[a:b], s[a:b])
-            _rot_cols(Z, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(Z, rd.i, rd.j, c[a:b, None], s[a:b, None])
+            _nb.rotate(Z, rd.i, rd.j, c[a:b], s[a:b], axis=-1)
         return out
 
     def sweep(self, th):
@@ -188,17 +167,17 @@ class _Problem:
         c, s = np.cos(th), np.sin(th)
         M = np.zeros((self.n, self.n))
         M[: self.m] = self.target.T @ self.matrix(th)           # E_m Q*^T U = E_m Q*^T L_0 B_0
-        _rot_cols(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]])  # M_0 = E_m Q*^T L_0
+        _nb.rotate(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]], axis=-1)  # M_0 = E_m Q*^T L_0
         for r, rd in enumerate(rounds):
             a, b = off[r], off[r + 1]
             t = np.arctan2(M[rd.i, rd.j] - M[rd.j, rd.i], M[rd.i, rd.i] + M[rd.j, rd.j])
             th[a:b] = t
             c[a:b], s[a:b] = np.cos(t), np.sin(t)
-            _rot_rows(M, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(M, rd.i, rd.j, c[a:b, None], s[a:b, None])
             if r + 1 < len(rounds):
                 nx = rounds[r + 1]
                 a2, b2 = off[r + 1], off[r + 2]
-                _rot_cols(M, nx.i, nx.j, c[a2:b2], s[a2:b2])
+                _nb.rotate(M, nx.i, nx.j, c[a2:b2], s[a2:b2], axis=-1)
         return th
 
 
