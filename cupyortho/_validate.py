@@ -319,16 +319,17 @@ def same_shape(name, shape, expected, what):
 
 # --------------------------------------------------------------------------- settings
 
-def integer(name, value, minimum=None, maximum=None) -> int:
+def integer(name, value, minimum=None, maximum=None, error=SizeError) -> int:
     """``value`` as a Python int in ``[minimum, maximum]`` (bounds optional).
 
-    Python and NumPy integers are accepted (not bools, not floats, not strings): :class:`SizeError`.
+    Python and NumPy integers are accepted (not bools, not floats, not strings); otherwise ``error``
+    (:class:`SizeError` for sizes, :class:`SettingError` for counts such as ``restarts``).
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise SizeError(f"{name} must be an integer{_range(minimum, maximum)}, got {_what(value)}")
+        raise error(f"{name} must be an integer{_range(minimum, maximum)}, got {_what(value)}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise SizeError(f"{name} must be an integer{_range(minimum, maximum)}, got {value}")
+        raise error(f"{name} must be an integer{_range(minimum, maximum)}, got {value}")
     return value
 
 
@@ -347,9 +348,9 @@ def real(name, value, *, minimum=None, maximum=None, strict=True, allow_none=Fal
     ``strict``); with ``maximum``, ``value <= maximum``.  :class:`SettingError` otherwise."""
     if value is None and allow_none:
         return None
-    expected = "a real number" + (
+    expected = ("a real number" if allow_inf else "a finite real number") + (
         f" {'>' if strict else '>='} {minimum}" if minimum is not None else "") + (
-        f" and <= {maximum}" if maximum is not None else "") + ("" if allow_inf else ", finite") + (
+        f" and <= {maximum}" if maximum is not None else "") + (
         " or None" if allow_none else "")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise SettingError(f"{name} must be {expected}, got {_what(value)}")
