@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 
 from .errors import BackendMismatchError, BackendUnavailableError
@@ -44,13 +43,9 @@ def _module(name):
     return importlib.import_module(f"cupyortho.backends.{name}")
 
 
-@functools.lru_cache(maxsize=None)
 def _cpu():
-    """The CPU backend: ``backends/cpu.py`` (SO and U together) when present, else the reference pair."""
-    if importlib.util.find_spec("cupyortho.backends.cpu") is not None:
-        cpu = _module("cpu")
-        return cpu, cpu
-    return _module("numpy_backend"), _module("numpy_unitary")
+    """The CPU backend, :mod:`cupyortho.backends.cpu` (SO(n) and U(n) together, for NumPy arrays)."""
+    return _module("cpu")
 
 
 def _cupy(name, what):
@@ -66,14 +61,14 @@ def so_backend(**arrays):
     """The SO(n) backend module for the given (name -> array) arguments."""
     if library(**arrays) == "cupy":
         return _cupy("cupy_backend", "SO(n)")
-    return _cpu()[0]
+    return _cpu()
 
 
 def u_backend(**arrays):
     """The U(n) backend module for the given (name -> array) arguments."""
     if library(**arrays) == "cupy":
         return _cupy("cupy_unitary", "U(n)")
-    return _cpu()[1]
+    return _cpu()
 
 
 @functools.lru_cache(maxsize=None)
