@@ -252,6 +252,8 @@ def test_unitary_batch_layouts(n, layout, dtype):
             continue
         close(cu._impl_unitary(dev, p, sched, cdt), nu.unitary(p, sched, cdt), "unitary")
         close(cu._impl_unitary_vjp(dev, p, gu, sched), nu.unitary_vjp(p, gu, sched), "unitary_vjp")
+        close(cu._impl_unitary_vjp(dev, p, gu, sched, nu.unitary(p, sched, cdt)), nu.unitary_vjp(p, gu, sched),
+              "unitary_vjp(output=U)")
         close(cu._impl_unitary_jvp(dev, p, t, sched, cdt), nu.unitary_jvp(p, t, sched, cdt), "unitary_jvp")
         for adjoint in (False, True):
             close(cu._impl_unitary_apply(dev, p, x, sched, adjoint), nu.unitary_apply(p, x, sched, adjoint), "apply")

@@ -140,11 +140,12 @@ def unitary_apply(params, x, schedule, adjoint=False):
         return _un._impl_unitary_apply(dev, _here(dev, params), x, schedule, adjoint)
 
 
-def unitary_vjp(params, cotangent, schedule):
-    """``d_params`` (shaped like params) of ``U = unitary(params)`` for the complex ``cotangent``."""
+def unitary_vjp(params, cotangent, schedule, output=None):
+    """``d_params`` (shaped like params) of ``U = unitary(params)`` for the complex ``cotangent``;
+    ``output`` may pass ``U`` to skip recomputing it."""
     dev, ctx = _on(params)
     with ctx:
-        return _un._impl_unitary_vjp(dev, params, _here(dev, cotangent), schedule)
+        return _un._impl_unitary_vjp(dev, params, _here(dev, cotangent), schedule, _here(dev, output))
 
 
 def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None):

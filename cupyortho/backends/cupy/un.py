@@ -115,14 +115,15 @@ def _impl_unitary_apply_vjp(dev, params, x, cotangent, schedule, adjoint=False, 
     return d_params, d_x
 
 
-def _impl_unitary_vjp(dev, params, cotangent, schedule):
-    """``d_params`` of ``U = unitary(params)``, reduction-free (one launch per round, last first)."""
+def _impl_unitary_vjp(dev, params, cotangent, schedule, output=None):
+    """``d_params`` of ``U = unitary(params)``, reduction-free (one launch per round, last first);
+    ``output`` may pass ``U`` to skip recomputing it."""
     xp = dev.xp
     n, A = schedule.n, schedule.num_angles
     batch = tuple(np.broadcast_shapes(params.shape[:-1], cotangent.shape[:-2]))
     B = prod(batch)
     cdtype = cotangent.dtype
-    u = _impl_unitary(dev, params, schedule, cdtype)
+    u = _impl_unitary(dev, params, schedule, cdtype) if output is None else output
     u = xp.broadcast_to(u, batch + (n, n)).reshape(B, n, n)
     g = xp.broadcast_to(cotangent, batch + (n, n)).reshape(B, n, n)
     w = xp.ascontiguousarray(xp.matmul(g, xp.conj(xp.swapaxes(u, -1, -2))))
