@@ -30,7 +30,7 @@ import numpy as np
 
 from .backends._common import sum_to as _sum_to
 from . import schedule as _sched
-from .backends import numpy_backend as _numpy_backend
+from .backends import cpu as _cpu_backend
 from ._strategy import apply_method as _method
 from .errors import (
     AngleCountError,
@@ -83,7 +83,7 @@ def _backend_for(**arrays):
         except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed
             raise BackendUnavailableError(f"the CuPy backend cannot be loaded: {exc}") from exc
         return cupy_backend
-    return _numpy_backend
+    return _cpu_backend
 
 
 # --------------------------------------------------------------------------- checks

@@ -53,7 +53,7 @@ import numpy as np
 
 from . import schedule as _sched
 from ._api import _array_library, _batch_shape, _check_same_shape, _x_as_matrix
-from .backends import numpy_unitary as _numpy_unitary
+from .backends import cpu as _cpu_backend
 from .errors import (
     AngleCountError,
     BackendUnavailableError,
@@ -99,7 +99,7 @@ def _backend_for(**arrays):
                 f"the unitary functions have no usable CuPy backend here: {exc}; pass NumPy arrays"
             ) from exc
         return cupy_unitary
-    return _numpy_unitary
+    return _cpu_backend
 
 
 def _as_array(name, a, backend, check_finite, allowed, allow_none=False):

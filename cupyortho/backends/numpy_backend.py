@@ -9,9 +9,9 @@ passed is written to: every sweep works on its own copy.
 Maths (``docs/conventions.md``): a round rotates rows ``i`` and ``j`` of its operand,
 ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j``; ``U = B_{R-1} ... B_0``.
 
-The unprefixed functions (``matrix``, ``apply``, ...) are what the public API calls: team schedules go
-to the blocked GEMM path of :mod:`cupyortho.backends.blocked` (the same ``U(theta)``, by the same
-rounds, grouped into block-diagonal stages), every other schedule to the ``rounds_*`` reference.
+The public API calls the CPU backend :mod:`cupyortho.backends.cpu`, which picks the implementation of
+each pass (:mod:`cupyortho._strategy`); the unprefixed names here (``matrix``, ``apply``, ...) are
+aliases of its functions.
 """
 
 from __future__ import annotations
@@ -19,15 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import sum_to as _sum_to
-from . import blocked
 
 __all__ = [
-    "matrix",
-    "apply",
-    "matrix_vjp",
-    "apply_vjp",
-    "matrix_jvp",
-    "apply_jvp",
     "rounds_matrix",
     "rounds_apply",
     "rounds_matrix_vjp",
@@ -182,49 +175,16 @@ def rounds_matrix_jvp(theta, theta_tangent, schedule):
     return rounds_apply_jvp(theta, eye, theta_tangent, None, schedule)
 
 
-# --------------------------------------------------------------------------- dispatch
+# --------------------------------------------------------------------------- dispatch aliases
 
-def _blocked(schedule) -> bool:
-    return schedule.kind == "team"
-
-
-def matrix(theta, schedule):
-    """``U(theta)`` ``(..., n, n)`` (blocked stages for team schedules, else :func:`rounds_matrix`)."""
-    if _blocked(schedule):
-        return blocked.matrix(theta, schedule)
-    return rounds_matrix(theta, schedule)
+_DISPATCH = ("matrix", "apply", "matrix_vjp", "apply_vjp", "matrix_jvp", "apply_jvp")
 
 
-def apply(theta, x, schedule, transpose=False):
-    """``U(theta) @ x`` or ``U(theta).T @ x`` without forming U (see :func:`rounds_apply`)."""
-    if _blocked(schedule):
-        return blocked.apply(theta, x, schedule, transpose)
-    return rounds_apply(theta, x, schedule, transpose)
+def __getattr__(attr):
+    """``matrix``, ``apply``, ... are the CPU backend's dispatching functions (:mod:`.cpu`), kept here
+    as aliases because tests written before the split call them through this module."""
+    if attr in _DISPATCH:
+        from . import cpu
 
-
-def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
-    """``(d_theta, d_x)`` of ``apply`` (see :func:`rounds_apply_vjp`)."""
-    if _blocked(schedule):
-        return blocked.apply_vjp(theta, x, cotangent, schedule, transpose, output)
-    return rounds_apply_vjp(theta, x, cotangent, schedule, transpose, output)
-
-
-def matrix_vjp(theta, cotangent, schedule, output=None):
-    """``d_theta`` of ``matrix`` (see :func:`rounds_matrix_vjp`); ``output`` may pass ``U``."""
-    if _blocked(schedule):
-        return blocked.matrix_vjp(theta, cotangent, schedule, output)
-    return rounds_matrix_vjp(theta, cotangent, schedule, output)
-
-
-def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
-    """Tangent of ``apply`` (see :func:`rounds_apply_jvp`)."""
-    if _blocked(schedule):
-        return blocked.apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose)
-    return rounds_apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose)
-
-
-def matrix_jvp(theta, theta_tangent, schedule):
-    """Tangent of ``matrix`` (see :func:`rounds_matrix_jvp`)."""
-    if _blocked(schedule):
-        return blocked.matrix_jvp(theta, theta_tangent, schedule)
-    return rounds_matrix_jvp(theta, theta_tangent, schedule)
+        return getattr(cpu, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
