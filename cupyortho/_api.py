@@ -140,12 +140,15 @@ def _resolve(theta, n, schedule, m=None, n_name="n"):
     if n is None:
         n = _n_from_angles(count)
     n = _sched._check_int(n_name, n, 2)
-    expected = _sched.num_angles(n, m)
+    sched = _sched.get_schedule(schedule, n, m)
+    expected = sched.num_angles  # a truncated or user-built schedule holds its own count
     if count != expected:
         what = f"n*m - m(m+1)/2 = {expected} angles for {n_name} = {n}, m = {m}" if m is not None else \
             f"n(n-1)/2 = {expected} angles for {n_name} = {n}"
+        if sched.num_angles != _sched.num_angles(n, m):
+            what = f"the {sched.num_angles} angles of {sched!r}"
         raise AngleCountError(f"theta must hold {what} on its last axis; got shape {tuple(theta.shape)}")
-    return _sched.get_schedule(schedule, n, m)
+    return sched
 
 
 def _common_dtype(*arrays):

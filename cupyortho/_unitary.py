@@ -132,8 +132,8 @@ def _as_array(name, a, backend, check_finite, allowed, allow_none=False):
     return a
 
 
-def _layout(n, special):
-    a = n * (n - 1) // 2
+def _layout(n, special, a=None):
+    a = n * (n - 1) // 2 if a is None else a
     return f"[theta ({a}), phi ({a}), delta ({n - 1 if special else n})]"
 
 
@@ -159,30 +159,30 @@ def _resolve(params, n, special, schedule, n_name="n"):
                 f"n = {lo + 1} needs {num_unitary_params(lo + 1, special)})"
             )
     n = _sched._check_int(n_name, n, 2)
-    expected = num_unitary_params(n, special)
+    sched = _sched.get_schedule(schedule, n)
+    a = sched.num_angles  # a truncated or user-built schedule holds its own count
+    expected = 2 * a + n - (1 if special else 0)
     if count != expected:
         raise AngleCountError(
             f"params must hold {expected} parameters of {group} for {n_name} = {n}, laid out as "
-            f"{_layout(n, special)}, on its last axis; got shape {tuple(params.shape)}"
+            f"{_layout(n, special, a)}, on its last axis; got shape {tuple(params.shape)}"
         )
-    return _sched.get_schedule(schedule, n)
+    return sched
 
 
 def _full(params, n, special, xp):
     """SU(n) parameters -> U(n) layout, appending ``delta[n-1] = -sum(delta[:n-1])`` (linear)."""
     if not special:
         return params
-    a = n * (n - 1) // 2
-    return xp.concatenate([params, -params[..., 2 * a:].sum(axis=-1, keepdims=True)], axis=-1)
+    return xp.concatenate([params, -params[..., -(n - 1):].sum(axis=-1, keepdims=True)], axis=-1)
 
 
 def _reduce(d_full, n, special):
     """Pull a U(n)-layout cotangent back to SU(n) parameters (transpose of :func:`_full`)."""
     if not special:
         return d_full
-    a = n * (n - 1) // 2
     d = d_full[..., :-1].copy()
-    d[..., 2 * a:] -= d_full[..., -1:]
+    d[..., -(n - 1):] -= d_full[..., -1:]
     return d
 
 

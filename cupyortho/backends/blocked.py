@@ -186,7 +186,7 @@ class Plan:
         valid = j < n
         if m is not None:
             valid &= i < m
-        idx = _sched.pair_index(i, np.where(valid, j, i + 1), n)
+        idx = _sched._pair_index(i, np.where(valid, j, i + 1), n)
         return np.where(valid, idx, self.A).astype(np.int32 if self.A < 2**31 - 1 else np.int64)
 
     @property

@@ -217,7 +217,7 @@ def team_block_tables(schedule):
         valid = hi_s < n
         if m is not None:
             valid &= lo_s < m
-        angle[s, b_sorted, l, p] = np.where(valid, _sched.pair_index(lo_s, np.where(valid, hi_s, lo_s + 1), n), -1)
+        angle[s, b_sorted, l, p] = np.where(valid, _sched._pair_index(lo_s, np.where(valid, hi_s, lo_s + 1), n), -1)
     return SimpleNamespace(t=t, L=L, N=N, S=S, NB=NB, coords=coords, local_i=local_i, local_j=local_j,
                            block_angle=angle)
 

@@ -185,7 +185,9 @@ def rounds_matrix_jvp(theta, theta_tangent, schedule):
 # --------------------------------------------------------------------------- dispatch
 
 def _blocked(schedule) -> bool:
-    return schedule.kind == "team"
+    # Plain team schedules only.  A narrow Stiefel restriction (8m < n) sweeps its O(nm) rotations
+    # instead: the block plan would build every stage of the full n x n schedule.
+    return schedule.kind == "team" and (schedule.m is None or 8 * schedule.m >= schedule.n)
 
 
 def matrix(theta, schedule):

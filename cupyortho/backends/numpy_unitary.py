@@ -72,7 +72,7 @@ class _Coefficients:
 
     def __init__(self, params, schedule, ndim, cdtype):
         n = schedule.n
-        a = n * (n - 1) // 2
+        a = schedule.num_angles
         theta = schedule.to_round_order(params[..., :a])
         phi = schedule.to_round_order(params[..., a:2 * a])
         delta = params[..., 2 * a:]
@@ -165,7 +165,7 @@ def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None
     ``d_params`` is summed to params' shape (real); ``d_x`` to x's shape (complex, :math:`U^H \bar g`).
     """
     n = schedule.n
-    a = n * (n - 1) // 2
+    a = schedule.num_angles
     y = unitary_apply(params, x, schedule, adjoint) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
     y = _work(y, batch, x.dtype)
@@ -211,7 +211,7 @@ def unitary_vjp(params, cotangent, schedule):
     :math:`\partial G/\partial\phi = i(E_j G - G E_j)`.)  Every gradient is a few entries of W: no sums.
     """
     n = schedule.n
-    a = n * (n - 1) // 2
+    a = schedule.num_angles
     u_mat = unitary(params, schedule, cotangent.dtype)
     batch = np.broadcast_shapes(params.shape[:-1], cotangent.shape[:-2])
     w = _work(np.matmul(cotangent, np.conj(np.swapaxes(u_mat, -1, -2))), batch, cotangent.dtype)
@@ -250,7 +250,7 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent, schedule, adjoint=Fa
     :math:`dy = D^\sigma dx + i\sigma\,d\delta\,y`.  ``x_tangent`` may be None (zero).
     """
     n = schedule.n
-    a = n * (n - 1) // 2
+    a = schedule.num_angles
     shapes = [params.shape[:-1], x.shape[:-2], params_tangent.shape[:-1]]
     if x_tangent is not None:
         shapes.append(x_tangent.shape[:-2])
