@@ -131,6 +131,8 @@ def _n_from_angles(count: int) -> int:
 def _resolve(theta, n, schedule, m=None, n_name="n"):
     """Check theta's angle count against n (and m); return the resolved schedule."""
     count = theta.shape[-1]
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a token names a Schedule, which carries n
     if isinstance(schedule, _sched.Schedule):
         if n is not None and n != schedule.n:
             raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n}")

@@ -140,6 +140,8 @@ def _layout(n, special, a=None):
 def _resolve(params, n, special, schedule, n_name="n"):
     """Check the parameter count against n (inferred when None); return the resolved schedule."""
     count = params.shape[-1]
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a token names a Schedule, which carries n
     group = "SU(n)" if special else "U(n)"
     if isinstance(schedule, _sched.Schedule):
         if n is not None and n != schedule.n:

@@ -51,6 +51,7 @@ import time
 
 import numpy as np
 
+from . import _nulling
 from . import schedule as _sched
 from ._api import _is_cupy, _check_m
 from .backends import numpy_backend as _nb
@@ -629,6 +630,9 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto",
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
@@ -672,6 +676,9 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
     sched = _sched.get_schedule(schedule, n, m)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
+    if _nulling.is_brick(sched) and m == n - 1:  # the band is all of brick: complete, then null
+        out = _nulling.brick_frame_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
@@ -720,6 +727,9 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_unitary_params(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (n * n,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], n * n))
     for b in range(flat.shape[0]):
         prob = _UnitaryProblem(sched, _reorthonormalize(flat[b]))
