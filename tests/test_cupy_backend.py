@@ -24,7 +24,8 @@ from hypothesis import given, settings, strategies as st
 
 import cupyortho as co
 from cupyortho import schedule as S
-from cupyortho.backends.cupy import data as cdata, so as cb
+from cupyortho.backends import team_plan
+from cupyortho.backends.cupy import so as cb
 from cupyortho.backends import numpy_backend as _numpy_backend
 from cupyortho.errors import BackendMismatchError, MethodError, ScheduleError
 
@@ -526,7 +527,7 @@ def test_backward_is_bitwise_reproducible(make_ops, rng):
 @pytest.mark.parametrize("n,t", [(2, 1), (5, 2), (8, 4), (17, 4), (33, 8), (64, 16)])
 def test_team_block_tables_cover_every_angle_once(n, t):
     sched = S.team_schedule(n, t)
-    tab = cdata.team_block_tables(sched)
+    tab = team_plan.kernel_tables(sched)
     angles = tab.block_angle[tab.block_angle >= 0]
     np.testing.assert_array_equal(np.sort(angles), np.arange(sched.num_angles))
     for s in range(tab.S):
@@ -549,7 +550,7 @@ def test_team_block_tables_follow_the_round_order():
     # order (empty rounds dropped), so the product of the blocks is the schedule's U.
     for n, t in [(9, 2), (17, 4), (33, 8)]:
         sched = S.team_schedule(n, t)
-        tab = cdata.team_block_tables(sched)
+        tab = team_plan.kernel_tables(sched)
         seen = []
         for s in range(tab.S):
             for l in range(t):
