@@ -206,3 +206,21 @@ def test_torch_budget_restores_after_a_failing_op(monkeypatch):
     with pytest.raises(FloatingPointError):
         ct.matrix(torch.tensor(THETA))
     assert _blas() == before and _threads._scope["depth"] == 0
+
+
+def test_blocked_worker_threads_follow_the_setting():
+    from cupyortho.backends import blocked
+
+    a = np.zeros((2, 8))
+    big = 1 << 15  # angles per block: enough work to split
+
+    def parts():
+        out = blocked._split_map(lambda x: x.shape[-1], 8, big, (a, -1))
+        return len(out) if isinstance(out, list) else 1
+
+    with co.threads(1):
+        assert parts() == 1
+    with co.threads(2):
+        assert parts() == min(2, blocked.THREADS)
+    with _threads.budget(1):
+        assert parts() == 1
