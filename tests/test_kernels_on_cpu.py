@@ -133,7 +133,7 @@ def test_matrix_family(case):
             want = nb.matrix(theta, schedule)
             assert_close(cb._impl_matrix(dev, theta, schedule, path), want, dtype, n, f"matrix {label}")
             cot = rng.standard_normal(want.shape[-2:]).astype(dtype)
-            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path),
+            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path=path),
                          nb.matrix_vjp(theta, cot, schedule), dtype, n * n, f"matrix_vjp {label}")
         dt = rng.standard_normal(theta.shape).astype(dtype)
         assert_close(cb._impl_matrix_jvp(dev, theta, dt, schedule), nb.matrix_jvp(theta, dt, schedule),

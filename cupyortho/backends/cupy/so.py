@@ -320,7 +320,7 @@ def _impl_matrix(dev, theta, schedule, path=None):
     return _impl_apply(dev, theta, _eye(dev.xp, schedule.n, theta.dtype), schedule, False, path)
 
 
-def _impl_matrix_vjp(dev, theta, cotangent, schedule, path=None, output=None):
+def _impl_matrix_vjp(dev, theta, cotangent, schedule, output=None, path=None):
     r"""``d_theta`` of ``U = matrix(theta)`` by the reduction-free formula (``docs/conventions.md``).
 
     Team schedules: by stages (:func:`_impl_matrix_vjp_blocked`).  Otherwise
