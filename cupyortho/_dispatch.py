@@ -65,14 +65,14 @@ def _cupy(name, what):
 def so_backend(**arrays):
     """The SO(n) backend module for the given (name -> array) arguments."""
     if library(**arrays) == "cupy":
-        return _cupy("cupy_backend", "SO(n)")
+        return _cupy("cupy", "SO(n)")
     return _cpu()
 
 
 def u_backend(**arrays):
     """The U(n) backend module for the given (name -> array) arguments."""
     if library(**arrays) == "cupy":
-        return _cupy("cupy_unitary", "U(n)")
+        return _cupy("cupy", "U(n)")
     return _cpu()
 
 

@@ -54,6 +54,7 @@ import numpy as np
 
 from . import _dispatch
 from . import _validate as _v
+from . import _nulling
 from . import schedule as _sched
 from ._api import _check_m
 from .backends import numpy_backend as _nb
@@ -69,27 +70,6 @@ __all__ = [
 
 DENSE_LIMIT = 2100
 """Largest number of angles solved with dense Jacobians (n = 65 for SO(n)); above it, matrix-free."""
-
-
-
-
-# --------------------------------------------------------------------------- rotation sweeps
-
-def _rot_rows(M, i, j, c, s):
-    """In place: rows i, j of M <- (c M_i - s M_j, s M_i + c M_j) (left product by the round)."""
-    Mi = M[i]
-    Mj = M[j]
-    M[i] = c[:, None] * Mi - s[:, None] * Mj
-    M[j] = s[:, None] * Mi + c[:, None] * Mj
-
-
-def _rot_cols(M, i, j, c, s):
-    """In place: columns i, j of M <- (c M_i - s M_j, s M_i + c M_j) (right product by the
-    transpose of the round with angles (c, s))."""
-    Mi = M[:, i]
-    Mj = M[:, j]
-    M[:, i] = c * Mi - s * Mj
-    M[:, j] = s * Mi + c * Mj
 
 
 class _Problem:
@@ -151,7 +131,7 @@ class _Problem:
             a, b = self.offsets[r], self.offsets[r + 1]
             Ri, Rj = R[rd.i], R[rd.j]
             J[:, a:b] = (Rj[:, ra] * Ri[:, rb] - Ri[:, ra] * Rj[:, rb]).T
-            _rot_rows(R, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(R, rd.i, rd.j, c[a:b, None], s[a:b, None])
         return J
 
     def jvp_left(self, th, d):
@@ -163,8 +143,8 @@ class _Problem:
             rd = self.rounds[r]
             a, b = self.offsets[r], self.offsets[r + 1]
             if r < len(self.rounds) - 1:
-                _rot_rows(T, rd.i, rd.j, c[a:b], -s[a:b])
-                _rot_cols(T, rd.i, rd.j, c[a:b], -s[a:b])
+                _nb.rotate(T, rd.i, rd.j, c[a:b, None], -s[a:b, None])
+                _nb.rotate(T, rd.i, rd.j, c[a:b], -s[a:b], axis=-1)
             T[rd.j, rd.i] += d[a:b]
             T[rd.i, rd.j] -= d[a:b]
         return T[self.ra, self.rb]
@@ -179,8 +159,8 @@ class _Problem:
         for r, rd in enumerate(self.rounds):
             a, b = self.offsets[r], self.offsets[r + 1]
             out[a:b] = Z[rd.j, rd.i] - Z[rd.i, rd.j]
-            _rot_rows(Z, rd.i, rd.j, c[a:b], s[a:b])
-            _rot_cols(Z, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(Z, rd.i, rd.j, c[a:b, None], s[a:b, None])
+            _nb.rotate(Z, rd.i, rd.j, c[a:b], s[a:b], axis=-1)
         return out
 
     def sweep(self, th):
@@ -189,17 +169,17 @@ class _Problem:
         c, s = np.cos(th), np.sin(th)
         M = np.zeros((self.n, self.n))
         M[: self.m] = self.target.T @ self.matrix(th)           # E_m Q*^T U = E_m Q*^T L_0 B_0
-        _rot_cols(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]])  # M_0 = E_m Q*^T L_0
+        _nb.rotate(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]], axis=-1)  # M_0 = E_m Q*^T L_0
         for r, rd in enumerate(rounds):
             a, b = off[r], off[r + 1]
             t = np.arctan2(M[rd.i, rd.j] - M[rd.j, rd.i], M[rd.i, rd.i] + M[rd.j, rd.j])
             th[a:b] = t
             c[a:b], s[a:b] = np.cos(t), np.sin(t)
-            _rot_rows(M, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(M, rd.i, rd.j, c[a:b, None], s[a:b, None])
             if r + 1 < len(rounds):
                 nx = rounds[r + 1]
                 a2, b2 = off[r + 1], off[r + 2]
-                _rot_cols(M, nx.i, nx.j, c[a2:b2], s[a2:b2])
+                _nb.rotate(M, nx.i, nx.j, c[a2:b2], s[a2:b2], axis=-1)
         return th
 
 
@@ -679,6 +659,9 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto",
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
@@ -722,6 +705,9 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto
     sched = _sched.get_schedule(schedule, n, m)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
+    if _nulling.is_brick(sched) and m == n - 1:  # the band is all of brick: complete, then null
+        out = _nulling.brick_frame_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
@@ -765,6 +751,9 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_unitary_params(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (n * n,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], n * n))
     for b in range(flat.shape[0]):
         prob = _UnitaryProblem(sched, _reorthonormalize(flat[b]))

@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _threads
 from ._common import sum_to as _sum_to
 from . import team_plan as _team_plan
 from .team_plan import _digit_rev, _meet_leaves, _rr_leaves, _storage  # noqa: F401 (used here and by tests)
@@ -82,7 +83,7 @@ def _split_map(fn, n_items, weight, *arrays_axes):
     blocks, ``weight`` angles each).  Returns ``fn``'s result, or the list of per-slice results.
     """
     global _pool
-    parts = THREADS if n_items * weight >= 2 * _MIN_SPLIT else 1
+    parts = _threads.pool_size(THREADS) if n_items * weight >= 2 * _MIN_SPLIT else 1  # docs/threads.md
     parts = min(parts, n_items)
     if parts <= 1:
         return fn(*[a for a, _ in arrays_axes])
