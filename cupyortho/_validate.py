@@ -219,6 +219,8 @@ def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"
     """
     check_ndim(name, shape, 1)
     count = int(shape[-1])
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
     if isinstance(schedule, _sched.Schedule):
         if n is not None and integer(n_name, n, 2) != schedule.n:
             raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
@@ -260,6 +262,8 @@ def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_n
     special = flag("special", special)
     count = int(shape[-1])
     group = "SU(n)" if special else "U(n)"
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
     if isinstance(schedule, _sched.Schedule):
         if n is not None and integer(n_name, n, 2) != schedule.n:
             raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
