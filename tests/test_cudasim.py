@@ -480,7 +480,7 @@ for s, paths in ((circle_schedule(33), ("fused", "rounds")), (team_schedule(33, 
         cot = rng.standard_normal((33, 33))
         mpath = "rounds" if (path, s.kind) == ("rounds", "circle") else None
         assert np.allclose(cb._impl_matrix(dev, theta, s, mpath), nb.matrix(theta, s))
-        assert np.allclose(cb._impl_matrix_vjp(dev, theta, cot, s, mpath), nb.matrix_vjp(theta, cot, s))
+        assert np.allclose(cb._impl_matrix_vjp(dev, theta, cot, s, path=mpath), nb.matrix_vjp(theta, cot, s))
 from cupyortho.backends import numpy_unitary as nu
 from cupyortho.backends.cupy import un as cu
 for s in (circle_schedule(8), team_schedule(8, 2)):

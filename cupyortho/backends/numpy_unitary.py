@@ -158,7 +158,7 @@ def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None
     return _sum_to(d_full, params.shape), _sum_to(g, x.shape)
 
 
-def unitary_vjp(params, cotangent, schedule):
+def unitary_vjp(params, cotangent, schedule, output=None):
     r"""``d_params`` of ``U = unitary(params)`` for ``cotangent = dL/dRe U + i dL/dIm U``, reduction-free.
 
     :math:`W = \bar G U^H` gives :math:`\partial L/\partial\delta_k = \mathrm{Im}\,W_{kk}`; then
@@ -172,10 +172,11 @@ def unitary_vjp(params, cotangent, schedule):
     (The first is :math:`\mathrm{Re}\,\mathrm{tr}(W^H K_p)`; the second is
     :math:`\mathrm{Im}\,W_{jj} - \mathrm{Im}\,(B_r^H W B_r)_{jj}`, from
     :math:`\partial G/\partial\phi = i(E_j G - G E_j)`.)  Every gradient is a few entries of W: no sums.
+    ``output`` may pass ``U`` to skip recomputing it.
     """
     n = schedule.n
     a = n * (n - 1) // 2
-    u_mat = unitary(params, schedule, cotangent.dtype)
+    u_mat = unitary(params, schedule, cotangent.dtype) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], cotangent.shape[:-2])
     w = work(np.matmul(cotangent, np.conj(np.swapaxes(u_mat, -1, -2))), batch, cotangent.dtype)
     k = _Coefficients(params, schedule, len(batch), cotangent.dtype)

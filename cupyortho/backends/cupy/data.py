@@ -2,8 +2,8 @@
 :mod:`.so` and :mod:`.un`.
 
 Every table is built from the public :class:`~cupyortho.schedule.Schedule` (its round-major arrays,
-its rounds, and for team schedules the one team-block plan) and cached per (device, schedule key):
-the hot path never rebuilds or re-uploads them.
+its rounds, and for team schedules the one team-block plan, :func:`cupyortho.backends.team_plan.kernel_tables`)
+and cached per (device, schedule key): the hot path never rebuilds or re-uploads them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ... import schedule as _sched
-from ...errors import ScheduleError
+from .. import team_plan
 
-__all__ = ["rounds_data", "slot_data", "block_data", "team_block_tables", "work", "angles_per_batch", "prod"]
+__all__ = ["rounds_data", "slot_data", "block_data", "work", "angles_per_batch", "prod"]
 
 _cache: dict = {}
 _cache_lock = threading.Lock()
@@ -87,65 +86,6 @@ def slot_data(dev, schedule):
     return _cached(dev, schedule, "slots", build)
 
 
-def team_block_tables(schedule):
-    """Host tables of the blocked form of a team schedule (see ``kernels/blocks.cu``).
-
-    Derived from the schedule's own rounds (before empty rounds are dropped), using only its phase
-    structure: the first ``t - 1`` rounds pair coordinates inside teams; then each team round is ``t``
-    rounds pairing, in every meeting ``a < b`` of that team round, team ``a`` with team ``b``.  Stage 0
-    takes the teams ``2c, 2c + 1`` as one block; stage ``s >= 1`` is team round ``s - 1``, one block
-    per meeting.  Returns a namespace with ``t``, ``L = 2t``, ``N`` (padded size), ``S`` stages, ``NB``
-    blocks per stage, ``coords`` (S, NB, L) padded coordinates of each block's local indices
-    (increasing), and (S, NB, t, t) tables indexed by (stage, block, local round, pair):
-    ``local_i < local_j`` local pairs and ``block_angle``, the public angle index or -1 where the
-    rotation is absent (padding, Stiefel restriction, the filler round of stage 0).
-    """
-    n, m, t = schedule.n, schedule.m, schedule.team_size
-    T, meetings = _sched._team_structure(n, t)
-    N, L, NB, S = T * t, 2 * t, T // 2, T
-    coords = np.zeros((S, NB, L), dtype=np.int64)
-    coords[0] = np.arange(N).reshape(NB, L)
-    for s, team_round in enumerate(meetings, start=1):
-        for nb, (a, b) in enumerate(team_round):
-            coords[s, nb] = np.concatenate([a * t + np.arange(t), b * t + np.arange(t)])
-    block_of = np.zeros((S, N), dtype=np.int64)  # block of each coordinate, per stage
-    local = np.zeros((S, N), dtype=np.int64)  # its local index in that block
-    for s in range(S):
-        block_of[s, coords[s]] = np.arange(NB)[:, None]
-        local[s, coords[s]] = np.arange(L)[None, :]
-    local_i = np.zeros((S, NB, t, t), dtype=np.int64)
-    local_j = np.zeros((S, NB, t, t), dtype=np.int64)
-    angle = -np.ones((S, NB, t, t), dtype=np.int64)
-    # Filler round of stage 0 (it has t - 1 rounds): identity rotations on any perfect matching.
-    local_i[0, :, t - 1] = np.arange(t)
-    local_j[0, :, t - 1] = np.arange(t) + t
-    rounds = [(np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64))
-              for i, j in _sched._team_rounds(n, t)]
-    if len(rounds) != N - 1:
-        raise ScheduleError(f"team schedule n={n}, t={t}: expected {N - 1} rounds before dropping, "
-                            f"got {len(rounds)}")
-    for r, (i, j) in enumerate(rounds):
-        lo, hi = np.minimum(i, j), np.maximum(i, j)
-        s, l = (0, r) if r < t - 1 else (1 + (r - t + 1) // t, (r - t + 1) % t)
-        blk = block_of[s, lo]
-        counts = np.bincount(blk, minlength=NB)
-        if lo.size != N // 2 or (blk != block_of[s, hi]).any() or (counts != t).any():
-            raise ScheduleError(
-                f"team schedule n={n}, t={t}: round {r} is not a perfect matching inside the "
-                f"blocks of stage {s}; the blocked path does not know this schedule's structure")
-        order = np.argsort(blk, kind="stable")
-        p = np.arange(lo.size) - np.repeat(np.arange(NB) * t, t)
-        b_sorted, lo_s, hi_s = blk[order], lo[order], hi[order]
-        local_i[s, b_sorted, l, p] = local[s, lo_s]
-        local_j[s, b_sorted, l, p] = local[s, hi_s]
-        valid = hi_s < n
-        if m is not None:
-            valid &= lo_s < m
-        angle[s, b_sorted, l, p] = np.where(valid, _sched.pair_index(lo_s, np.where(valid, hi_s, lo_s + 1), n), -1)
-    return SimpleNamespace(t=t, L=L, N=N, S=S, NB=NB, coords=coords, local_i=local_i, local_j=local_j,
-                           block_angle=angle)
-
-
 def _stage_gathers(tab, forward):
     """Index arrays moving rows from one stage's order to the next (see ``block_data``)."""
     orders = [tab.coords[s].ravel() for s in range(tab.S)]
@@ -161,10 +101,9 @@ def _stage_gathers(tab, forward):
 
 def block_data(dev, schedule):
     def build():
-        tab = team_block_tables(schedule)
+        tab = team_plan.kernel_tables(schedule)
         return SimpleNamespace(
             t=tab.t, L=tab.L, N=tab.N, S=tab.S, NB=tab.NB,
-            coords=[dev.xp.asarray(c.astype(np.int64)) for c in tab.coords],
             # Stage s works on rows (and columns) in the order coords[s].ravel(); to_stage[s] gathers
             # that order from the order of stage s - 1 (forward), from_stage[s] from the order of
             # stage s + 1 (backward; the natural order after the last stage).
