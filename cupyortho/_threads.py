@@ -30,6 +30,7 @@ __all__ = ["set_num_threads", "get_num_threads", "threads"]
 _lock = threading.RLock()
 _setting: Optional[int] = None  # set_num_threads(n); None: every pool keeps its default
 _blas_saved = None  # [(lib controller, its count before cupyortho changed it)] while a setting holds
+_numba_saved = None  # numba's count (in the thread that first set one) before cupyortho changed it
 _local = threading.local()  # .budgets: stack of framework budgets entered in this thread
 _scope = {"depth": 0, "saved": None}  # BLAS override shared by the budgets of all threads
 _controller = {"key": None, "libs": None}
@@ -168,14 +169,15 @@ def set_num_threads(n: Optional[int]) -> None:
     ``docs/threads.md``).
 
     Args:
-        n (int | None): threads, ``>= 1``; None undoes the setting: BLAS gets back the counts it had
-            before the first :func:`set_num_threads`, numba and the worker threads their defaults.
+        n (int | None): threads, ``>= 1``; None undoes the setting: BLAS (and numba, in the calling
+            thread) get back the counts they had before the first :func:`set_num_threads`, the worker
+            threads their default.
 
     Raises:
         cupyortho.errors.SizeError: ``n`` is not an integer >= 1 or None.
         cupyortho.errors.BackendUnavailableError: threadpoolctl cannot be imported.
     """
-    global _setting, _blas_saved
+    global _setting, _blas_saved, _numba_saved
     if n is not None:
         n = _check_count(n)
     with _lock:
@@ -193,7 +195,14 @@ def set_num_threads(n: Optional[int]) -> None:
         if "numba" in sys.modules:
             import numba
 
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if n is None else _numba_count(n))
+            if n is None:
+                if _numba_saved is not None:
+                    numba.set_num_threads(_numba_saved)
+                _numba_saved = None
+            else:
+                if _numba_saved is None:
+                    _numba_saved = numba.get_num_threads()
+                numba.set_num_threads(_numba_count(n))
 
 
 def get_num_threads() -> int:

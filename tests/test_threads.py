@@ -224,3 +224,14 @@ def test_blocked_worker_threads_follow_the_setting():
         assert parts() == min(2, blocked.THREADS)
     with _threads.budget(1):
         assert parts() == 1
+
+
+def test_undo_gives_numba_back_the_users_count():
+    cap, orig = numba.config.NUMBA_NUM_THREADS, numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with co.threads(cap):
+            assert numba.get_num_threads() == cap
+        assert numba.get_num_threads() == 1  # the user's own numba setting survives
+    finally:
+        numba.set_num_threads(orig)
