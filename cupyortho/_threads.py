@@ -268,11 +268,11 @@ def budget(n: int) -> Iterator[int]:
     stack = getattr(_local, "budgets", None)
     if stack is None:
         stack = _local.budgets = []
-    stack.append(n)
     with _lock:
         if _scope["depth"] == 0:
             _scope["saved"] = _set_blas(_budget_blas(n))
         _scope["depth"] += 1
+    stack.append(n)
     try:
         yield n
     finally:
