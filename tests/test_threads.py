@@ -235,3 +235,15 @@ def test_undo_gives_numba_back_the_users_count():
         assert numba.get_num_threads() == 1  # the user's own numba setting survives
     finally:
         numba.set_num_threads(orig)
+
+
+def test_apply_to_numba_sets_the_calling_thread():
+    orig = numba.get_num_threads()
+    assert _threads.apply_to_numba() is None  # nothing set: numba keeps its own count
+    assert numba.get_num_threads() == orig
+    try:
+        with co.threads(1):
+            numba.set_num_threads(orig)  # as if something reset it since
+            assert _threads.apply_to_numba() == 1 and numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(orig)
