@@ -64,6 +64,18 @@ def _is_cupy(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def _dask_call(name, *arrays):
+    """The cupyortho.dask function ``name`` when an argument is a Dask array, else None.
+
+    Hook for Dask arrays (``docs/design.md`` §10): checked by type name, so Dask is imported only
+    when one arrives."""
+    if any(type(a).__module__.split(".")[0] == "dask" for a in arrays if a is not None):
+        from . import dask as _dask
+
+        return getattr(_dask, name)
+    return None
+
+
 def _array_library(**arrays) -> str:
     """``"cupy"`` or ``"numpy"``: the one library all given (name -> array) arguments live in; None
     values are ignored.  Mixing libraries raises :class:`BackendMismatchError`."""
@@ -226,6 +238,9 @@ def apply(theta, x, *, transpose=False, schedule=None, check_finite=True, method
     Returns:
         ndarray of the broadcast shape, dtype ``result_type(theta, x)``.
     """
+    dask_fn = _dask_call("apply", theta, x)
+    if dask_fn is not None:
+        return dask_fn(theta, x, transpose=transpose, schedule=schedule, check_finite=check_finite, method=method)
     backend = _backend_for(theta=theta, x=x)
     theta = _as_array("theta", theta, backend, check_finite)
     x = _as_array("x", x, backend, check_finite)
@@ -322,6 +337,10 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
     Returns:
         ``(d_theta, d_x)`` shaped like theta and x (summed over broadcast batch axes).
     """
+    dask_fn = _dask_call("apply_vjp", theta, x, cotangent, output)
+    if dask_fn is not None:
+        return dask_fn(theta, x, cotangent, transpose=transpose, schedule=schedule, output=output,
+                       check_finite=check_finite, method=method)
     backend = _backend_for(theta=theta, x=x, cotangent=cotangent, output=output)
     theta = _as_array("theta", theta, backend, check_finite)
     x = _as_array("x", x, backend, check_finite)
@@ -404,6 +423,10 @@ def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, sched
     Returns:
         ndarray shaped like ``apply(theta, x)``.
     """
+    dask_fn = _dask_call("apply_jvp", theta, x, theta_tangent, x_tangent)
+    if dask_fn is not None:
+        return dask_fn(theta, x, theta_tangent, x_tangent, transpose=transpose, schedule=schedule,
+                       check_finite=check_finite, method=method)
     backend = _backend_for(theta=theta, x=x, theta_tangent=theta_tangent, x_tangent=x_tangent)
     theta = _as_array("theta", theta, backend, check_finite)
     x = _as_array("x", x, backend, check_finite)
