@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import MethodError
 
-__all__ = ["METHODS", "apply_method"]
+__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "cpu_impl"]
 
 METHODS = ("auto", "materialize", "rounds")
 
@@ -36,3 +36,24 @@ def apply_method(method, theta, x2):
     out_batch = np.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
     per_u = math.prod(out_batch) // max(1, math.prod(theta.shape[:-1]))
     return "materialize" if k * per_u >= n else "rounds"
+
+
+# --------------------------------------------------------------------------- CPU implementation
+
+CPU_IMPLS = ("reference", "blocked", "engine")
+
+
+def cpu_impl(op, schedule, dtype=None, k=None):
+    """Which CPU implementation runs pass ``op`` of :mod:`cupyortho.backends.cpu` on NumPy arrays.
+
+    ``op`` is a protocol function name (``"matrix"``, ``"apply_vjp"``, ``"unitary_apply"``, ...);
+    ``k`` the number of columns of ``x`` for the apply passes.  Returns one of :data:`CPU_IMPLS`:
+    ``"blocked"`` (the block-diagonal GEMM stages of :mod:`cupyortho.backends.blocked`, team
+    schedules, SO(n) only), ``"reference"`` (the round-by-round NumPy functions).
+    """
+    # Plain team schedules only; a narrow Stiefel restriction (8m < n) sweeps its O(nm) rotations,
+    # since the block plan would build every stage of the full n x n schedule.
+    narrow = schedule.m is not None and 8 * schedule.m < schedule.n
+    if not op.startswith("unitary") and schedule.kind == "team" and not narrow:
+        return "blocked"
+    return "reference"

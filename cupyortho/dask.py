@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _api
+from . import _api, _dispatch
+from . import _validate as _v
 from ._strategy import apply_method
-from .errors import BackendMismatchError, DtypeError, ShapeError, SizeError
+from .errors import BackendMismatchError, ShapeError
 
 __all__ = ["apply", "apply_vjp", "apply_jvp", "is_dask_array"]
 
@@ -48,11 +49,8 @@ def is_dask_array(a) -> bool:
 def _check_x(x, check_finite):
     if not is_dask_array(x):
         raise BackendMismatchError(f"x must be a dask array for cupyortho.dask, got {type(x).__name__}")
-    dt = np.dtype(x.dtype)
-    if dt.name not in _api.SUPPORTED_DTYPES:
-        raise DtypeError(f"x must have dtype float32 or float64, got {dt.name}")
-    if x.ndim == 0:
-        raise ShapeError("x must have at least one dimension, got a scalar")
+    _v.check_dtype("x", x.dtype)
+    _v.check_ndim("x", x.shape, 1)
     row_axis = 0 if x.ndim == 1 else x.ndim - 2
     if x.numblocks[row_axis] != 1:
         raise ShapeError(
@@ -60,9 +58,7 @@ def _check_x(x, check_finite):
             f"{x.chunks[row_axis]}: rotations mix all n rows of a column, so chunk along the "
             f"columns k instead, e.g. x.rechunk({{{row_axis}: -1}})"
         )
-    n = x.shape[row_axis]
-    if n < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {x.shape}")
+    _v.x_rows("x", x.shape)
     return x
 
 
@@ -78,20 +74,21 @@ def _check_theta(theta, x, schedule, check_finite):
             "theta must be an in-memory NumPy or CuPy array (one angle vector shared by every chunk "
             "of x); got a dask array: pass theta.compute()"
         )
-    backend = _api._backend_for(theta=theta, x=_meta(x))
-    theta = _api._as_array("theta", theta, backend, check_finite)
+    backend = _dispatch.so_backend(theta=theta, x=_meta(x))
+    check_finite = _v.flag("check_finite", check_finite)
+    theta = _v.as_array("theta", theta, backend, check_finite=check_finite)
     if theta.ndim != 1:
         raise ShapeError(
             f"theta must be one angle vector (A,) when x is a dask array; got shape {tuple(theta.shape)} "
             "(batches of angle vectors: loop over them, or use in-memory arrays)"
         )
     n = x.shape[0] if x.ndim == 1 else x.shape[-2]
-    sched = _api._resolve(theta, n, schedule, n_name="n (from x.shape)")
+    sched = _v.resolve_so(theta.shape, n, schedule, n_name="n (from x.shape)")
     return theta, backend, sched
 
 
-def _like_x(name, a, x, dtype_check=True):
-    """A cotangent/tangent as a dask array with exactly x2's shape and chunks (None stays None)."""
+def _like_x(name, a, x):
+    """A cotangent/tangent as a dask array with exactly x's shape and chunks (None stays None)."""
     import dask.array as da
 
     if a is None:
@@ -100,11 +97,8 @@ def _like_x(name, a, x, dtype_check=True):
         if not hasattr(a, "dtype"):
             a = np.asarray(a)
         a = da.from_array(a, chunks=x.chunks) if tuple(a.shape) == tuple(x.shape) else da.asarray(a)
-    if dtype_check and np.dtype(a.dtype).name not in _api.SUPPORTED_DTYPES:
-        raise DtypeError(f"{name} must have dtype float32 or float64, got {np.dtype(a.dtype).name}")
-    if tuple(a.shape) != tuple(x.shape):
-        raise ShapeError(f"{name} must have the shape of {'x' if name.startswith('x') else 'apply(theta, x)'}, "
-                         f"{tuple(x.shape)}; got {tuple(a.shape)}")
+    _v.check_dtype(name, a.dtype)
+    _v.same_shape(name, a.shape, x.shape, "x" if name.startswith("x") else "apply(theta, x)")
     return a.rechunk(x.chunks) if a.chunks != x.chunks else a
 
 
@@ -158,8 +152,7 @@ def _t(a):
 # --------------------------------------------------------------------------- chunk functions
 
 def _checked(name, a, backend, check_finite, dtype):
-    a = _api._as_array(name, a, backend, check_finite)
-    return a if a.dtype == dtype else a.astype(dtype)
+    return _v.cast(_v.as_array(name, a, backend, check_finite=check_finite), dtype)
 
 
 def _chunk_matmul(xb, u, name, backend, check_finite, dtype, transpose):
@@ -215,6 +208,8 @@ def apply(theta, x, *, transpose=False, schedule=None, check_finite=True, method
     from dask import delayed
 
     x = _check_x(x, check_finite)
+    transpose = _v.flag("transpose", transpose)
+    check_finite = _v.flag("check_finite", check_finite)
     theta, backend, sched = _check_theta(theta, x, schedule, check_finite)
     x2, vector = _as_matrix(x)
     dtype = np.result_type(theta.dtype, x2.dtype)
@@ -253,6 +248,8 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
     from dask import delayed
 
     x = _check_x(x, check_finite)
+    transpose = _v.flag("transpose", transpose)
+    check_finite = _v.flag("check_finite", check_finite)
     theta, backend, sched = _check_theta(theta, x, schedule, check_finite)
     cotangent = _like_x("cotangent", cotangent, x)
     output = _like_x("output", output, x)
@@ -309,11 +306,13 @@ def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, sched
     from dask import delayed
 
     x = _check_x(x, check_finite)
+    transpose = _v.flag("transpose", transpose)
+    check_finite = _v.flag("check_finite", check_finite)
     theta, backend, sched = _check_theta(theta, x, schedule, check_finite)
     if is_dask_array(theta_tangent):
         raise BackendMismatchError("theta_tangent must be an in-memory array like theta; got a dask array")
-    theta_tangent = _api._as_array("theta_tangent", theta_tangent, backend, check_finite)
-    _api._check_same_shape("theta_tangent", theta_tangent, theta.shape, "theta")
+    theta_tangent = _v.as_array("theta_tangent", theta_tangent, backend, check_finite=check_finite)
+    _v.same_shape("theta_tangent", theta_tangent.shape, theta.shape, "theta")
     x_tangent = _like_x("x_tangent", x_tangent, x)
     x2, vector = _as_matrix(x)
     xt2 = None if x_tangent is None else _as_matrix(x_tangent)[0]
