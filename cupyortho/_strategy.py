@@ -76,7 +76,10 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     The measurements behind the rule are in ``docs/engine.md``.
     """
     unitary = op.startswith("unitary")
-    blocked_ok = not unitary and schedule.kind == "team"
+    # Plain team schedules only; a narrow Stiefel restriction (8m < n) sweeps its O(nm) rotations,
+    # since the block plan would build every stage of the full n x n schedule.
+    narrow = schedule.m is not None and 8 * schedule.m < schedule.n
+    blocked_ok = not unitary and schedule.kind == "team" and not narrow
     if FORCE == "reference" or (FORCE == "blocked" and blocked_ok):
         return FORCE
     if FORCE == "engine" and engine_available():

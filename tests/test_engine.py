@@ -36,7 +36,12 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12, np.complex64: 2e-5, np.complex128: 1
 
 
 def schedules(n):
-    out = [S.circle_schedule(n), S.team_schedule(n), S.team_schedule(n, 1), S.team_schedule(n, 2)]
+    """Every kind: circle, brick, team (several team sizes), restricted, truncated, and user rounds
+    (with pairs written ``(j, i)``, a plane met twice: an angle layout that is not the triangle's)."""
+    out = [S.circle_schedule(n), S.brick_schedule(n), S.team_schedule(n), S.team_schedule(n, 1),
+           S.team_schedule(n, 2), S.circle_schedule(n).truncate(min(2, S.circle_schedule(n).num_rounds))]
+    user = [[(1, 0)], [(0, 1)]] + ([[(0, n - 1), (2, 1)], [(n - 2, 0)]] if n >= 3 else [])
+    out.append(S.Schedule.from_rounds(n, user))
     if n >= 4:
         out += [S.team_schedule(n, 4), S.circle_schedule(n).restrict(n // 2), S.team_schedule(n, 2).restrict(2)]
     return out
