@@ -40,7 +40,7 @@ def schedules(n):
     (with pairs written ``(j, i)``, a plane met twice: an angle layout that is not the triangle's)."""
     out = [S.circle_schedule(n), S.brick_schedule(n), S.team_schedule(n), S.team_schedule(n, 1),
            S.team_schedule(n, 2), S.circle_schedule(n).truncate(min(2, S.circle_schedule(n).num_rounds))]
-    user = [[(1, 0)], [(0, 1)]] + ([[(0, n - 1), (2, 1)], [(n - 2, 0)]] if n >= 3 else [])
+    user = [[(1, 0)], [(0, 1)]] + ([[(0, n - 1), (2, 1)], [(n - 2, 0)]] if n >= 4 else [[(n - 1, 0)]])
     out.append(S.Schedule.from_rounds(n, user))
     if n >= 4:
         out += [S.team_schedule(n, 4), S.circle_schedule(n).restrict(n // 2), S.team_schedule(n, 2).restrict(2)]
@@ -134,7 +134,7 @@ def test_unitary_passes_match_reference(impl, cdtype, n, k, pb, xb):
     rdt = np.float32 if cdtype == np.complex64 else np.float64
     rng = np.random.default_rng(n * 7 + k)
     for sched in schedules(n):
-        if sched.m is not None:
+        if sched.num_angles != n * (n - 1) // 2:  # the U(n) layout holds n(n-1)/2 angles (docs/unitary.md)
             continue
         p = rng.uniform(-np.pi, np.pi, pb + (n * n,)).astype(rdt)
         x = rand(rng, xb + (n, k), cdtype)
