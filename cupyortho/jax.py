@@ -290,8 +290,13 @@ def _float_array(name, a):
     return a
 
 
-def _check_count(theta, n, m=None):
-    expected = _sched.num_angles(n, m)
+def _check_count(theta, n, m=None, schedule=None):
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)
+    if isinstance(schedule, _sched.Schedule) and m in (None, schedule.m):
+        expected = schedule.num_angles  # truncated or user-built schedules hold their own count
+    else:
+        expected = _sched.num_angles(n, m)
     if theta.shape[-1] != expected:
         what = f"n = {n}" + (f", m = {m}" if m is not None else "")
         raise AngleCountError(
@@ -309,7 +314,7 @@ def _n_from_count(count):
 def _full_schedule(schedule, n):
     """A hashable, unrestricted Schedule for ``n`` (checks names and sizes)."""
     s = _sched.get_schedule(schedule, n)
-    return s if s.m is None else _sched._rebuild(s.kind, s.n, None, s.team_size)
+    return s if s.m is None else s.unrestricted()
 
 
 def matrix(theta, *, n=None, schedule=None):
@@ -329,7 +334,7 @@ def matrix(theta, *, n=None, schedule=None):
             raise SizeError(f"n = {n} disagrees with the schedule, built for n = {schedule.n}")
         n = schedule.n
     n = _n_from_count(theta.shape[-1]) if n is None else _sched._check_int("n", n, 2)
-    _check_count(theta, n)
+    _check_count(theta, n, schedule=schedule)
     return _matrix(theta, _full_schedule(schedule, n))
 
 
@@ -345,7 +350,7 @@ def frame(theta, n, m, *, schedule=None):
     """
     theta = _float_array("theta", theta)
     n = _sched._check_int("n", n, 2)
-    _check_count(theta, n, m)  # validates m
+    _check_count(theta, n, m, schedule=schedule)  # validates m
     return _frame(theta, _full_schedule(schedule, n), n, int(m))
 
 
@@ -366,7 +371,7 @@ def apply(theta, x, *, transpose=False, schedule=None):
     n = x2.shape[-2]
     if n < 2:
         raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    _check_count(theta, n)
+    _check_count(theta, n, schedule=schedule)
     try:
         np.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
     except ValueError:
