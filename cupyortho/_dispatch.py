@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 
 from .errors import BackendMismatchError, BackendUnavailableError
 
-__all__ = ["library", "is_cupy", "so_backend", "u_backend", "accepts"]
+__all__ = ["library", "is_cupy", "so_backend", "u_backend", "accepts", "dask_function"]
 
 
 def is_cupy(a) -> bool:
@@ -38,6 +39,19 @@ def library(**arrays) -> str:
     return found.pop() if found else "numpy"
 
 
+def dask_function(name, *arrays):
+    """The :mod:`cupyortho.dask` function ``name`` when one of ``arrays`` is a Dask array, else None.
+
+    Checked by type name, so Dask (and cupyortho.dask) is imported only when a Dask array arrives;
+    the Dask layer then runs the chunks on the backend of their library (``docs/design.md`` §10).
+    """
+    if any(type(a).__module__.split(".")[0] == "dask" for a in arrays if a is not None):
+        from . import dask
+
+        return getattr(dask, name)
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _module(name):
     return importlib.import_module(f"cupyortho.backends.{name}")
@@ -49,7 +63,11 @@ def _cpu():
 
 
 def _cupy(name, what):
+    """The CuPy backend: the package ``backends/cupy`` (SO(n) and U(n) together) when present, else
+    the module ``name`` (``cupy_backend`` or ``cupy_unitary``) of the earlier layout."""
     try:
+        if importlib.util.find_spec("cupyortho.backends.cupy") is not None:
+            return _module("cupy")
         return _module(name)
     except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed
         raise BackendUnavailableError(
