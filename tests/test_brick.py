@@ -515,3 +515,16 @@ def test_cupy_unitary_kernels_on_brick(rng):
             np.testing.assert_allclose(a, b, atol=1e-11)
         np.testing.assert_allclose(cu._impl_unitary_apply_jvp(dev, p, z, t, z, s), nu.unitary_apply_jvp(p, z, t, z, s),
                                    atol=1e-11)
+
+
+def test_torch_layer_with_a_truncated_schedule(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    s = co.get_schedule(None, 64).truncate(4)
+    layer = ct.Orthogonal(64, schedule=s)
+    assert layer.theta.shape == (s.num_angles,) == (4 * 32,)
+    with torch.no_grad():
+        layer.theta.copy_(torch.tensor(rng.uniform(-1, 1, s.num_angles)))
+    u = layer.matrix().detach().double().numpy()
+    np.testing.assert_allclose(u, co.matrix(layer.theta.detach().double().numpy(), schedule=s), atol=1e-6)
