@@ -61,13 +61,14 @@ def schedule_args(schedule) -> Tuple[Optional[str], Optional[int]]:
     if schedule is None:
         return None, None
     if isinstance(schedule, str):
-        if schedule not in _sched.SCHEDULE_KINDS:
+        if schedule not in _sched.SCHEDULE_KINDS and ":" not in schedule:
             raise ScheduleError(
-                f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {schedule!r}"
+                f"schedule must be one of {_sched.SCHEDULE_KINDS}, a schedule token, a Schedule or None, "
+                f"got {schedule!r}"
             )
         return schedule, None
     if isinstance(schedule, _sched.Schedule):
-        return schedule.kind, schedule.team_size
+        return schedule.token, None  # the one way any Schedule travels: its token (cupyortho.schedule)
     raise ScheduleError(
         f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {type(schedule).__name__}"
     )

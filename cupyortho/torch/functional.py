@@ -54,8 +54,13 @@ def _n_from_count(count: int) -> int:
     )
 
 
-def _check_count(theta, n, m=None):
-    expected = _sched.num_angles(n, m)
+def _check_count(theta, n, m=None, schedule=None):
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)
+    if isinstance(schedule, _sched.Schedule) and m in (None, schedule.m):
+        expected = schedule.num_angles  # truncated or user-built schedules hold their own count
+    else:
+        expected = _sched.num_angles(n, m)
     if theta.shape[-1] != expected:
         what = f"n = {n}" + (f", m = {m}" if m is not None else "")
         raise AngleCountError(
@@ -64,6 +69,8 @@ def _check_count(theta, n, m=None):
 
 
 def _resolve_n(schedule, n):
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule, which carries n
     if isinstance(schedule, _sched.Schedule):
         if n is not None and n != schedule.n:
             raise SizeError(f"n = {n} disagrees with the schedule, built for n = {schedule.n}")
@@ -97,7 +104,7 @@ def matrix(theta: torch.Tensor, *, n: Optional[int] = None, schedule=None) -> to
     _check_tensor("theta", theta)
     n = _resolve_n(schedule, n)
     n = _n_from_count(theta.shape[-1]) if n is None else _sched._check_int("n", n, 2)
-    _check_count(theta, n)
+    _check_count(theta, n, schedule=schedule)
     return _matrix_op(theta, n, *schedule_args(schedule))
 
 
@@ -115,7 +122,7 @@ def frame(theta: torch.Tensor, n: int, m: int, *, schedule=None) -> torch.Tensor
     _check_tensor("theta", theta)
     n = _sched._check_int("n", n, 2)
     _resolve_n(schedule, n)
-    _check_count(theta, n, m)  # validates m too
+    _check_count(theta, n, m, schedule=schedule)  # validates m too
     return _frame_op(theta, n, int(m), *schedule_args(schedule))
 
 
@@ -138,7 +145,7 @@ def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, sche
         raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
     if _resolve_n(schedule, n) != n:
         raise SizeError(f"x has n = {n} rows but the schedule is built for n = {schedule.n}")
-    _check_count(theta, n)
+    _check_count(theta, n, schedule=schedule)
     try:
         torch.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
     except RuntimeError:
