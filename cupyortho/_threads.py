@@ -125,11 +125,11 @@ def apply_to_numba() -> Optional[int]:
 
 @contextlib.contextmanager
 def numba_threads() -> Iterator[Optional[int]]:
-    """Context for one engine call: numba runs on the current setting in the calling thread and gets
-    its previous count back on exit.  Yields the count (None: nothing set, numba's default applies;
-    nothing is touched then)."""
+    """Context for one compiled call: numba runs on the current setting in the calling thread and
+    gets its previous count back on exit.  Yields the count (None: nothing set, or numba not imported
+    yet; nothing is touched then, numba's default applies)."""
     n = _requested()
-    if n is None:
+    if n is None or "numba" not in sys.modules:
         yield None
         return
     import numba
@@ -144,6 +144,20 @@ def numba_threads() -> Iterator[Optional[int]]:
         yield n
     finally:
         numba.set_num_threads(prev)
+
+
+def with_numba_threads(fn, load: bool = False):
+    """``fn`` wrapped so that each call runs inside :func:`numba_threads` (what
+    :mod:`cupyortho.backends.cpu` does for the compiled implementations).  ``load``: import numba
+    first (the engine needs it anyway), so the very first call is covered too."""
+
+    def call(*args, **kwargs):
+        if load and _requested() is not None:
+            import numba  # noqa: F401
+        with numba_threads():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def pool_size(limit: int) -> int:
