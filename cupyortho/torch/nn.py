@@ -52,7 +52,8 @@ class Orthogonal(nn.Module):
         _schedule_args(schedule)
         self.schedule = schedule
         self.theta = nn.Parameter(
-            torch.zeros(_sched.num_angles(self.n, self.m), device=device, dtype=dtype or torch.float32)
+            torch.zeros(_sched.get_schedule(schedule, self.n, self.m).num_angles, device=device,
+                        dtype=dtype or torch.float32)  # the schedule's count (truncations hold fewer)
         )
 
     def matrix(self) -> torch.Tensor:
@@ -138,7 +139,7 @@ class OrthogonalParametrization(nn.Module):
 
     @property
     def num_angles(self) -> int:
-        return _sched.num_angles(self.n, self.m)
+        return _sched.get_schedule(self.schedule, self.n, self.m).num_angles  # truncations hold fewer
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if self.m is None:
