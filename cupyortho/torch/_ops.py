@@ -52,22 +52,22 @@ _LIB = "cupyortho"
 # The one place that encodes a schedule as op arguments.  Every op's schema ends with
 # _SCHEDULE_SCHEMA and every public function passes ``*schedule_args(schedule)``.
 
-_SCHEDULE_SCHEMA = "str? kind, int? team_size"
-_SCHEDULE_ARITY = 2
+_SCHEDULE_SCHEMA = "str? kind, int? team_size, int? restrict=None"
 
 
-def schedule_args(schedule) -> Tuple[Optional[str], Optional[int]]:
-    """A ``schedule`` argument (None, a kind name or a Schedule) -> the trailing op arguments."""
+def schedule_args(schedule) -> Tuple[Optional[str], Optional[int], Optional[int]]:
+    """A ``schedule`` argument (None, a kind name or a Schedule) -> the trailing op arguments
+    ``(kind, team_size, restrict)``; ``restrict`` is the ``m`` of a Stiefel-restricted Schedule."""
     if schedule is None:
-        return None, None
+        return None, None, None
     if isinstance(schedule, str):
         if schedule not in _sched.SCHEDULE_KINDS:
             raise ScheduleError(
                 f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {schedule!r}"
             )
-        return schedule, None
+        return schedule, None, None
     if isinstance(schedule, _sched.Schedule):
-        return schedule.kind, schedule.team_size
+        return schedule.kind, schedule.team_size, schedule.m
     raise ScheduleError(
         f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {type(schedule).__name__}"
     )
@@ -77,11 +77,15 @@ def schedule_args(schedule) -> Tuple[Optional[str], Optional[int]]:
 _schedule_args = schedule_args
 
 
-def _schedule(n: int, kind: Optional[str], team_size: Optional[int]):
+def _schedule(n: int, kind: Optional[str], team_size: Optional[int], restrict: Optional[int] = None):
     """The trailing op arguments back to a schedule cupyortho accepts, for size ``n``."""
     if kind == "team" and team_size is not None:
-        return _sched.team_schedule(n, team_size)
-    return kind
+        sched = _sched.team_schedule(n, team_size)
+    elif restrict is not None:
+        sched = _sched.get_schedule(kind, n)
+    else:
+        return kind
+    return sched if restrict is None else sched.restrict(restrict)
 
 
 # --------------------------------------------------------------------------- the table
@@ -110,6 +114,10 @@ class _Op:
     @property
     def n_tensors(self) -> int:
         return len(self.core)
+
+    @property
+    def n_args(self) -> int:
+        return len(self.args.split(", "))
 
     @property
     def tensor_names(self) -> Tuple[str, ...]:
@@ -179,11 +187,16 @@ _TABLE = (
 
 def _kernel(spec: _Op):
     """The op's implementation: the tensors go through the bridge, the rest is passed on."""
-    k, a = spec.n_tensors, _SCHEDULE_ARITY
+    k, f = spec.n_tensors, spec.n_args  # the schedule's arguments follow the first f (defaults may be left out)
 
     def kernel(*args):
-        tensors, scalars, sched = args[:k], args[k:len(args) - a], args[len(args) - a:]
-        schedule = _schedule(spec.n(*args[:len(args) - a]), *sched)
+        tensors, scalars, sched = args[:k], args[k:f], args[f:]
+        if any(t.numel() == 0 for t in tensors):
+            # An empty batch (or k = 0 columns): every output is a sum over nothing -- zeros of the
+            # shape the fake kernel states, without calling cupyortho.
+            out = spec.fake(*args[:f])
+            return tuple(torch.zeros_like(o) for o in out) if isinstance(out, tuple) else torch.zeros_like(out)
+        schedule = _schedule(spec.n(*args[:f]), *sched)
         return _call(lambda *arrays: spec.impl(*arrays, *scalars, schedule), *tensors)
 
     return kernel
@@ -191,7 +204,7 @@ def _kernel(spec: _Op):
 
 def _fake(spec: _Op):
     def fake(*args):
-        return spec.fake(*args[:len(args) - _SCHEDULE_ARITY])
+        return spec.fake(*args[:spec.n_args])
 
     return fake
 

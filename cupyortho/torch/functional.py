@@ -13,7 +13,7 @@ import torch
 
 from .. import _unitary
 from .. import schedule as _sched
-from ..errors import AngleCountError, DtypeError, ShapeError, SizeError
+from ..errors import AngleCountError, BackendMismatchError, DtypeError, ShapeError, SizeError
 from ._bridge import same_device
 from ._ops import (
     _apply_op,
@@ -37,6 +37,8 @@ _DTYPES = (torch.float32, torch.float64)
 def _check_tensor(name: str, t, min_ndim: int = 1) -> None:
     if not isinstance(t, torch.Tensor):
         raise DtypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise DtypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dtype not in _DTYPES:
         raise DtypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
     if t.dim() < min_ndim:
@@ -61,6 +63,26 @@ def _check_count(theta, n, m=None):
         )
 
 
+def _restriction(schedule):
+    """The ``m`` of a Stiefel-restricted Schedule (its angle count is ``num_angles(n, m)``), else None."""
+    return schedule.m if isinstance(schedule, _sched.Schedule) else None
+
+
+def _check_base(base, n: int, dtype, device, what: str = "theta"):
+    """``base``: None, or a ``(..., n, n)`` tensor of ``dtype`` on ``device``."""
+    if base is None:
+        return
+    if not isinstance(base, torch.Tensor):
+        raise DtypeError(f"base must be None or a torch.Tensor, got {type(base).__name__}")
+    if base.dtype != dtype:
+        raise DtypeError(f"base must have dtype {dtype} (that of {what}), got {base.dtype}")
+    if base.dim() < 2 or tuple(base.shape[-2:]) != (n, n):
+        raise ShapeError(f"base must have shape (..., {n}, {n}), got {tuple(base.shape)}")
+    if base.device != device:
+        raise BackendMismatchError(f"base and {what} must be on one device; got base on {base.device} and "
+                                   f"{what} on {device}")
+
+
 def _resolve_n(schedule, n):
     if isinstance(schedule, _sched.Schedule):
         if n is not None and n != schedule.n:
@@ -81,31 +103,43 @@ def _n_from_unitary_count(count: int, special: bool) -> int:
 
 # --------------------------------------------------------------------------- public functions
 
-def matrix(theta: torch.Tensor, *, n: Optional[int] = None, schedule=None) -> torch.Tensor:
-    r"""The rotation :math:`U(\theta) = B_{R-1}\cdots B_0 \in SO(n)` (see :func:`cupyortho.matrix`).
+def matrix(theta: torch.Tensor, *, n: Optional[int] = None, schedule=None, base=None) -> torch.Tensor:
+    r"""The rotation :math:`U(\theta) = B_{R-1}\cdots B_0 \in SO(n)` (see :func:`cupyortho.matrix`),
+    or :math:`B\,U(\theta)` with a base ``B`` (the layers' trivialization, ``docs/adapters.md``).
 
     Args:
-        theta (Tensor): ``(..., n(n-1)/2)`` angles, float32 or float64, CPU or CUDA.
+        theta (Tensor): ``(..., n(n-1)/2)`` angles, float32 or float64, CPU or CUDA
+            (``(..., num_angles(n, m))`` with a Stiefel-restricted Schedule: its full ``n x n`` matrix).
         n (int, optional): inferred from the angle count when omitted.
         schedule (str | Schedule | None): as in :func:`cupyortho.matrix`.
+        base (Tensor, optional): ``(..., n, n)`` of theta's dtype and device, typically orthogonal;
+            the result is ``base @ U(theta)`` (batch axes broadcast as in ``torch.matmul``).
 
     Returns:
-        Tensor ``(..., n, n)``, differentiable with respect to theta.
+        Tensor ``(..., n, n)``, differentiable with respect to theta (and base).
+
+    Raises:
+        DtypeError, ShapeError, AngleCountError, SizeError, ScheduleError, BackendMismatchError
+        (``cupyortho.errors``) for bad arguments, naming the argument.
     """
     _check_tensor("theta", theta)
     n = _resolve_n(schedule, n)
+    m = _restriction(schedule)
     n = _n_from_count(theta.shape[-1]) if n is None else _sched._check_int("n", n, 2)
-    _check_count(theta, n)
-    return _matrix_op(theta, n, *schedule_args(schedule))
+    _check_count(theta, n, m)
+    _check_base(base, n, theta.dtype, theta.device)
+    u = _matrix_op(theta, n, *schedule_args(schedule))
+    return u if base is None else base @ u
 
 
-def frame(theta: torch.Tensor, n: int, m: int, *, schedule=None) -> torch.Tensor:
+def frame(theta: torch.Tensor, n: int, m: int, *, schedule=None, base=None) -> torch.Tensor:
     r"""The first ``m`` columns of the Stiefel-restricted :math:`U(\theta)` (see :func:`cupyortho.frame`).
 
     Args:
         theta (Tensor): ``(..., n*m - m(m+1)/2)`` angles.
         n (int), m (int): ``1 <= m <= n``.
         schedule: as in :func:`matrix`.
+        base (Tensor, optional): ``(..., n, n)``; the result is ``base @ frame(theta, n, m)``.
 
     Returns:
         Tensor ``(..., n, m)`` with orthonormal columns.
@@ -114,7 +148,9 @@ def frame(theta: torch.Tensor, n: int, m: int, *, schedule=None) -> torch.Tensor
     n = _sched._check_int("n", n, 2)
     _resolve_n(schedule, n)
     _check_count(theta, n, m)  # validates m too
-    return _frame_op(theta, n, int(m), *schedule_args(schedule))
+    _check_base(base, n, theta.dtype, theta.device)
+    q = _frame_op(theta, n, int(m), *schedule_args(schedule))
+    return q if base is None else base @ q
 
 
 def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, schedule=None) -> torch.Tensor:
@@ -136,7 +172,7 @@ def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, sche
         raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
     if _resolve_n(schedule, n) != n:
         raise SizeError(f"x has n = {n} rows but the schedule is built for n = {schedule.n}")
-    _check_count(theta, n)
+    _check_count(theta, n, _restriction(schedule))
     try:
         torch.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
     except RuntimeError:
@@ -148,13 +184,16 @@ def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, sche
     return y.squeeze(-1) if vector else y
 
 
-def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = False, schedule=None) -> torch.Tensor:
+def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = False, schedule=None,
+            base=None) -> torch.Tensor:
     r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary`).
 
     Args:
         params (Tensor): real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n), ``special=True``),
             laid out ``[theta, phi, delta]``.
         n (int, optional), schedule: as in :func:`matrix`.
+        base (Tensor, optional): complex ``(..., n, n)`` (complex64 for float32 params, complex128 for
+            float64) on params' device; the result is ``base @ U(params)``.
 
     Returns:
         complex Tensor ``(..., n, n)`` (complex64 for float32 params, complex128 for float64),
@@ -168,7 +207,9 @@ def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = Fa
             f"params must hold {_unitary.num_unitary_params(n, special)} parameters for n = {n}; "
             f"got shape {tuple(params.shape)}"
         )
-    return _unitary_op(params, n, bool(special), *schedule_args(schedule))
+    _check_base(base, n, _complex_of(params.dtype), params.device, "params")
+    u = _unitary_op(params, n, bool(special), *schedule_args(schedule))
+    return u if base is None else base @ u
 
 
 def unitary_apply(params: torch.Tensor, x: torch.Tensor, *, special: bool = False, adjoint: bool = False,
