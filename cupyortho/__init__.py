@@ -10,6 +10,7 @@ when its arrays are passed in; PyTorch and JAX by their adapters ``cupyortho.tor
 
 from ._version import __version__
 from . import errors
+from ._threads import set_num_threads, get_num_threads, threads
 from .schedule import (
     Schedule,
     circle_schedule,
@@ -54,6 +55,10 @@ from .init import (
 __all__ = [
     "__version__",
     "errors",
+    # CPU threads
+    "set_num_threads",
+    "get_num_threads",
+    "threads",
     # schedules
     "Schedule",
     "circle_schedule",

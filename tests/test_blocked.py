@@ -439,3 +439,72 @@ def test_method_auto_rule_and_errors(rng):
     assert _strategy.apply_method("rounds", th, np.zeros((n, 100))) == "rounds"
     with pytest.raises(ValueError, match="method must be one of"):
         co.apply(th, np.zeros(n), method="dense")
+
+
+# ----------------------------------------------------------------------------- the one team-block plan
+
+from cupyortho.backends import team_plan as tp  # noqa: E402
+
+
+def _by_kernel_tables(theta, s):
+    """U built by applying, stage by stage and local round by local round, the rotations the
+    kernel tables describe (independent of the block recursion)."""
+    tab = tp.kernel_tables(s)
+    u = np.eye(tab.N)
+    for st in range(tab.S):
+        for nb_ in range(tab.NB):
+            for l in range(tab.t):
+                for p in range(tab.t):
+                    q = tab.block_angle[st, nb_, l, p]
+                    if q < 0:
+                        continue
+                    i = tab.coords[st, nb_, tab.local_i[st, nb_, l, p]]
+                    j = tab.coords[st, nb_, tab.local_j[st, nb_, l, p]]
+                    c, sn = np.cos(theta[q]), np.sin(theta[q])
+                    ri, rj = u[i].copy(), u[j].copy()
+                    u[i], u[j] = c * ri - sn * rj, sn * ri + c * rj
+    return u[: s.n, : s.n]
+
+
+@pytest.mark.parametrize("n,t,m", [(2, 1, None), (5, 1, None), (9, 4, None), (9, 4, 3), (16, 4, None),
+                                   (17, 8, 5), (20, 2, None)])
+def test_kernel_tables_reproduce_the_schedule(n, t, m, rng):
+    s = S.team_schedule(n, t)
+    if m is not None:
+        s = s.restrict(m)
+    tab = tp.kernel_tables(s)
+    assert (tab.t, tab.L, tab.N, tab.NB) == (t, 2 * t, s.padded_n, s.padded_n // (2 * t))
+    assert np.all(np.diff(tab.coords, axis=-1) > 0)
+    assert np.all(tab.local_i < tab.local_j)
+    for st in range(tab.S):  # each local round is a perfect matching of the block's L coordinates
+        for l in range(t):
+            used = np.concatenate([tab.local_i[st, :, l], tab.local_j[st, :, l]], axis=-1)
+            assert np.all(np.sort(used, axis=-1) == np.arange(2 * t))
+    ang = tab.block_angle[tab.block_angle >= 0]
+    assert np.array_equal(np.sort(ang), np.arange(s.num_angles)), "every angle exactly once"
+    th = _theta(rng, s.num_angles, np.float64)
+    np.testing.assert_allclose(_by_kernel_tables(th, s), nb.rounds_matrix(th, s), atol=1e-12)
+
+
+def test_plans_are_cached_on_the_schedule_and_read_only():
+    s = S.team_schedule(40, 8)
+    p = tp.plan(s, 4)
+    assert tp.plan(s, 4) is p and bl.plan(s, 4) is p and tp.plan(s, 8) is not p
+    assert tp.kernel_tables(s) is tp.kernel_tables(s)
+    assert tp.plan(s.restrict(5), 4) is not p
+    for arr in (p.meet_slots, p.meet_rows, p.rr_slots, tp.kernel_tables(s).block_angle):
+        with pytest.raises(ValueError):
+            arr[(0,) * arr.ndim] = 1
+
+
+def test_plan_bad_input():
+    from cupyortho.errors import ScheduleError, SizeError
+
+    with pytest.raises(ScheduleError, match="team Schedule"):
+        tp.plan(S.circle_schedule(8), 1)
+    with pytest.raises(ScheduleError, match="team Schedule"):
+        tp.kernel_tables("team")
+    s = S.team_schedule(16, 4)
+    for u in (0, 3, 8):
+        with pytest.raises(SizeError, match="u must be a power of two"):
+            tp.plan(s, u)

@@ -1,14 +1,14 @@
 """The CuPy backend against the NumPy reference: on the CPU harness, and on a GPU when there is one.
 
-One set of test bodies runs the backend's algorithm code (``cupy_backend._impl_*``) twice:
+One set of test bodies runs the backend's algorithm code (``cupyortho.backends.cupy.so._impl_*``) twice:
 
 * ``cudasim``: with the CPU harness of ``tests/cudasim`` as the device (numpy arrays, the same
   ``.cu`` kernels compiled with g++, threads in shuffled order, real barriers).  Runs in CI.
-* ``gpu``: with the real :class:`~cupyortho.backends._device.CupyDevice` on CuPy arrays.  Skipped,
+* ``gpu``: with the real :class:`~cupyortho.backends.cupy.device.CupyDevice` on CuPy arrays.  Skipped,
   with the reason, when CuPy or a GPU is missing.
 
 Every path is exercised explicitly (``fused`` all-rounds kernels, ``rounds`` per-round launches,
-``blocked`` team stages, ``dense`` apply through U), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
+``blocked`` team stages), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
 float64 ``1e-12`` (relative to the size of the values; apply/VJP sums of ``n`` rotations each), float32
 ``2e-5`` for apply and ``1e-4`` relative for angle cotangents (sums over columns and rounds).
 GPU-only tests at the end go through the public API: dispatch, non-contiguous inputs, another device,
@@ -24,9 +24,11 @@ from hypothesis import given, settings, strategies as st
 
 import cupyortho as co
 from cupyortho import schedule as S
-from cupyortho.backends import cupy_backend as cb
+from cupyortho.backends import team_plan
+from cupyortho.backends.cupy import so as cb
 from cupyortho.backends import numpy_backend as _numpy_backend
-from cupyortho.errors import BackendMismatchError
+from cupyortho.errors import BackendMismatchError, MethodError, ScheduleError
+from conftest import gpu_reason
 
 
 class _Reference:
@@ -42,19 +44,7 @@ nb = _Reference()
 
 # ----------------------------------------------------------------------------- devices
 
-def _gpu_reason():
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        return f"no CUDA device ({type(exc).__name__}: {exc})"
-    return None if count > 0 else "no CUDA device"
-
-
-GPU_REASON = _gpu_reason()
+GPU_REASON = gpu_reason()
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU test: {GPU_REASON}")
 
 
@@ -101,7 +91,7 @@ class GpuOps(SimOps):
     def __init__(self, seed=0, **attrs):
         import cupy
 
-        from cupyortho.backends._device import get_device
+        from cupyortho.backends.cupy.device import get_device
 
         self.cupy = cupy
         self.dev = get_device()
@@ -234,8 +224,9 @@ def test_apply_jvp_matches_numpy(ops, n, k, dtype, path, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,t", [(2, 2, None), (5, 9, 2), (17, 17, 4), (33, 40, None)])
-def test_dense_apply_path_matches_numpy(ops, n, k, t, dtype, rng):
-    # Team schedules with k >= n go through U and GEMMs by default (path=None) and with path='dense'.
+def test_team_apply_with_many_columns_matches_numpy(ops, n, k, t, dtype, rng):
+    # Team schedules with k >= n: the backend sweeps the rounds (whether to go through U instead is
+    # decided by cupyortho._strategy, not by the backend), with batch axes on either side.
     sched = S.team_schedule(n, t)
     for tb, xb in [((), ()), ((2,), ()), ((), (3,)), ((2, 1), (1, 2))]:
         theta = _angles(rng, sched, batch=tb, dtype=dtype)
@@ -245,21 +236,22 @@ def test_dense_apply_path_matches_numpy(ops, n, k, t, dtype, rng):
         for transpose in (False, True):
             e_y = nb.apply(theta, x, sched, transpose)
             e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
-            for path in (None, "dense"):
-                what = f"{sched} {tb} {xb} T={transpose} path={path}"
-                assert_close(ops.apply(theta, x, sched, transpose, path=path), e_y, dtype, what=what)
-                d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
-                assert d_theta.shape == theta.shape and d_x.shape == x.shape
-                assert_close(d_theta, e_theta, dtype, scale=5 * k, what="d_theta " + what)
-                assert_close(d_x, e_x, dtype, scale=5, what="d_x " + what)
+            what = f"{sched} {tb} {xb} T={transpose}"
+            assert_close(ops.apply(theta, x, sched, transpose), e_y, dtype, what=what)
+            d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None)
+            assert d_theta.shape == theta.shape and d_x.shape == x.shape
+            assert_close(d_theta, e_theta, dtype, scale=5 * k, what="d_theta " + what)
+            assert_close(d_x, e_x, dtype, scale=5, what="d_x " + what)
 
 
-def test_dense_path_needs_a_team_schedule(ops, rng):
+def test_unknown_paths_are_refused(ops, rng):
     sched = S.circle_schedule(4)
-    with pytest.raises(ValueError, match="team schedule"):
+    with pytest.raises(MethodError, match="path must be one of"):
         ops.apply(_angles(rng, sched), np.eye(4), sched, False, path="dense")
-    with pytest.raises(ValueError, match="path must be one of"):
+    with pytest.raises(MethodError, match="path must be one of"):
         ops.matrix(_angles(rng, sched), sched, path="dense")
+    with pytest.raises(ScheduleError, match="team schedule"):
+        ops.matrix(_angles(rng, sched), sched, path="blocked")
 
 
 @settings(deadline=None)
@@ -384,30 +376,6 @@ def test_frames_use_the_restricted_schedule(ops, path, rng):
             assert_close(d[0], nb.apply_vjp(theta, eye, g, sched)[0], np.float64, scale=20)
 
 
-def test_inputs_are_not_modified(ops, rng):
-    n, k = 9, 4
-    for sched in _schedules(n):
-        theta = _angles(rng, sched)
-        x, g, t_x = (_rand(rng, (n, k), np.float64) for _ in range(3))
-        gm = _rand(rng, (n, n), np.float64)
-        t_theta = _rand(rng, theta.shape, np.float64)
-        y = nb.apply(theta, x, sched)
-        args = [theta, x, g, t_x, gm, t_theta, y]
-        copies = [a.copy() for a in args]
-        dev_args = [ops.to(a) for a in args]
-        th, xx, gg, tx, ggm, tt, yy = dev_args
-        for path in ("fused", "rounds"):
-            ops.apply(th, xx, sched, False, path=path)
-            ops.apply_vjp(th, xx, gg, sched, False, None, path=path)
-            ops.apply_vjp(th, xx, gg, sched, True, yy, path=path)
-            ops.apply_jvp(th, xx, tt, tx, sched, False, path=path)
-        for path in _paths(sched):
-            ops.matrix(th, sched, path=path)
-            ops.matrix_vjp(th, ggm, sched, path=path)
-        for a, c in zip(dev_args, copies):
-            np.testing.assert_array_equal(ops.back(a), c)
-
-
 def test_empty_batches_and_columns(ops):
     for sched in (S.circle_schedule(6), S.team_schedule(6, 2)):
         A = sched.num_angles
@@ -453,7 +421,7 @@ def test_tile_width_limits():
     dev = Dev()
     # Too big for shared memory -> per-round path; forcing 'fused' is an error.
     assert cb._tile_width(dev, 8192, 4, 1, 1, 8) is None
-    with pytest.raises(ValueError, match="shared memory"):
+    with pytest.raises(MethodError, match="shared memory"):
         cb._tile_width(dev, 8192, 4, 1, 1, 8, path="fused")
     assert cb._tile_width(dev, 64, 4, 1, 1, 8, path="rounds") is None
     # Never wider than k or than shared memory allows.
@@ -524,7 +492,7 @@ def test_backward_is_bitwise_reproducible(make_ops, rng):
 @pytest.mark.parametrize("n,t", [(2, 1), (5, 2), (8, 4), (17, 4), (33, 8), (64, 16)])
 def test_team_block_tables_cover_every_angle_once(n, t):
     sched = S.team_schedule(n, t)
-    tab = cb.team_block_tables(sched)
+    tab = team_plan.kernel_tables(sched)
     angles = tab.block_angle[tab.block_angle >= 0]
     np.testing.assert_array_equal(np.sort(angles), np.arange(sched.num_angles))
     for s in range(tab.S):
@@ -547,7 +515,7 @@ def test_team_block_tables_follow_the_round_order():
     # order (empty rounds dropped), so the product of the blocks is the schedule's U.
     for n, t in [(9, 2), (17, 4), (33, 8)]:
         sched = S.team_schedule(n, t)
-        tab = cb.team_block_tables(sched)
+        tab = team_plan.kernel_tables(sched)
         seen = []
         for s in range(tab.S):
             for l in range(t):

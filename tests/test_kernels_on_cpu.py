@@ -1,6 +1,6 @@
 """Every CUDA kernel of the package, run on the CPU by the harness in tests/cudasim, against NumPy.
 
-The CuPy backend's algorithms (``cupy_backend._impl_*``, which take the device object first) run
+The CuPy backend's algorithms (``cupyortho.backends.cupy.so/un._impl_*``, which take the device object first) run
 unchanged with :class:`cudasim.CpuDevice`: numpy arrays, the launchers' own grid/block/shared-memory
 choices, and the same ``.cu`` text compiled with g++.  Threads of a block run as fibers in a seeded
 random order between barriers, so a missing ``__syncthreads`` shows as a mismatch.  Results are
@@ -20,22 +20,11 @@ import pytest
 
 import cudasim
 
-_kernels = pytest.importorskip(
-    "cupyortho.backends._kernels", reason="cupyortho.backends._kernels (KERNELS) is missing: no kernels to run"
-)
-from cupyortho.backends import cupy_backend as cb  # noqa: E402
-from cupyortho.backends import numpy_backend as nb  # noqa: E402
-from cupyortho.schedule import circle_schedule, team_schedule  # noqa: E402
+from cupyortho.backends import numpy_backend as nb, numpy_unitary as nu
+from cupyortho.backends.cupy import kernels as _kernels, so as cb, un as cu
+from cupyortho.schedule import circle_schedule, team_schedule
 
-try:  # U(n) kernels: their own KERNELS until merged into _kernels.KERNELS
-    from cupyortho.backends import cupy_unitary as cu  # noqa: E402
-    from cupyortho.backends import numpy_unitary as nu  # noqa: E402
-except ImportError:
-    cu = nu = None
-
-KERNELS = dict(_kernels.KERNELS)
-if cu is not None:
-    KERNELS.update(cu.KERNELS)
+KERNELS = _kernels.KERNELS
 LAUNCHED = collections.Counter()  # name expression -> launches, over the whole module
 
 NS = (2, 3, 31, 32, 33, 64, 65, 130)
@@ -144,7 +133,7 @@ def test_matrix_family(case):
             want = nb.matrix(theta, schedule)
             assert_close(cb._impl_matrix(dev, theta, schedule, path), want, dtype, n, f"matrix {label}")
             cot = rng.standard_normal(want.shape[-2:]).astype(dtype)
-            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path),
+            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path=path),
                          nb.matrix_vjp(theta, cot, schedule), dtype, n * n, f"matrix_vjp {label}")
         dt = rng.standard_normal(theta.shape).astype(dtype)
         assert_close(cb._impl_matrix_jvp(dev, theta, dt, schedule), nb.matrix_jvp(theta, dt, schedule),
@@ -201,7 +190,6 @@ def _complex_normal(rng, shape, cdtype):
     return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(cdtype)
 
 
-@pytest.mark.skipif(cu is None, reason="cupyortho.backends.cupy_unitary is missing")
 @pytest.mark.parametrize("case", range(len(UNITARY_CASES)),
                          ids=[f"n{n}-k{k}-{np.dtype(d).name}" for n, k, d in UNITARY_CASES])
 def test_unitary_family(case):
@@ -233,6 +221,50 @@ def test_unitary_family(case):
         assert_close(got[1], ref[1], dtype, n, f"unitary_apply_vjp d_x {label}")
         assert_close(cu._impl_unitary_apply_jvp(dev, p, x, t, tx, schedule, adjoint),
                      nu.unitary_apply_jvp(p, x, t, tx, schedule, adjoint), dtype, n, f"unitary_apply_jvp {label}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, layout", [(2, 0), (3, 1), (8, 2), (33, 0), (64, 1), (65, 2)])
+def test_unitary_batch_layouts(n, layout, dtype):
+    """The CuPy backend's algorithms run unchanged on the CPU harness (threads in shuffled order,
+    guarded arrays, checked argument types) and agree with numpy_unitary, for batch axes on params,
+    x or both (broadcast), every schedule kind and both directions (moved from test_unitary.py)."""
+    rng = np.random.default_rng(20261129)
+    dev = device(n * 10 + layout)
+    cdt = nu.complex_dtype(dtype)
+    tol = (3e-5 if dtype == np.float32 else 1e-13) * np.sqrt(n)
+    pshape = (2, n * n) if layout == 0 else (n * n,) if layout == 1 else (1, 2, n * n)
+    xshape = (n, 3) if layout == 0 else (2, n, 5) if layout == 1 else (3, 1, n, 1)
+    p = rng.uniform(-np.pi, np.pi, pshape).astype(dtype)
+    t = rng.normal(size=pshape).astype(dtype)
+    x, tx = _complex_normal(rng, xshape, cdt), _complex_normal(rng, xshape, cdt)
+    yshape = np.broadcast_shapes(pshape[:-1], xshape[:-2]) + xshape[-2:]
+    gy = _complex_normal(rng, yshape, cdt)
+    gu = _complex_normal(rng, pshape[:-1] + (n, n), cdt)
+
+    def close(a, b, what):
+        assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+        scale = max(1.0, float(np.abs(b).max()))
+        assert np.abs(a - b).max() <= tol * scale, (what, float(np.abs(a - b).max()))
+
+    for sched in (circle_schedule(n), team_schedule(n), team_schedule(n, 4) if n >= 8 else None):
+        if sched is None:
+            continue
+        close(cu._impl_unitary(dev, p, sched, cdt), nu.unitary(p, sched, cdt), "unitary")
+        close(cu._impl_unitary_vjp(dev, p, gu, sched), nu.unitary_vjp(p, gu, sched), "unitary_vjp")
+        close(cu._impl_unitary_vjp(dev, p, gu, sched, nu.unitary(p, sched, cdt)), nu.unitary_vjp(p, gu, sched),
+              "unitary_vjp(output=U)")
+        close(cu._impl_unitary_jvp(dev, p, t, sched, cdt), nu.unitary_jvp(p, t, sched, cdt), "unitary_jvp")
+        for adjoint in (False, True):
+            close(cu._impl_unitary_apply(dev, p, x, sched, adjoint), nu.unitary_apply(p, x, sched, adjoint), "apply")
+            got = cu._impl_unitary_apply_vjp(dev, p, x, gy, sched, adjoint)
+            want = nu.unitary_apply_vjp(p, x, gy, sched, adjoint)
+            close(got[0], want[0], "apply_vjp d_params")
+            close(got[1], want[1], "apply_vjp d_x")
+            close(cu._impl_unitary_apply_jvp(dev, p, x, t, tx, sched, adjoint),
+                  nu.unitary_apply_jvp(p, x, t, tx, sched, adjoint), "apply_jvp")
+    cu_inputs = (p, t, x, tx, gy, gu)
+    assert all(np.isfinite(a).all() for a in cu_inputs)
 
 
 # ----------------------------------------------------------------- mutation: remove each barrier
@@ -309,8 +341,8 @@ def test_removing_any_barrier_is_caught(filename):
 # ---------------------------------------------------------------------------------- coverage
 
 def test_every_kernel_was_launched():
-    """Runs last in this module (pytest keeps file order): the union of launches covers KERNELS
-    (``_kernels.KERNELS`` plus ``cupy_unitary.KERNELS`` while those are kept apart)."""
+    """Runs last in this module (pytest keeps file order): the union of launches covers the
+    registry (``cupyortho.backends.cupy.kernels.KERNELS``)."""
     if not LAUNCHED:
         pytest.skip("no kernel tests ran in this session (deselected)")
     missing = sorted(set(KERNELS) - set(LAUNCHED))

@@ -245,7 +245,7 @@ def test_unitary_ops(rng):
 
 def test_errors_name_the_argument():
     with pytest.raises(DtypeError, match="theta"):
-        ct.matrix(torch.zeros(3, dtype=torch.float16))
+        ct.matrix(torch.zeros(3, dtype=torch.int32))
     with pytest.raises(AngleCountError, match="theta"):
         ct.matrix(torch.zeros(4, dtype=torch.float64))
     with pytest.raises(AngleCountError):

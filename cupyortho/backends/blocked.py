@@ -8,7 +8,7 @@ of them) and over the ``log2 u`` levels of the block recursion.  Nothing the cal
 written to.  :mod:`cupyortho.backends.numpy_backend` dispatches team schedules here and keeps the
 round-by-round functions as the readable reference.
 
-Maths (DESIGN.md section 3, :func:`cupyortho.schedule.team_stages`).  With granularity ``u`` (a power
+Maths (docs/design.md, the team schedule; :func:`cupyortho.schedule.team_stages`).  With granularity ``u`` (a power
 of two ``<= t``), ``U = S_{K-1} \cdots S_1 S_0`` where ``S_0`` is block diagonal with the round-robin
 blocks ``RR(v)``, ``v = min(t, 2u)``, of consecutive coordinates, and every later stage is block
 diagonal, after a permutation of the coordinates, with ``2u x 2u`` meeting blocks.  A meeting block of
@@ -20,7 +20,7 @@ diagonal, after a permutation of the coordinates, with ``2u x 2u`` meeting block
 Derivatives.  For a block ``P`` at the output of which the "W-matrix" is ``W`` (``W = \bar G_P P^T``,
 ``\bar G_P`` the cotangent of ``P``), only the antisymmetric part ``A = W - W^T`` matters: the angle of
 a pair ``(i, j)`` of the last round gets ``A[j, i]``, and going down a level ``A <- F^T A F`` for the
-factor ``F`` that acts after (the reduction-free formula of DESIGN.md section 2, one level at a time).
+factor ``F`` that acts after (the reduction-free VJP formula of docs/design.md, one level at a time).
 ``apply``: ``W = \bar g\,y^T`` per block, ``y`` the stage output (recovered by undoing stages) and
 ``\bar g`` its cotangent.  ``matrix``: ``A = \bar G U^T - U \bar G^T`` is conjugated stage by stage,
 ``A <- S^T A S``, and each stage reads its diagonal blocks.  JVPs carry ``(y, dy)`` with
@@ -45,7 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _threads
 from ._common import sum_to as _sum_to
+from . import team_plan as _team_plan
+from .team_plan import _digit_rev, _meet_leaves, _rr_leaves, _storage  # noqa: F401 (used here and by tests)
 from .. import schedule as _sched
 
 __all__ = [
@@ -80,7 +83,7 @@ def _split_map(fn, n_items, weight, *arrays_axes):
     blocks, ``weight`` angles each).  Returns ``fn``'s result, or the list of per-slice results.
     """
     global _pool
-    parts = THREADS if n_items * weight >= 2 * _MIN_SPLIT else 1
+    parts = _threads.pool_size(THREADS) if n_items * weight >= 2 * _MIN_SPLIT else 1  # docs/threads.md
     parts = min(parts, n_items)
     if parts <= 1:
         return fn(*[a for a, _ in arrays_axes])
@@ -128,154 +131,12 @@ def _part_index(R, parts):
     return np.repeat(np.arange(parts), np.diff(bounds))
 
 
-# --------------------------------------------------------------------------- plans (cached index data)
-
-class Plan:
-    """Index data of a team schedule unrolled into block stages of granularity ``u``.
-
-    Attributes:
-        n, m, t, u, N: sizes (``N`` padded).  A: number of angles (``len(theta)``).
-        rr_v (int): block size of the first (round-robin) stage, 0 when there is none (``t = 1``).
-        rr_slots (ndarray ``(N/v, v(v-1)/2)``): angle slot of every leaf of every ``RR(v)`` block.
-        meet_rows (ndarray ``(K, B, 2u)``): coordinates of each block of each meeting stage, in the
-            blocks' storage order (so they are also the rows' order after the stage).
-        meet_slots (ndarray ``(u*u, K*B)``): angle slot of every leaf of every meeting block, in
-            :func:`build_meet`'s leaf layout.  num_meet (int): ``K``.
-        Slot ``A`` is a zero angle (dummy or dropped pair).
-        orders: list of ``N``-arrays, the coordinate order of the rows of each stage's blocks.
-    """
-
-    def __init__(self, sched, u):
-        n, t, m = sched.n, sched.team_size, sched.m
-        N, rr, stages = _sched.team_stages(n, t, u)
-        self.n, self.m, self.t, self.u, self.N = n, m, t, u, N
-        self.A = sched.num_angles
-        self.rr_v = 0 if rr is None else rr[0]
-        self.rr_slots = None
-        orders = []
-        if rr is not None:
-            v, groups = rr
-            i, j = _rr_leaves(groups)
-            self.rr_slots = self._slots(i, j)
-            orders.append(groups.reshape(-1))
-        if stages:
-            a = np.stack([s[0] for s in stages])
-            b = np.stack([s[1] for s in stages])
-            i, j = _meet_leaves(a, b)
-            slots = self._slots(i, j)[..., _digit_rev(int(u).bit_length() - 1)]
-            self.meet_slots = np.ascontiguousarray(slots.reshape(-1, u * u).T)  # (u*u, K*B)
-            self.num_meet = a.shape[0]
-            order, _ = _storage(u)
-            self.meet_rows = np.ascontiguousarray(np.concatenate([a, b], axis=-1)[..., order])
-            orders += list(self.meet_rows.reshape(len(stages), -1))
-        else:
-            self.meet_slots = np.zeros((u * u, 0), dtype=np.int64)
-            self.num_meet = 0
-            self.meet_rows = np.zeros((0, N // (2 * u), 2 * u), dtype=np.int64)
-        self.orders = orders
-        self.levels = int(u).bit_length() - 1
-        # gathers between consecutive stage orders (None: already in that order)
-        self.fwd = _gathers(orders, N)
-        self.rev = _gathers(orders[::-1], N)
-        for arr in (self.rr_slots, self.meet_slots, self.meet_rows):
-            if arr is not None:
-                arr.flags.writeable = False
-
-    def _slots(self, i, j):
-        n, m = self.n, self.m
-        valid = j < n
-        if m is not None:
-            valid &= i < m
-        idx = _sched.pair_index(i, np.where(valid, j, i + 1), n)
-        return np.where(valid, idx, self.A).astype(np.int32 if self.A < 2**31 - 1 else np.int64)
-
-    @property
-    def num_stages(self):
-        return len(self.orders)
-
-
-class Gather:
-    """A permutation of ``N`` rows, applied as a permutation of contiguous chunks when it is one
-    (stage orders move whole teams, so most gathers copy runs of ``c`` rows, not single rows)."""
-
-    __slots__ = ("idx", "c", "chunks")
-
-    def __init__(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
-        N = idx.size
-        c = 1
-        while N % (2 * c) == 0:
-            cc = 2 * c
-            runs = idx.reshape(-1, cc)
-            if not (np.all(runs[:, 0] % cc == 0) and np.all(runs - runs[:, :1] == np.arange(cc))):
-                break
-            c = cc
-        self.idx, self.c, self.chunks = idx, c, idx[::c] // c
-
-    def __call__(self, a, axis=-2):
-        """``np.take(a, idx, axis)``."""
-        if self.c == 1:
-            return np.take(a, self.idx, axis=axis)
-        axis = axis % a.ndim
-        shape = a.shape[:axis] + (a.shape[axis] // self.c, self.c) + a.shape[axis + 1:]
-        return np.take(a.reshape(shape), self.chunks, axis=axis).reshape(a.shape)
-
-
-def _gather(idx, N):
-    return None if np.array_equal(idx, np.arange(N)) else Gather(idx)
-
-
-def _gathers(orders, N):
-    """For a sequence of row orders: the gather taking rows in order k-1 (natural before the first)
-    to order k (None: nothing to do), and the final gather back to natural order."""
-    out = []
-    pos = np.arange(N)
-    natural = True
-    for order in orders:
-        out.append(_gather(pos[order], N))
-        pos = np.empty(N, dtype=np.int64)
-        pos[order] = np.arange(N)
-        natural = False
-    final = None if natural else _gather(pos, N)
-    return out, final
-
-
-def _meet_leaves(a, b):
-    """Pairs ``(i, j)`` of the leaves of meeting blocks ``(a, b)`` (``(..., u)``), recursion order
-    (children X1, X2, Y1, Y2; the top-level split varies slowest).  Returns arrays ``(..., u*u)``."""
-    u = a.shape[-1]
-    if u == 1:
-        return a, b
-    ae, ao, be, bo = a[..., 0::2], a[..., 1::2], b[..., 0::2], b[..., 1::2]
-    a4 = np.stack([ae, ao, ae, ao], axis=-2)
-    b4 = np.stack([be, bo, bo, np.roll(be, -1, axis=-1)], axis=-2)
-    i, j = _meet_leaves(a4, b4)
-    return i.reshape(a.shape[:-1] + (u * u,)), j.reshape(a.shape[:-1] + (u * u,))
-
-
-def _rr_leaves(c):
-    """Leaves of ``RR(v)`` on coordinates ``c`` (``(..., v)``): ``[meeting leaves, RR child 1, RR child 2]``."""
-    v = c.shape[-1]
-    if v == 1:
-        e = np.zeros(c.shape[:-1] + (0,), dtype=np.int64)
-        return e, e
-    w = v // 2
-    mi, mj = _meet_leaves(c[..., :w], c[..., w:])
-    ci, cj = _rr_leaves(np.stack([c[..., :w], c[..., w:]], axis=-2))
-    shape = c.shape[:-1] + (-1,)
-    return (np.concatenate([mi, ci.reshape(shape)], axis=-1),
-            np.concatenate([mj, cj.reshape(shape)], axis=-1))
-
-
-@functools.lru_cache(maxsize=8)
-def _plan(sched_key, u):
-    kind, n, m, t = sched_key
-    return Plan(_sched._rebuild(kind, n, m, t), u)
-
+# --------------------------------------------------------------------------- plans
 
 def plan(schedule, u):
-    """The cached :class:`Plan` of a team ``schedule`` at granularity ``u``."""
-    return _plan(schedule.key, int(u))
+    """The cached :class:`~cupyortho.backends.team_plan.TeamPlan` of a team ``schedule`` at
+    granularity ``u`` (the one team-block plan, shared with the CuPy path)."""
+    return _team_plan.plan(schedule, u)
 
 
 def granularity(schedule, k=None):
@@ -537,13 +398,6 @@ def meet_vjp(ang, a, levels, keep=None):
     return np.moveaxis(d, 0, -2).reshape(shape)
 
 
-@functools.lru_cache(maxsize=None)
-def _digit_rev(levels):
-    """Leaf permutation from "top digit most significant" to :func:`build_meet`'s layout."""
-    idx = np.arange(4 ** levels).reshape((4,) * levels) if levels else np.zeros(1, dtype=np.int64)
-    return np.ascontiguousarray(np.transpose(idx).reshape(-1)) if levels else idx
-
-
 def _to_layout(ang, levels):
     """``(..., u*u)`` leaves, top digit most significant -> ``(..., u*u, 1)`` in build_meet's layout."""
     return ang[..., _digit_rev(levels)][..., None]
@@ -553,16 +407,6 @@ def _from_layout(d, levels):
     out = np.empty(d.shape[:-1], dtype=d.dtype)
     out[..., _digit_rev(levels)] = d[..., 0]
     return out
-
-
-@functools.lru_cache(maxsize=None)
-def _storage(u):
-    """Local storage order of a meeting block of ``u`` against ``u``: ``[rev, u + rev]``, and its inverse."""
-    rev = _sched.bit_reversal(u)
-    order = np.concatenate([rev, u + rev])
-    inv = np.empty_like(order)
-    inv[order] = np.arange(2 * u)
-    return order, inv
 
 
 def _natural(m, w):

@@ -21,12 +21,11 @@ from .. import _strategy
 from . import blocked, numpy_backend as _ref, numpy_unitary as _uref
 
 __all__ = [
-    "name", "xp", "all_finite", "complex_dtype",
+    "xp", "all_finite", "complex_dtype",
     "matrix", "apply", "matrix_vjp", "apply_vjp", "matrix_jvp", "apply_jvp",
     "unitary", "unitary_apply", "unitary_vjp", "unitary_apply_vjp", "unitary_jvp", "unitary_apply_jvp",
 ]
 
-name = "numpy"
 xp = np
 
 

@@ -291,6 +291,34 @@ def _build():
 
 OPS = _build()
 
+
+# --------------------------------------------------------------------------- bfloat16 / float16
+# The one place low precision is handled: a cast at the op boundary.  The ops compute in float32
+# and float64 only; a forward op called with bfloat16/float16 tensors gets float32 copies and its
+# result is cast back (complex64 for the unitary ops: torch has no bfloat16 complex).  The casts are
+# ordinary differentiable torch ops outside the custom op, so autograd saves float32 tensors for the
+# backward, runs the VJP op in float32 and casts the gradients back to each input's dtype.  Each
+# output entry is therefore the float32 result rounded once: within u |entry| (u = 2**-8 for
+# bfloat16, 2**-11 for float16) of the exact map at the (low-precision) inputs, plus float32's own
+# O(n eps32) error (docs/adapters.md; tests/test_torch_lowp.py).
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _low_precision_boundary(op, n_tensors: int):
+    def call(*args):
+        tensors = args[:n_tensors]
+        low = next((t.dtype for t in tensors if t.dtype in LOW_PRECISION), None)
+        if low is None:
+            return op(*args)
+        wide = tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
+        out = op(*wide, *args[n_tensors:])
+        return out if out.is_complex() else out.to(low)
+
+    call.op = op
+    return call
+
+
 _matrix_op = OPS["matrix"]
 _matrix_vjp_op = OPS["matrix_vjp"]
 _frame_op = OPS["frame"]
@@ -301,3 +329,10 @@ _unitary_op = OPS["unitary"]
 _unitary_vjp_op = OPS["unitary_vjp"]
 _unitary_apply_op = OPS["unitary_apply"]
 _unitary_apply_vjp_op = OPS["unitary_apply_vjp"]
+
+# What the public functions call: the forward ops behind the low-precision boundary.
+matrix_op = _low_precision_boundary(_matrix_op, 1)
+frame_op = _low_precision_boundary(_frame_op, 1)
+apply_op = _low_precision_boundary(_apply_op, 2)
+unitary_op = _low_precision_boundary(_unitary_op, 1)
+unitary_apply_op = _low_precision_boundary(_unitary_apply_op, 2)

@@ -16,18 +16,19 @@ from .. import schedule as _sched
 from ..errors import AngleCountError, BackendMismatchError, DtypeError, ShapeError, SizeError
 from ._bridge import same_device
 from ._ops import (
-    _apply_op,
-    _frame_op,
-    _matrix_op,
-    _unitary_apply_op,
-    _unitary_op,
+    apply_op as _apply_op,
+    frame_op as _frame_op,
+    matrix_op as _matrix_op,
+    unitary_apply_op as _unitary_apply_op,
+    unitary_op as _unitary_op,
     _complex_of,
+    LOW_PRECISION,
     schedule_args,
 )
 
 __all__ = ["matrix", "frame", "apply", "unitary", "unitary_apply"]
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64) + LOW_PRECISION  # low precision: computed in float32 (_ops)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -40,7 +41,7 @@ def _check_tensor(name: str, t, min_ndim: int = 1) -> None:
     if t.layout != torch.strided:
         raise DtypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dtype not in _DTYPES:
-        raise DtypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
+        raise DtypeError(f"{name} must have dtype torch.float32, float64, bfloat16 or float16, got {t.dtype}")
     if t.dim() < min_ndim:
         raise ShapeError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
 
@@ -221,7 +222,7 @@ def unitary_apply(params: torch.Tensor, x: torch.Tensor, *, special: bool = Fals
     """
     _check_tensor("params", params)
     if not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES + (torch.complex64, torch.complex128):
-        raise DtypeError(f"x must be a float32, float64, complex64 or complex128 tensor, got "
+        raise DtypeError(f"x must be a float32, float64, bfloat16, float16, complex64 or complex128 tensor, got "
                          f"{getattr(x, 'dtype', type(x).__name__)}")
     same_device(params=params, x=x)
     vector = x.dim() == 1
