@@ -188,15 +188,14 @@ def torus_angles(n, m=None, *, low=-np.pi, high=np.pi, shape=(), rng=None, dtype
         ndarray ``(*shape, num_angles(n, m))``.
 
     Raises:
-        cupyortho.errors.SizeError: bad ``n`` or ``m``.  cupyortho.errors.CupyorthoError subclass
-        ``ShapeError``: ``low > high`` or non-finite bounds.
+        cupyortho.errors.SizeError: bad ``n`` or ``m``.  cupyortho.errors.SettingError: non-finite
+        bounds or ``low > high``, a bad ``shape`` or ``rng``.  cupyortho.errors.DtypeError: bad ``dtype``.
     """
-    from .errors import ShapeError
-
     count = _count(n, m)
     n = int(n)
-    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-        raise ShapeError(f"torus_angles needs finite bounds low <= high, got low = {low!r}, high = {high!r}")
+    low = _v.real("low", low, strict=False)
+    high = _v.real("high", high, minimum=low, strict=False)
+    dtype = _v.dtype_setting("dtype", dtype)
     rows = np.arange(0, n - 1, 2)
     if m is not None:
         rows = rows[rows < int(m)]

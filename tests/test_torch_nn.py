@@ -12,10 +12,12 @@ import cupyortho as co  # noqa: E402
 import cupyortho.torch as ct  # noqa: E402
 from cupyortho.errors import (  # noqa: E402
     AngleCountError,
+    ArrayTypeError,
     BackendMismatchError,
     CupyorthoError,
     DtypeError,
     ScheduleError,
+    SettingError,
     ShapeError,
     SizeError,
 )
@@ -167,8 +169,10 @@ def test_torus_angles_law_and_schedule_independence():
     full = np.zeros(co.num_angles(n))
     full[: tf.size] = tf
     np.testing.assert_allclose(co.frame(tf, n, 3), co.matrix(full)[:, :3], atol=1e-15)
-    with pytest.raises(ShapeError, match="low"):
+    with pytest.raises(SettingError, match="high"):
         torus_angles(4, low=1.0, high=0.0)
+    with pytest.raises(SettingError, match="low"):
+        torus_angles(4, low=float("nan"))
 
 
 def test_torus_init_layer_and_parametrization():
@@ -519,17 +523,24 @@ def test_round_trip_of_the_librarys_own_float32_weights():
 
 
 def test_none_and_bad_tensors_raise_cupyortho_errors():
-    for bad in (None, np.zeros(6), torch.zeros(6, dtype=torch.int64), torch.zeros(6).to_sparse()):
-        with pytest.raises(DtypeError):
+    for bad, error in ((None, ArrayTypeError), (np.zeros(6), ArrayTypeError),
+                       (torch.zeros(6, dtype=torch.int64), DtypeError), (torch.zeros(6).to_sparse(), DtypeError)):
+        with pytest.raises(error, match="theta"):
             ct.matrix(bad)
-        with pytest.raises(DtypeError):
+        with pytest.raises(error, match="theta"):
             ct.apply(bad, torch.zeros(4, 2))
-    with pytest.raises(DtypeError, match="x"):
+    with pytest.raises(ArrayTypeError, match="x"):
         ct.apply(torch.zeros(6), None)
-    with pytest.raises(DtypeError, match="input"):
+    with pytest.raises(ArrayTypeError, match="params"):
+        ct.unitary(None)
+    with pytest.raises(SettingError, match="special"):
+        ct.unitary(torch.zeros(9), special="yes")
+    with pytest.raises(ArrayTypeError, match="input"):
         ct.Orthogonal(4)(None)
-    with pytest.raises(ShapeError, match="init"):
+    with pytest.raises(SettingError, match="init"):
         ct.Orthogonal(4, init="uniform")
+    with pytest.raises(SettingError, match="init"):
+        ct.OrthogonalParametrization(4, init=3)
     with pytest.raises(DtypeError, match="right_inverse"):
         ct.OrthogonalParametrization(3).right_inverse(None)
 

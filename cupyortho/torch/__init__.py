@@ -34,7 +34,7 @@ from ._ops import (  # noqa: F401
     _unitary_vjp_op,
 )
 from .functional import apply, frame, matrix, unitary, unitary_apply
-from .functional import _check_count, _check_tensor, _n_from_count, _resolve_n  # noqa: F401
+from .functional import _check_tensor, _resolve_n  # noqa: F401
 from .nn import (
     Orthogonal,
     OrthogonalParametrization,

@@ -91,7 +91,7 @@ def _schedule(n: int, kind: Optional[str], team_size: Optional[int], restrict: O
 # --------------------------------------------------------------------------- the table
 
 def _complex_of(dtype):
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
+    return torch.complex128 if dtype == torch.float64 else torch.complex64  # bf16/fp16: complex64
 
 
 def _apply_shape(theta, x):

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _validate as _v
 from .. import schedule as _sched
 from ..errors import (
+    ArrayTypeError,
     BackendUnavailableError,
     DtypeError,
     ScheduleError,
@@ -42,7 +44,7 @@ from ..errors import (
     SizeError,
 )
 from ._bridge import _to_numpy, same_device
-from ._ops import _complex_of
+from ._ops import LOW_PRECISION, _complex_of
 from ._ops import schedule_args as _schedule_args
 from .functional import _resolve_n, apply, frame, matrix, unitary, unitary_apply
 
@@ -58,6 +60,10 @@ __all__ = [
 
 ASSIGN_EPS = 256
 """The assignment tolerance in units of the dtype's machine epsilon (see :func:`assignment_tolerance`)."""
+ASSIGN_EPS_LOW = 4
+"""The same for bfloat16/float16 weights: rounding an orthogonal matrix to them leaves at most one eps."""
+
+_REAL = (torch.float32, torch.float64) + LOW_PRECISION
 
 _STATE_VERSION = 1
 
@@ -65,15 +71,18 @@ _STATE_VERSION = 1
 def assignment_tolerance(dtype: torch.dtype) -> float:
     r"""The largest :math:`\max|W^H W - I|` with which a weight of ``dtype`` is taken as orthogonal
     (unitary) as it is: ``256 * eps(dtype)`` (of the real dtype for complex ones), 3.1e-5 for float32
-    and 5.7e-14 for float64.  It is checked in ``dtype`` itself (rounding of the check is far below it)."""
+    and 5.7e-14 for float64; ``4 * eps`` for bfloat16 and float16 (0.031, 0.0039: an orthogonal matrix
+    rounded to them is within one eps).  It is checked in ``dtype`` itself (float32 for the low
+    precisions), where the rounding of the check is far below it."""
     real = torch.empty((), dtype=dtype).real.dtype
-    return ASSIGN_EPS * torch.finfo(real).eps
+    return (ASSIGN_EPS_LOW if real in LOW_PRECISION else ASSIGN_EPS) * torch.finfo(real).eps
 
 
 # --------------------------------------------------------------------------- linear algebra helpers
 
 def _orth_error(q: torch.Tensor) -> float:
     """:math:`\\max|q^H q - I|` over the whole batch (a Python float)."""
+    q = q.float() if q.dtype in LOW_PRECISION else q
     k = q.shape[-1]
     eye = torch.eye(k, dtype=q.dtype, device=q.device)
     return (q.mH @ q - eye).abs().amax().item() if q.numel() else 0.0
@@ -91,10 +100,12 @@ def _unit_phase(d: torch.Tensor) -> torch.Tensor:
 def _qr_factor(a: torch.Tensor, complete: bool = False) -> torch.Tensor:
     """Q of ``a = QR`` with R's diagonal made real and positive (the sign-fixed QR factor, unique for a
     full-rank ``a``); ``complete=True``: the ``n x n`` Q whose first ``k`` columns are that factor."""
-    q, r = torch.linalg.qr(a, mode="complete" if complete else "reduced")
+    low = a.dtype if a.dtype in LOW_PRECISION else None  # no QR in bfloat16/float16: float32, rounded once
+    q, r = torch.linalg.qr(a.float() if low else a, mode="complete" if complete else "reduced")
     d = _unit_phase(torch.diagonal(r, dim1=-2, dim2=-1))
     k = d.shape[-1]
-    return torch.cat([q[..., :k] * d[..., None, :], q[..., k:]], dim=-1)
+    q = torch.cat([q[..., :k] * d[..., None, :], q[..., k:]], dim=-1)
+    return q.to(low) if low else q
 
 
 def _det_one(q: torch.Tensor) -> torch.Tensor:
@@ -184,9 +195,10 @@ def _schedule_definition(schedule, n: int):
 
 
 def _check_init(init, allowed):
-    if init not in allowed:
-        raise ShapeError(f"init must be one of {allowed}, got {init!r}") if isinstance(init, str) else \
-            DtypeError(f"init must be one of {allowed}, got {type(init).__name__}")
+    """``init`` is one of ``allowed`` (None among them where it is allowed): SettingError otherwise."""
+    if init is None and None in allowed:
+        return None
+    return _v.choice("init", init, [a for a in allowed if a is not None])
 
 
 class _Trivialized(nn.Module):
@@ -387,7 +399,7 @@ class _Layer(_Trivialized):
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
-            raise DtypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+            raise ArrayTypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         same_device(input=x, theta=self.theta)
         if x.dim() < 1 or x.shape[-1] != self.n:
             raise ShapeError(f"input must have shape (..., {self.n}), got {tuple(x.shape)}")
@@ -437,8 +449,8 @@ class Orthogonal(_Layer):
             _sched.num_angles(n, m)  # m <= n
         _check_init(init, ("identity", "haar", "torus"))
         dtype = dtype or torch.float32
-        if dtype not in (torch.float32, torch.float64):
-            raise DtypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if dtype not in _REAL:
+            raise DtypeError(f"dtype must be torch.float32, float64, bfloat16 or float16, got {dtype}")
         self._setup(n, m, schedule, use_base, device, dtype)
         self.in_features = n
         self.out_features = n if m is None else m
@@ -487,8 +499,8 @@ class Unitary(_Layer):
         n = _sched._check_int("n", n, 2)
         _check_init(init, ("identity", "haar"))
         dtype = dtype or torch.float32
-        if dtype not in (torch.float32, torch.float64):
-            raise DtypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if dtype not in _REAL:
+            raise DtypeError(f"dtype must be torch.float32, float64, bfloat16 or float16, got {dtype}")
         self.special = bool(special)
         self._setup(n, None, schedule, use_base, device, dtype)
         self.in_features = self.out_features = n
@@ -612,8 +624,8 @@ class OrthogonalParametrization(_Parametrization):
     @torch.no_grad()
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         """Angles ``theta`` (and, with a base, ``B``) with ``forward(theta) == w`` (see the class docstring)."""
-        if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.float64):
-            raise DtypeError(f"right_inverse expects a float32 or float64 tensor, got "
+        if not isinstance(w, torch.Tensor) or w.dtype not in _REAL:
+            raise DtypeError(f"right_inverse expects a float32, float64, bfloat16 or float16 tensor, got "
                              f"{getattr(w, 'dtype', type(w).__name__)}")
         if tuple(w.shape) != self.shape:
             raise ShapeError(f"right_inverse expects a matrix of shape {self.shape}, got {tuple(w.shape)}")
