@@ -15,7 +15,9 @@ from .schedule import (
     Schedule,
     circle_schedule,
     team_schedule,
+    brick_schedule,
     get_schedule,
+    from_token,
     num_angles,
     pair_index,
 )
@@ -66,6 +68,8 @@ __all__ = [
     "get_schedule",
     "num_angles",
     "pair_index",
+    "brick_schedule",
+    "from_token",
     # SO(n) and St(n, m)
     "matrix",
     "frame",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 
 from .errors import BackendMismatchError, BackendUnavailableError
@@ -49,7 +50,11 @@ def _cpu():
 
 
 def _cupy(name, what):
+    """The CuPy backend: the package ``backends/cupy`` (SO(n) and U(n) together) when present, else
+    the module ``name`` (``cupy_backend`` or ``cupy_unitary``) of the earlier layout."""
     try:
+        if importlib.util.find_spec("cupyortho.backends.cupy") is not None:
+            return _module("cupy")
         return _module(name)
     except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed
         raise BackendUnavailableError(

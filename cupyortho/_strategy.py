@@ -51,6 +51,9 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     ``"blocked"`` (the block-diagonal GEMM stages of :mod:`cupyortho.backends.blocked`, team
     schedules, SO(n) only), ``"reference"`` (the round-by-round NumPy functions).
     """
-    if not op.startswith("unitary") and schedule.kind == "team":
+    # Plain team schedules only; a narrow Stiefel restriction (8m < n) sweeps its O(nm) rotations,
+    # since the block plan would build every stage of the full n x n schedule.
+    narrow = schedule.m is not None and 8 * schedule.m < schedule.n
+    if not op.startswith("unitary") and schedule.kind == "team" and not narrow:
         return "blocked"
     return "reference"

@@ -208,6 +208,10 @@ def _n_from_count(name, count):
     )
 
 
+_FULL_NAMES = ("circle", "team")
+"""Schedule names whose angle count is ``num_angles(n, m)`` (every pair ``i < j``, ``i < m``)."""
+
+
 def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"):
     """The resolved :class:`~cupyortho.schedule.Schedule` for angles of shape ``shape``.
 
@@ -219,6 +223,8 @@ def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"
     """
     check_ndim(name, shape, 1)
     count = int(shape[-1])
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
     if isinstance(schedule, _sched.Schedule):
         if n is not None and integer(n_name, n, 2) != schedule.n:
             raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
@@ -235,13 +241,20 @@ def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"
         m = integer("m", m, 1)
         if m > n:
             raise SizeError(f"m must satisfy 1 <= m <= n = {n}, got m = {m}")
-    sched = _sched.get_schedule(schedule, n, m)
-    if count != sched.num_angles:
+    if (schedule is None or schedule in _FULL_NAMES) and count != _sched.num_angles(n, m):
+        # The count of the named full schedules is known without building them (no allocation for
+        # a wrong count with an absurd n).
+        sched = None
+    else:
+        sched = _sched.get_schedule(schedule, n, m)
+    if sched is None or count != sched.num_angles:
+        expected = _sched.num_angles(n, m) if sched is None else sched.num_angles
+        desc = f"the {schedule or 'default'} schedule" if sched is None else repr(sched)
         if m is not None:
-            what = f"n*m - m(m+1)/2 = {sched.num_angles} angles for {n_name} = {n}, m = {m}"
+            what = f"n*m - m(m+1)/2 = {expected} angles for {n_name} = {n}, m = {m}"
         else:
-            what = f"{sched.num_angles} angles for {n_name} = {n}"
-        raise AngleCountError(f"{name} must hold {what} on its last axis ({sched!r}); got shape {tuple(shape)}")
+            what = f"{expected} angles for {n_name} = {n}"
+        raise AngleCountError(f"{name} must hold {what} on its last axis ({desc}); got shape {tuple(shape)}")
     return sched
 
 
@@ -260,6 +273,8 @@ def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_n
     special = flag("special", special)
     count = int(shape[-1])
     group = "SU(n)" if special else "U(n)"
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
     if isinstance(schedule, _sched.Schedule):
         if n is not None and integer(n_name, n, 2) != schedule.n:
             raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
@@ -279,8 +294,13 @@ def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_n
                 f"n = {lo + 1} needs {(lo + 1) ** 2 - special})"
             )
     n = integer(n_name, n, 2)
-    sched = _sched.get_schedule(schedule, n)
     a = n * (n - 1) // 2
+    if (schedule is None or schedule in _FULL_NAMES) and count != n * n - special:
+        raise AngleCountError(
+            f"{name} must hold {n * n - special} parameters of {group} for {n_name} = {n}, laid out as "
+            f"[theta ({a}), phi ({a}), delta ({n - special})], on its last axis; got shape {tuple(shape)}"
+        )
+    sched = _sched.get_schedule(schedule, n)
     if sched.num_angles != a:
         raise ScheduleError(f"schedule must hold all n(n-1)/2 = {a} pairs of {group}; got {sched!r}")
     expected = 2 * sched.num_angles + n - special

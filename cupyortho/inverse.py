@@ -54,6 +54,7 @@ import numpy as np
 
 from . import _dispatch
 from . import _validate as _v
+from . import _nulling
 from . import schedule as _sched
 from ._api import _check_m
 from .backends import numpy_backend as _nb
@@ -658,6 +659,9 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto",
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
@@ -701,6 +705,9 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto
     sched = _sched.get_schedule(schedule, n, m)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
+    if _nulling.is_brick(sched) and m == n - 1:  # the band is all of brick: complete, then null
+        out = _nulling.brick_frame_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
@@ -744,6 +751,9 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_unitary_params(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (n * n,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], n * n))
     for b in range(flat.shape[0]):
         prob = _UnitaryProblem(sched, _reorthonormalize(flat[b]))

@@ -155,8 +155,8 @@ __global__ void apply_jvp_fused(T* __restrict__ y, T* __restrict__ dy, const T* 
     store_tile(dy + b * (long long)n * k, shd, n, k, TK, col0);
 }
 
-// Reduction-free materialized VJP (docs/backends.md) with W in shared memory, all rounds in one
-// launch: one thread block per batch entry owns W[b] (n x n) for the whole backward sweep.  For
+// Reduction-free materialized VJP (docs/conventions.md, Derivatives) with W in shared memory, all
+// rounds in one launch: one thread block per batch entry owns W[b] (n x n) for the whole backward sweep.  For
 // r = R-1 .. 0: d[b, q_p] = W[j_p, i_p] - W[i_p, j_p] for the round's pairs, then W <- B_r^T W B_r,
 // one thread per (slot a, slot e) 2 x 2 sub-block as in matrix_vjp_round; __syncthreads between
 // rounds.  slot_offsets: (R + 1,).  d: (B, A) round-major.  Shared memory: n * n * sizeof(T).

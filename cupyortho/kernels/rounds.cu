@@ -91,7 +91,7 @@ __global__ void apply_jvp_round(T* __restrict__ y, T* __restrict__ dy, const T* 
     givens_rotate_tangent(y[oi], y[oj], dy[oi], dy[oj], c, s, sign * dt[it.b * dt_bstride + q]);
 }
 
-// One backward step of the reduction-free materialized VJP (docs/backends.md) for round r:
+// One backward step, for round r, of the reduction-free materialized VJP (docs/conventions.md):
 //   d[b, q_p] = W[j_p, i_p] - W[i_p, j_p]   (read before the update), then W <- B_r^T W B_r.
 // A round is a set of slots: pairs (i, j, q) and, for coordinates the round leaves alone, singletons
 // (i, -1, -1).  B_r^T W B_r acts on the sub-block rows(slot a) x cols(slot e) independently of every

@@ -32,10 +32,12 @@ GEMMs):
     per thread.  For circle schedules at large ``n`` this is R launches over all of W: use the
     team schedule there.
 ``"blocked"``
-    Team schedules (``docs/conventions.md``, the team schedule), for :func:`matrix` and :func:`matrix_vjp`: each stage is
-    block-diagonal with ``2t x 2t`` blocks built from the angles by a kernel (one thread block per
-    block), applied by batched GEMMs (``xp.matmul``); the VJP maps block cotangents to angle
-    cotangents with the reduction-free formula inside each block.
+    Team schedules (``docs/conventions.md``; tables from :mod:`cupyortho.backends.team_plan`), for
+    :func:`_impl_matrix` and :func:`_impl_matrix_vjp`: each stage is block-diagonal with ``2t x 2t``
+    blocks built from the angles by a kernel (one thread block per block), applied by batched GEMMs
+    (``xp.matmul``); the VJP maps block cotangents to angle cotangents with the reduction-free
+    formula inside each block.
+
 cos and sin of the angles are computed once per call (kernel ``cos_sin``).
 """
 
