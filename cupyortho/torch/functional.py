@@ -2,7 +2,8 @@ r"""The functional torch API: :func:`matrix`, :func:`frame`, :func:`apply`, :fun
 :func:`unitary_apply`, each a checked call of one custom op (``cupyortho.torch._ops``).
 
 NaN and infinity propagate (the ops call cupyortho with ``check_finite=False``), as in torch.
-Dtypes: float32 and float64 (bfloat16/float16 computed in float32); ``apply`` promotes theta and x to a common dtype.  All tensor
+Dtypes: float32 and float64, and bfloat16/float16 (rotated with float32 arithmetic, returned in
+their own dtype: ``docs/low_precision.md``); ``apply`` promotes theta and x to a common dtype.  All tensor
 arguments must be on one device (checked before dispatch, see :func:`._bridge.same_device`).
 """
 
