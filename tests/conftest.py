@@ -92,6 +92,14 @@ def _blocked_backend():
     return Backend("blocked", {op: getattr(blocked, op) for op in so}, kinds=("team",), variants=granularities)
 
 
+def _engine_backend():
+    pytest.importorskip("numba")
+    from cupyortho.backends import engine
+
+    so, u = _protocol()
+    return Backend("engine", {op: getattr(engine, op) for op in so + u})
+
+
 def _device_paths(op, schedule):
     """The ``path=`` values of the CuPy backend's SO(n) algorithms (U(n) has one path)."""
     from cupyortho.backends.cupy import so as cso
@@ -154,6 +162,7 @@ def _gpu_backend():
 BACKENDS = {
     "reference": _reference_backend,
     "blocked": _blocked_backend,
+    "engine": _engine_backend,
     "cudasim": _cudasim_backend,
     "gpu": _gpu_backend,
 }

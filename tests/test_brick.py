@@ -453,3 +453,41 @@ def test_cupy_kernels_on_new_schedules(rng):
         assert_close(ops.matrix(theta, s), nb.rounds_matrix(theta, s), np.float64)
         gu = rng.normal(size=(2, n, n))
         assert_close(ops.matrix_vjp(theta, gu, s), nb.rounds_matrix_vjp(theta, gu, s), np.float64, scale=n)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+def _adapter_schedules():
+    return [co.brick_schedule(5), co.circle_schedule(6).truncate(2),
+            co.Schedule.from_rounds(4, [[(3, 0), (1, 2)], [(0, 1)], [(2, 3)]])]
+
+
+def test_torch_ops_carry_any_schedule(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    for s in _adapter_schedules():
+        theta = rng.uniform(-np.pi, np.pi, s.num_angles)
+        t = torch.tensor(theta, requires_grad=True)
+        u = ct.matrix(t, schedule=s)
+        np.testing.assert_allclose(u.detach().numpy(), co.matrix(theta, schedule=s), atol=1e-14)
+        g = rng.normal(size=(s.n, s.n))
+        (u * torch.tensor(g)).sum().backward()
+        np.testing.assert_allclose(t.grad.numpy(), co.matrix_vjp(theta, g, schedule=s), atol=1e-12)
+        x = torch.tensor(rng.normal(size=(s.n, 3)))
+        np.testing.assert_allclose(ct.apply(t.detach(), x, schedule=s.token).numpy(),
+                                   co.apply(theta, x.numpy(), schedule=s), atol=1e-13)
+
+
+def test_jax_carries_any_schedule(rng):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import cupyortho.jax as cj
+
+    for s in _adapter_schedules():
+        theta = rng.uniform(-np.pi, np.pi, s.num_angles)
+        np.testing.assert_allclose(np.asarray(cj.matrix(jax.numpy.asarray(theta), schedule=s)),
+                                   co.matrix(theta, schedule=s), atol=1e-14)
+        g = rng.normal(size=(s.n, s.n))
+        d = jax.grad(lambda t: (cj.matrix(t, schedule=s) * g).sum())(jax.numpy.asarray(theta))
+        np.testing.assert_allclose(np.asarray(d), co.matrix_vjp(theta, g, schedule=s), atol=1e-12)

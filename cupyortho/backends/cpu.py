@@ -54,7 +54,7 @@ _REFERENCE = {
     "apply_jvp": _ref.rounds_apply_jvp,
     "unitary": _uref.unitary,
     "unitary_apply": _uref.unitary_apply,
-    "unitary_vjp": lambda params, cotangent, schedule, output=None: _uref.unitary_vjp(params, cotangent, schedule),
+    "unitary_vjp": _uref.unitary_vjp,
     "unitary_apply_vjp": _uref.unitary_apply_vjp,
     "unitary_jvp": _uref.unitary_jvp,
     "unitary_apply_jvp": _uref.unitary_apply_jvp,

@@ -52,22 +52,23 @@ _LIB = "cupyortho"
 # The one place that encodes a schedule as op arguments.  Every op's schema ends with
 # _SCHEDULE_SCHEMA and every public function passes ``*schedule_args(schedule)``.
 
-_SCHEDULE_SCHEMA = "str? kind, int? team_size, int? restrict=None"
+_SCHEDULE_SCHEMA = "str? kind, int? team_size"
 
 
-def schedule_args(schedule) -> Tuple[Optional[str], Optional[int], Optional[int]]:
-    """A ``schedule`` argument (None, a kind name or a Schedule) -> the trailing op arguments
-    ``(kind, team_size, restrict)``; ``restrict`` is the ``m`` of a Stiefel-restricted Schedule."""
+def schedule_args(schedule) -> Tuple[Optional[str], Optional[int]]:
+    """A ``schedule`` argument (None, a kind name, a token or a Schedule) -> the trailing op arguments
+    ``(kind or token, team_size)``; a Schedule travels as its token, which carries its restriction."""
     if schedule is None:
-        return None, None, None
+        return None, None
     if isinstance(schedule, str):
-        if schedule not in _sched.SCHEDULE_KINDS:
+        if schedule not in _sched.SCHEDULE_KINDS and ":" not in schedule:
             raise ScheduleError(
-                f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {schedule!r}"
+                f"schedule must be one of {_sched.SCHEDULE_KINDS}, a schedule token, a Schedule or None, "
+                f"got {schedule!r}"
             )
-        return schedule, None, None
+        return schedule, None
     if isinstance(schedule, _sched.Schedule):
-        return schedule.kind, schedule.team_size, schedule.m
+        return schedule.token, None  # the one way any Schedule travels: its token (cupyortho.schedule)
     raise ScheduleError(
         f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {type(schedule).__name__}"
     )
@@ -77,15 +78,11 @@ def schedule_args(schedule) -> Tuple[Optional[str], Optional[int], Optional[int]
 _schedule_args = schedule_args
 
 
-def _schedule(n: int, kind: Optional[str], team_size: Optional[int], restrict: Optional[int] = None):
+def _schedule(n: int, kind: Optional[str], team_size: Optional[int]):
     """The trailing op arguments back to a schedule cupyortho accepts, for size ``n``."""
     if kind == "team" and team_size is not None:
-        sched = _sched.team_schedule(n, team_size)
-    elif restrict is not None:
-        sched = _sched.get_schedule(kind, n)
-    else:
-        return kind
-    return sched if restrict is None else sched.restrict(restrict)
+        return _sched.team_schedule(n, team_size)
+    return kind
 
 
 # --------------------------------------------------------------------------- the table

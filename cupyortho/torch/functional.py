@@ -53,17 +53,22 @@ def _constant(fn):
     return torch._dynamo.assume_constant_result(fn)
 
 
+def _as_schedule(schedule):
+    """A schedule token names a Schedule (which carries n, m and its angle count)."""
+    return _sched.from_token(schedule) if isinstance(schedule, str) and ":" in schedule else schedule
+
+
 @_constant
 def _so_n(shape, n, schedule, m=None, n_name="n"):
     """(n, m) of angles of ``shape`` (cupyortho._validate.resolve_so: counts, n, m and schedule)."""
-    sched = _v.resolve_so(shape, n, schedule, m, n_name=n_name)
+    sched = _v.resolve_so(shape, n, _as_schedule(schedule), m, n_name=n_name)
     return sched.n, sched.m
 
 
 @_constant
 def _u_n(shape, n, special, schedule, n_name="n"):
     """n of unitary parameters of ``shape`` (cupyortho._validate.resolve_u)."""
-    return _v.resolve_u(shape, n, special, schedule, n_name=n_name).n
+    return _v.resolve_u(shape, n, special, _as_schedule(schedule), n_name=n_name).n
 
 
 @_constant
@@ -76,6 +81,7 @@ def _x_rows(name, shape, batch_name, batch):
 
 def _resolve_n(schedule, n):
     """The n a layer's ``schedule`` implies (a Schedule's own n; an explicit n must agree)."""
+    schedule = _as_schedule(schedule)
     if isinstance(schedule, _sched.Schedule):
         if n is not None and n != schedule.n:
             raise SizeError(f"n = {n} disagrees with the schedule, built for n = {schedule.n}")

@@ -46,7 +46,7 @@ from ..errors import (
 from ._bridge import _to_numpy, same_device
 from ._ops import LOW_PRECISION, _complex_of
 from ._ops import schedule_args as _schedule_args
-from .functional import _resolve_n, apply, frame, matrix, unitary, unitary_apply
+from .functional import _as_schedule, _resolve_n, apply, frame, matrix, unitary, unitary_apply
 
 __all__ = [
     "Orthogonal",
@@ -188,6 +188,7 @@ def _cached_weight(layer) -> torch.Tensor:
 
 def _schedule_definition(schedule, n: int):
     """What of ``schedule`` defines the weights: (kind, team size), resolved without building it."""
+    schedule = _as_schedule(schedule)
     if isinstance(schedule, _sched.Schedule):
         return schedule.kind, schedule.team_size
     kind = _sched.DEFAULT_SCHEDULE if schedule is None else schedule
@@ -253,7 +254,7 @@ class _Trivialized(nn.Module):
             full = self._core(theta)
         else:
             # the restricted schedule's full n x n rotation, whose first m columns are frame(theta)
-            restricted = _sched.get_schedule(self.schedule, self.n).restrict(self.m)
+            restricted = _sched.get_schedule(_as_schedule(self.schedule), self.n).restrict(self.m)
             full = matrix(theta, schedule=restricted)
         b = self.base @ full
         if _orth_error(b) > assignment_tolerance(b.dtype):
