@@ -491,3 +491,40 @@ def test_jax_carries_any_schedule(rng):
         g = rng.normal(size=(s.n, s.n))
         d = jax.grad(lambda t: (cj.matrix(t, schedule=s) * g).sum())(jax.numpy.asarray(theta))
         np.testing.assert_allclose(np.asarray(d), co.matrix_vjp(theta, g, schedule=s), atol=1e-12)
+
+
+def test_cupy_unitary_kernels_on_brick(rng):
+    from test_cupy_backend import _cudasim_reason
+
+    reason = _cudasim_reason()
+    if reason is not None:
+        pytest.fail(f"the CPU harness cannot run: {reason}")
+    from cudasim import CpuDevice
+
+    from cupyortho.backends.cupy import un as cu
+
+    dev = CpuDevice(0)
+    for n in (5, 8):
+        s = co.brick_schedule(n)
+        p, t = rng.uniform(-np.pi, np.pi, n * n), rng.standard_normal(n * n)
+        z = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
+        g = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+        np.testing.assert_allclose(cu._impl_unitary_apply(dev, p, z, s), nu.unitary_apply(p, z, s), atol=1e-12)
+        np.testing.assert_allclose(cu._impl_unitary_vjp(dev, p, g, s), nu.unitary_vjp(p, g, s), atol=1e-11)
+        for a, b in zip(cu._impl_unitary_apply_vjp(dev, p, z, z, s, True), nu.unitary_apply_vjp(p, z, z, s, True)):
+            np.testing.assert_allclose(a, b, atol=1e-11)
+        np.testing.assert_allclose(cu._impl_unitary_apply_jvp(dev, p, z, t, z, s), nu.unitary_apply_jvp(p, z, t, z, s),
+                                   atol=1e-11)
+
+
+def test_torch_layer_with_a_truncated_schedule(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    s = co.get_schedule(None, 64).truncate(4)
+    layer = ct.Orthogonal(64, schedule=s)
+    assert layer.theta.shape == (s.num_angles,) == (4 * 32,)
+    with torch.no_grad():
+        layer.theta.copy_(torch.tensor(rng.uniform(-1, 1, s.num_angles)))
+    u = layer.matrix().detach().double().numpy()
+    np.testing.assert_allclose(u, co.matrix(layer.theta.detach().double().numpy(), schedule=s), atol=1e-6)

@@ -40,6 +40,7 @@ from ..errors import (
     BackendUnavailableError,
     DtypeError,
     ScheduleError,
+    SettingError,
     ShapeError,
     SizeError,
 )
@@ -241,7 +242,8 @@ class _Trivialized(nn.Module):
     def _num_params(self) -> int:
         if self._complex:
             return self.n * self.n - (1 if self.special else 0)
-        return _sched.num_angles(self.n, self.m)
+        # the schedule's count (a truncated schedule holds fewer angles)
+        return _sched.get_schedule(_as_schedule(self.schedule), self.n, self.m).num_angles
 
     @torch.no_grad()
     def _rebase(self, theta: torch.Tensor) -> None:
@@ -282,6 +284,10 @@ class _Trivialized(nn.Module):
         count = self._num_params()
         if init == "torus":
             from ..init import torus_angles
+
+            if count != _sched.num_angles(self.n, self.m):
+                raise SettingError("init='torus' needs a schedule holding every pair of the layout "
+                                   f"({_sched.num_angles(self.n, self.m)} angles); this one holds {count}")
 
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())  # torch's generator
             return torch.as_tensor(torus_angles(self.n, self.m, rng=seed), dtype=dtype, device=device)
@@ -620,7 +626,7 @@ class OrthogonalParametrization(_Parametrization):
 
     @property
     def num_angles(self) -> int:
-        return _sched.num_angles(self.n, self.m)
+        return self._num_params()
 
     @torch.no_grad()
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
