@@ -1,11 +1,12 @@
 """Draw each schedule's rounds from the schedule data at build time (``docs/_generated/``).
 
-For every pair ``(i, j)``, ``i < j``, the cell ``(i, j)`` of the picture holds the round that
+Pair tables (one rotation per plane: circle and team): for every pair ``(i, j)``, ``i < j``, the cell ``(i, j)`` of the picture holds the round that
 rotates that plane (the lower triangle mirrors it), so a row shows the round in which a
 coordinate meets each other coordinate: every number appears once per row (a round is a perfect
 matching) and the numbers cover ``0 .. R-1``.  The figures are drawn from
 :func:`cupyortho.circle_schedule` and :func:`cupyortho.team_schedule` themselves, so they show what
-the code does.
+the code does.  The round-by-round picture of every schedule (brick included) comes from
+``docs/draw_schedules.py``, run here into ``docs/_generated/schedules_rounds.png``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ def generate(app):
     os.makedirs(out, exist_ok=True)
     for name, title, (kind, n, t) in FIGURES:
         draw(os.path.join(out, name), title, kind, n, t)
+    # The round-by-round picture of docs/draw_schedules.py (the schedules' own figure script),
+    # redrawn here so the site never shows a stale copy.
+    script = os.path.join(app.srcdir, "draw_schedules.py")
+    if os.path.exists(script):
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.spec_from_file_location("_draw_schedules", script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.main(out=Path(out) / "schedules_rounds.png")
 
 
 def setup(app):
