@@ -1,7 +1,7 @@
 """Orthogonal RNN on the copying-memory task: cupyortho against geotorch and torch's orthogonal
 parametrization on a real training loop (issue 17, item 5).
 
-    python bench/rnn_copying.py [--sizes 190 512 1024] [--iters 12] [--warmup 2] [--profile]
+    python bench/rnn_copying.py [--sizes 190 512 1024] [--iters 12 | --iters 10 6 3] [--warmup 2] [--profile]
                                 [--threads T] [--tag NAME] [--out bench/results]
 
 The task (Arjovsky et al.'s copying memory; setup as in geotorch's example, written here): a
@@ -215,7 +215,7 @@ def run_size(n, args, rows, profile_lines):
     cpu = {v: [] for v in args.variants}
     losses = {v: [] for v in args.variants}
     mm = [matmul_time(n)]
-    for it in range(args.iters):
+    for it in range(args.n_iters):
         for v in args.variants:
             model, opt, cache, step_ctx = models[v]
             with step_ctx():
@@ -250,27 +250,31 @@ def run_size(n, args, rows, profile_lines):
             from torch.profiler import ProfilerActivity, profile
 
             with step_ctx(), profile(activities=[ProfilerActivity.CPU]) as prof:
-                step(model, opt, cache, args.seed, args.iters)
+                step(model, opt, cache, args.seed, args.n_iters)
             profile_lines.append(f"## n = {n}, {v}\n")
             profile_lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
             profile_lines.append("\n")
     return summary, losses
 
 
-def markdown(results, args, load0, load1):
-    out = [f"# Copying-memory RNN (L = {L}, batch {BATCH}, float32, {args.iters} iterations, "
-           f"median after {args.warmup} warm-up)\n",
+def markdown(results, results_losses, args, load0, load1):
+    its = ", ".join(f"{len(c)} at n = {n}" for n, c in ((n, next(iter(cur.values()))) for n, cur in results_losses.items()))
+    out = [f"# Copying-memory RNN (L = {L}, batch {BATCH}, float32; iterations: {its}; "
+           f"s/iter: median after {args.warmup} warm-up)\n",
            f"torch threads {torch.get_num_threads()}; load average at start {load0}, at end {load1}; "
            f"command: `python bench/rnn_copying.py {' '.join(sys.argv[1:])}`\n"]
-    out.append("| n | variant | s/iter | / best of geotorch, torch | / one n x n matmul | CPU s/iter | final loss "
-               "| max abs(W^T W - I) |")
-    out.append("|---|---|---|---|---|---|---|---|")
+    out.append("| n | variant | s/iter | / best of geotorch, torch | / one n x n matmul | CPU s/iter | CPU / best "
+               "| final loss | max abs(W^T W - I) |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     for n, summary in results.items():
         base = [summary[v]["s_iter"] for v in ("geotorch", "torch") if v in summary]
         best = min(base) if base else float("nan")
+        base_cpu = [summary[v]["cpu_iter"] for v in ("geotorch", "torch") if v in summary]
+        best_cpu = min(base_cpu) if base_cpu else float("nan")
         for v, s in summary.items():
             out.append(f"| {n} | {v} | {s['s_iter']:.4f} | {s['s_iter'] / best:.2f} | "
-                       f"{s['s_iter'] / s['matmul']:.0f} | {s['cpu_iter']:.4f} | {s['loss']:.4f} | {s['orth']:.1e} |")
+                       f"{s['s_iter'] / s['matmul']:.0f} | {s['cpu_iter']:.4f} | {s['cpu_iter'] / best_cpu:.2f} | "
+                       f"{s['loss']:.4f} | {s['orth']:.1e} |")
     return "\n".join(out) + "\n"
 
 
@@ -297,6 +301,7 @@ def plot(results, all_losses, path):
                width, label=v)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], [str(n) for n in sizes])
     ax.set_yscale("log")
+    ax.legend(fontsize=7)
     ax.set_title("s/iter")
     ax.set_xlabel("n")
     fig.tight_layout()
@@ -306,7 +311,8 @@ def plot(results, all_losses, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[190, 512, 1024])
-    p.add_argument("--iters", type=int, default=12, help="training iterations per variant and n")
+    p.add_argument("--iters", type=int, nargs="+", default=[12],
+                   help="training iterations per variant: one value, or one per size")
     p.add_argument("--warmup", type=int, default=2, help="iterations left out of the s/iter median")
     p.add_argument("--seed", type=int, default=17)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -315,6 +321,9 @@ def main(argv=None):
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
+    if len(args.iters) not in (1, len(args.sizes)):
+        p.error("--iters takes one value or one per size")
+    iters = dict(zip(args.sizes, args.iters * len(args.sizes) if len(args.iters) == 1 else args.iters))
     if args.threads:
         torch.set_num_threads(args.threads)
     out = pathlib.Path(args.out)
@@ -324,12 +333,13 @@ def main(argv=None):
     print(f"load average {load0}; torch threads {torch.get_num_threads()}", flush=True)
     rows, profile_lines, results, all_losses = [], [], {}, {}
     for n in args.sizes:
+        args.n_iters = iters[n]
         results[n], all_losses[n] = run_size(n, args, rows, profile_lines)
         for v, s in results[n].items():
             print(f"n={n:5d} {v:20s} {s['s_iter']:.4f} s/iter  cpu {s['cpu_iter']:.4f} s/iter  loss {s['loss']:.4f}  orth {s['orth']:.1e}  "
                   f"load {tuple(round(x, 2) for x in os.getloadavg())}", flush=True)
     load1 = tuple(round(x, 2) for x in os.getloadavg())
-    md = markdown(results, args, load0, load1)
+    md = markdown(results, all_losses, args, load0, load1)
     print(md)
     with open(out / f"rnn_copying{suffix}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["n", "variant", "iteration", "loss", "seconds", "cpu_seconds"])
