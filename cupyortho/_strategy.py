@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import MethodError
 
-__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "FORCE", "cpu_impl", "engine_available"]
+__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "FORCE", "cpu_impl", "engine_available", "cupy_impl"]
 
 METHODS = ("auto", "materialize", "rounds")
 
@@ -92,3 +92,14 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     if engine_available():
         return "engine"
     return "blocked" if blocked_ok else "reference"
+
+
+# --------------------------------------------------------------------------- CuPy implementation
+
+def cupy_impl(op, schedule):
+    """Which implementation of :mod:`cupyortho.backends.cupy` forms ``U`` and its VJP (``op`` is
+    ``"matrix"`` or ``"matrix_vjp"``): ``"blocked"`` (block-diagonal stages built by a kernel and
+    multiplied by batched GEMMs) for team schedules, ``"rounds"`` (the rounds swept over the identity;
+    fused or per-round launches as shared memory allows) otherwise.  The sweeps over ``x`` and the
+    JVPs always run the rounds."""
+    return "blocked" if op in ("matrix", "matrix_vjp") and schedule.kind == "team" else "rounds"

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import _strategy
 from . import blocked, numpy_backend as _ref, numpy_unitary as _uref
+from ._common import complex_dtype  # noqa: F401 (protocol attribute)
 
 __all__ = [
     "xp", "all_finite", "complex_dtype",
@@ -32,11 +33,6 @@ xp = np
 def all_finite(a) -> bool:
     """True when every entry of ``a`` is finite."""
     return bool(np.isfinite(a).all())
-
-
-def complex_dtype(real_dtype):
-    """complex64 for float32, complex128 for float64."""
-    return np.result_type(np.dtype(real_dtype), np.complex64)
 
 
 def _engine():
