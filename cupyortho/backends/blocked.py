@@ -665,6 +665,32 @@ def _matrix_fast(theta, pl):
     return out.reshape(batch + (n, n))
 
 
+def _conjugate(a, blk, to_next, t, out, pan=None, zbuf=None):
+    """One step of the two-sided sweep: ``out <- S^T a S`` for one block-diagonal stage.
+
+    ``a`` ``(N, N)`` antisymmetric, rows and columns in the stage's slab layout, of which only the
+    upper block triangle (blocks of ``L = 2t``, diagonal blocks whole) is read; ``blk``
+    ``(NB, L, L)`` the stage's blocks (natural local order); ``to_next`` ``(T,)`` the slab position
+    of each current slab in the next layout.  Only the blocks ``I <= J`` of ``P_I^T a_IJ P_J`` are
+    formed, ``N^3 / (2t)`` multiply-adds instead of twice that for both sides in full; the compiled
+    scatter writes them (and their negative transposes) into the upper block triangle of ``out``
+    in the next layout.  ``pan`` ``(1, NB, L, N)`` and ``zbuf`` ``(L, N)``: optional scratch."""
+    N = a.shape[-1]
+    L = 2 * t
+    NB = N // L
+    if pan is None:
+        pan = np.empty((1, NB, L, N), dtype=a.dtype)
+    if zbuf is None:
+        zbuf = np.empty((L, N), dtype=a.dtype)
+    for I in range(NB):
+        c0 = I * L
+        np.matmul(blk[I].T, a[c0: c0 + L, c0:], out=zbuf[:, c0:])
+        zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
+        cv = np.swapaxes(pan[0, I].reshape(L, NB, L)[:, I:], 0, 1)
+        np.matmul(zv, blk[I:], out=cv)
+    _engine().scatter_mirror(pan, to_next, t, out[None])
+
+
 def _matrix_vjp_fast(theta, cotangent, pl, output):
     eb = _engine()
     n, t, N, A = pl.n, pl.t, pl.N, pl.A
@@ -680,7 +706,7 @@ def _matrix_vjp_fast(theta, cotangent, pl, output):
     K = pl.num_meet
     order = (lays[K - 1][:, None] * t + np.arange(t)).reshape(-1)
     a = np.empty((Bt, N, N), dtype=dt)
-    eb.antisym_gather(w, order, n, a)
+    eb.antisym_gather(w, order, n, L, a)
     del w
     a2 = np.empty_like(a)
     pan = np.empty((1, NB, L, N), dtype=dt)
@@ -702,13 +728,7 @@ def _matrix_vjp_fast(theta, cotangent, pl, output):
         nxt = _inverse(lays[k - 1]) if k > 0 else natural
         to_next = nxt[lays[k]]
         for b in range(Bt):
-            for I in range(NB):
-                c0 = I * L
-                np.matmul(blk[b, I].T, a[b, c0: c0 + L, c0:], out=zbuf[:, c0:])
-                zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
-                cv = np.swapaxes(pan[0, I].reshape(L, NB, L)[:, I:], 0, 1)
-                np.matmul(zv, blk[b, I:], out=cv)
-            eb.scatter_mirror(pan, to_next, t, a2[b: b + 1])
+            _conjugate(a[b], blk[b], to_next, t, a2[b], pan, zbuf)
         a, a2 = a2, a
     del a2, pan, zbuf, blk
     if pl.rr_v:

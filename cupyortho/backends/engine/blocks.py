@@ -170,15 +170,62 @@ def meet_blocks(theta, slots, r0, levels, perms, inv, out, parts):
                     out[bt, r, i, j] = saved[row + inv[j]]
 
 
+@nb.njit(**_INL)
+def _zrows(ys, yo, ycol, b2, h, ayy, arow, bs, c0, c1, z, zrow):
+    """``z[zrow + i, c0:c1] = sum_k Y[k, ycol + i] ayy[arow + k, c0:c1]``, ``i < h``, ``k < 2h``
+    (``Y`` the ``2h x 2h`` block of ``ys`` at ``yo``)."""
+    w = _U(c1 - c0)
+    ubs = _U(bs)
+    for i in range(h):
+        zr = _U((zrow + i) * bs + c0)
+        for j in range(w):
+            z[zr + j] = 0
+        for k in range(0, b2, 2):
+            y0 = ys[_U(yo + k * b2 + ycol + i)]
+            y1 = ys[_U(yo + (k + 1) * b2 + ycol + i)]
+            a0 = _U((arow + k) * bs + c0)
+            a1 = a0 + ubs
+            for j in range(w):
+                z[zr + j] += y0 * ayy[a0 + j] + y1 * ayy[a1 + j]
+
+
+@nb.njit(**_INL)
+def _ctile(z, zrow, zcol, bs, ys, yo, ycol, b2, h, dst, o, ostride, neg_t, tmp):
+    """``C = z[zrow:zrow+h, zcol:zcol+2h] @ Y[:, ycol:ycol+h]`` into ``dst`` at ``o`` (row stride
+    ``ostride``); with ``neg_t >= 0`` also ``-C^T`` at ``dst[neg_t]``."""
+    uh = _U(h)
+    ub2 = _U(b2)
+    for i in range(h):
+        for j in range(uh):
+            tmp[j] = 0
+        zr = (zrow + i) * bs + zcol
+        for k in range(0, b2, 2):
+            z0 = z[_U(zr + k)]
+            z1 = z[_U(zr + k + 1)]
+            r0 = _U(yo + k * b2 + ycol)
+            r1 = r0 + ub2
+            for j in range(uh):
+                tmp[j] += z0 * ys[r0 + j] + z1 * ys[r1 + j]
+        for j in range(h):
+            dst[o + i * ostride + j] = tmp[j]
+        if neg_t >= 0:
+            for j in range(h):
+                dst[neg_t + j * ostride + i] = -tmp[j]
+
+
 @nb.njit(**_JIT)
-def _level_vjp(cur, a, bs, saved, y1, y2, perm, nxt, ox1, ox2, oy1, oy2, ayy, z, c, fix, tmp):
+def _level_vjp(cur, a, bs, saved, y1, y2, perm, nxt, ox1, ox2, oy1, oy2, ayy, z, fix, tmp):
     """One level of the meeting-block VJP: ``A`` of a parent (``bs x bs`` at ``cur[a]``, storage
     order) -> ``A`` of its children (``bs/2`` squared, at ``nxt[ox1]`` etc.).  ``Y_1, Y_2`` are the
-    forward children at ``saved[y1]``, ``saved[y2]``; ``ayy, z, c, fix, tmp``: scratch."""
+    forward children at ``saved[y1]``, ``saved[y2]``; ``ayy, z, fix, tmp``: scratch.
+
+    With ``ayy`` = ``A`` in Y-order (chunks ``[0, 3, 1, 2]``, so ``Y = Y_1 (+) Y_2f``),
+    ``C = Y^T ayy Y``; ``X_1`` reads ``C`` at Y-positions ``(0, 3)``, ``X_2`` at ``(2, 1)``.  ``C``
+    is antisymmetric, so of the 8 tiles the children read only 6 are formed (the off-diagonal
+    tile of each child is mirrored), and only the rows/columns of ``Z = Y^T ayy`` they need."""
     h = bs // 4
     b2 = 2 * h
     _fix(saved, y2, perm, b2, fix)
-    # ayy: A with its chunks in Y-order [0, 3, 1, 2] (Y_1 on chunks 0, 3; Y_2 on 1, 2)
     for pi in range(4):
         ci = (0, 3, 1, 2)[pi]
         for s in range(h):
@@ -188,51 +235,19 @@ def _level_vjp(cur, a, bs, saved, y1, y2, perm, nxt, ox1, ox2, oy1, oy2, ayy, z,
                 cj = (0, 3, 1, 2)[pj]
                 for t in range(h):
                     ayy[dst + pj * h + t] = cur[src + cj * h + t]
-    # Z = blockdiag(Y_1, Y_2f)^T ayy  (rows 0..2h from Y_1, 2h..4h from Y_2f)
-    for g in range(2):
-        ys = saved if g == 0 else fix
-        yo = y1 if g == 0 else 0
-        ubs = _U(bs)
-        for i in range(b2):
-            zr = _U((g * b2 + i) * bs)
-            for j in range(ubs):
-                z[zr + j] = 0
-            for k in range(0, b2, 2):
-                y0 = ys[_U(yo + k * b2 + i)]
-                y1v = ys[_U(yo + (k + 1) * b2 + i)]
-                a0 = _U((g * b2 + k) * bs)
-                a1 = a0 + ubs
-                for j in range(ubs):
-                    z[zr + j] += y0 * ayy[a0 + j] + y1v * ayy[a1 + j]
-    # C = Z blockdiag(Y_1, Y_2f)
-    for g in range(2):
-        ys = saved if g == 0 else fix
-        yo = y1 if g == 0 else 0
-        ub2 = _U(b2)
-        for i in range(bs):
-            for j in range(ub2):
-                tmp[j] = 0
-            for k in range(0, b2, 2):
-                z0 = z[_U(i * bs + g * b2 + k)]
-                z1 = z[_U(i * bs + g * b2 + k + 1)]
-                r0_ = _U(yo + k * b2)
-                r1_ = r0_ + ub2
-                for j in range(ub2):
-                    tmp[j] += z0 * ys[r0_ + j] + z1 * ys[r1_ + j]
-            cr = i * bs + g * b2
-            for j in range(b2):
-                c[cr + j] = tmp[j]
-    # children: X_1 <- C at Y-positions (0, 3); X_2 <- (2, 1); Y_1 <- ayy (0, 1); Y_2 <- ayy (2, 3)
-    for s in range(h):
-        for t in range(h):
-            nxt[ox1 + s * b2 + t] = c[s * bs + t]
-            nxt[ox1 + s * b2 + h + t] = c[s * bs + 3 * h + t]
-            nxt[ox1 + (h + s) * b2 + t] = c[(3 * h + s) * bs + t]
-            nxt[ox1 + (h + s) * b2 + h + t] = c[(3 * h + s) * bs + 3 * h + t]
-            nxt[ox2 + s * b2 + t] = c[(2 * h + s) * bs + 2 * h + t]
-            nxt[ox2 + s * b2 + h + t] = c[(2 * h + s) * bs + h + t]
-            nxt[ox2 + (h + s) * b2 + t] = c[(h + s) * bs + 2 * h + t]
-            nxt[ox2 + (h + s) * b2 + h + t] = c[(h + s) * bs + h + t]
+    # Z rows by Y-position: P0 = Y_1 cols [0, h) (full width), P1 = Y_1 cols [h, 2h) (cols
+    # [0, 2h)), P2 = Y_2f cols [0, h) (full), P3 = Y_2f cols [h, 2h) (cols [2h, 4h)).
+    _zrows(saved, y1, 0, b2, h, ayy, 0, bs, 0, bs, z, 0)
+    _zrows(saved, y1, h, b2, h, ayy, 0, bs, 0, b2, z, h)
+    _zrows(fix, 0, 0, b2, h, ayy, b2, bs, 0, bs, z, b2)
+    _zrows(fix, 0, h, b2, h, ayy, b2, bs, b2, bs, z, 3 * h)
+    # X_1 = [[C00, C03], [-C03^T, C33]],  X_2 = [[C22, C21], [-C21^T, C11]]
+    _ctile(z, 0, 0, bs, saved, y1, 0, b2, h, nxt, ox1, b2, -1, tmp)
+    _ctile(z, 0, b2, bs, fix, 0, h, b2, h, nxt, ox1 + h, b2, ox1 + h * b2, tmp)
+    _ctile(z, 3 * h, b2, bs, fix, 0, h, b2, h, nxt, ox1 + h * b2 + h, b2, -1, tmp)
+    _ctile(z, b2, b2, bs, fix, 0, 0, b2, h, nxt, ox2, b2, -1, tmp)
+    _ctile(z, b2, 0, bs, saved, y1, h, b2, h, nxt, ox2 + h, b2, ox2 + h * b2, tmp)
+    _ctile(z, h, 0, bs, saved, y1, h, b2, h, nxt, ox2 + h * b2 + h, b2, -1, tmp)
     for s in range(b2):
         for t in range(b2):
             nxt[oy1 + s * b2 + t] = ayy[s * bs + t]
@@ -267,7 +282,6 @@ def meet_blocks_vjp(theta, slots, r0, levels, perms, inv, a_nat, d, blocks, part
         nxt0 = np.empty(BB, dtype=dt)
         ayy = np.empty(BB, dtype=dt)
         z = np.empty(BB, dtype=dt)
-        c = np.empty(BB, dtype=dt)
         for job in range(part * jobs // parts, (part + 1) * jobs // parts):
             bt = job // R
             r = job - bt * R
@@ -294,7 +308,7 @@ def meet_blocks_vjp(theta, slots, r0, levels, perms, inv, a_nat, d, blocks, part
                 for i in range(q):
                     _level_vjp(cur, i * bs * bs, bs, saved, fw + (2 * q + i) * cc, fw + (3 * q + i) * cc,
                                perm, nxt, i * cc, (q + i) * cc, (2 * q + i) * cc, (3 * q + i) * cc,
-                               ayy, z, c, fix, tmp)
+                               ayy, z, fix, tmp)
                 cur, nxt = nxt, cur
             # 4 x 4 blocks [a0, a1, b0, b1]: Y_1 = (a0, b1), Y_2 = (a1, b0) act last and read
             # A[3, 0], A[2, 1]; X_1 = (a0, b0), X_2 = (a1, b1) read (Y^T A Y)[2, 0] and [3, 1].
@@ -314,8 +328,10 @@ def meet_blocks_vjp(theta, slots, r0, levels, perms, inv, a_nat, d, blocks, part
 # --------------------------------------------------------------------------- materialized VJP passes
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def antisym_gather(w, order, n, out):
-    """``out[p, q] = w[o_p, o_q] - w[o_q, o_p]`` (0 where a coordinate ``>= n``), ``o = order``.
+def antisym_gather(w, order, n, L, out):
+    """``out[p, q] = w[o_p, o_q] - w[o_q, o_p]`` (0 where a coordinate ``>= n``), ``o = order``,
+    for ``q >= L * (p // L)``: the upper block triangle of blocks of ``L``, with the diagonal
+    blocks whole (the rest of ``out`` is not written).
 
     ``w`` ``(Bt, n, n)``, ``out`` ``(Bt, N, N)``; rows of ``out`` split over threads."""
     Bt = w.shape[0]
@@ -325,11 +341,12 @@ def antisym_gather(w, order, n, out):
         p = job - bt * N
         op = order[p]
         row = out[bt, p]
+        q0 = L * (p // L)
         if op >= n:
-            row[:] = 0
+            row[q0:] = 0
             continue
         wr = w[bt, op]
-        for q in range(N):
+        for q in range(q0, N):
             oq = order[q]
             if oq >= n:
                 row[q] = 0
@@ -344,8 +361,11 @@ def scatter_mirror(c, pos, t, out):
     ``c``: ``(Bt, NB, 2t, N)``: row panel ``I`` holds, in its columns ``J*2t..``, ``J >= I``, the
     blocks ``P_I^T A_IJ P_J`` (columns ``< I*2t`` unused).  ``pos``: ``(T,)`` slab position of each
     of the current layout's team slabs in the next layout.  Writes ``out`` ``(Bt, N, N)``: tile
-    ``(p, q)`` of teams to ``(pos[p], pos[q])`` and its negative transpose to ``(pos[q], pos[p])``;
-    a diagonal team tile ``(p, p)`` is written antisymmetrized.  Each thread owns one team slab
+    ``(p, q)`` of teams to ``(pos[p], pos[q])`` and/or its negative transpose to
+    ``(pos[q], pos[p])``, whichever lies in the upper block triangle of the next layout (blocks of
+    two slabs; both inside a diagonal block), the only part the next sweep reads; a diagonal team
+    tile ``(p, p)`` is written antisymmetrized.  The strict lower block triangle of ``out`` is
+    left as it was.  Each thread owns one team slab
     ``p`` of ``c`` and writes the tiles it produces (no two threads write the same tile).
     """
     Bt, NB, L, N = c.shape
@@ -373,12 +393,18 @@ def scatter_mirror(c, pos, t, out):
                     for j in range(t):
                         dst[j] = 0.5 * (tmp[i, j] - tmp[j, i])
                 continue
-            for i in range(t):
-                dst = out[bt, P * t + i, Q * t: Q * t + t]
-                tr = tmp[i]
-                for j in range(t):
-                    dst[j] = tr[j]
-            for j in range(t):
-                dst = out[bt, Q * t + j, P * t: P * t + t]
+            # the next sweep reads only the upper block triangle (blocks of 2 slabs) and the
+            # diagonal blocks: write X at (P, Q) and/or -X^T at (Q, P) where they land there
+            upper = P // 2 <= Q // 2
+            lower = P // 2 >= Q // 2
+            if upper:
                 for i in range(t):
-                    dst[i] = -tmp[i, j]
+                    dst = out[bt, P * t + i, Q * t: Q * t + t]
+                    tr = tmp[i]
+                    for j in range(t):
+                        dst[j] = tr[j]
+            if lower:
+                for j in range(t):
+                    dst = out[bt, Q * t + j, P * t: P * t + t]
+                    for i in range(t):
+                        dst[i] = -tmp[i, j]
