@@ -90,8 +90,8 @@ def main(argv=None):
 
     import cupyortho as co
     from cupyortho import schedule as S
-    from cupyortho.backends import cupy_backend as cb
-    from cupyortho.backends._device import get_device
+    from cupyortho.backends.cupy import so as cb
+    from cupyortho.backends.cupy.device import get_device
 
     t_start = time.perf_counter()
     dev = get_device()
@@ -193,8 +193,8 @@ def main(argv=None):
                 continue
 
             def fwd_bwd_reuse():  # the backward given U (backend matrix_vjp(..., output=U))
-                u = cb.matrix(theta, sched)
-                cb.matrix_vjp(theta, G, sched, output=u)
+                u = cb._impl_matrix(dev, theta, sched)
+                cb._impl_matrix_vjp(dev, theta, G, sched, output=u)
 
             fb = _event_time(cupy, fwd_bwd_reuse, rep_slow if slow else max(3, rep_fast // 2))
             add(ratios({"case": "materialize_fwd_bwd_reusing_U", "schedule": label, "n": n,

@@ -10,11 +10,14 @@ when its arrays are passed in; PyTorch and JAX by their adapters ``cupyortho.tor
 
 from ._version import __version__
 from . import errors
+from ._threads import set_num_threads, get_num_threads, threads
 from .schedule import (
     Schedule,
     circle_schedule,
     team_schedule,
+    brick_schedule,
     get_schedule,
+    from_token,
     num_angles,
     pair_index,
 )
@@ -54,6 +57,10 @@ from .init import (
 __all__ = [
     "__version__",
     "errors",
+    # CPU threads
+    "set_num_threads",
+    "get_num_threads",
+    "threads",
     # schedules
     "Schedule",
     "circle_schedule",
@@ -61,6 +68,8 @@ __all__ = [
     "get_schedule",
     "num_angles",
     "pair_index",
+    "brick_schedule",
+    "from_token",
     # SO(n) and St(n, m)
     "matrix",
     "frame",

@@ -24,24 +24,11 @@ output.  Cotangents and tangents must have exactly the shape of the output or in
 from __future__ import annotations
 
 import importlib.util
-import math
-
-import numpy as np
 
 from .backends._common import sum_to as _sum_to
-from . import schedule as _sched
-from .backends import cpu as _cpu_backend
+from . import _dispatch
+from . import _validate as _v
 from ._strategy import apply_method as _method
-from .errors import (
-    AngleCountError,
-    BackendMismatchError,
-    BackendUnavailableError,
-    DtypeError,
-    MethodError,
-    NonFiniteError,
-    ShapeError,
-    SizeError,
-)
 
 __all__ = [
     "matrix",
@@ -55,126 +42,57 @@ __all__ = [
     "apply_jvp",
 ]
 
-SUPPORTED_DTYPES = ("float32", "float64")
+SUPPORTED_DTYPES = _v.REAL
+
+# Kept for the modules that imported them from here (the checks live in cupyortho._validate and
+# cupyortho._dispatch).
+_is_cupy = _dispatch.is_cupy
 
 
-# --------------------------------------------------------------------------- dispatch
+def _check_m(n, m):
+    """``m`` checked against ``n`` (``1 <= m <= n``); returns it as an int."""
+    n = _v.integer("n", n, 2)
+    m = _v.integer("m", m, 1)
+    if m > n:
+        from .errors import SizeError
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.split(".")[0] == "cupy"
-
-
-def _array_library(**arrays) -> str:
-    """``"cupy"`` or ``"numpy"``: the one library all given (name -> array) arguments live in; None
-    values are ignored.  Mixing libraries raises :class:`BackendMismatchError`."""
-    kinds = {name: ("cupy" if _is_cupy(a) else "numpy") for name, a in arrays.items() if a is not None}
-    found = set(kinds.values())
-    if len(found) > 1:
-        desc = ", ".join(f"{k} is a {v} array" for k, v in kinds.items())
-        raise BackendMismatchError(f"all array arguments must live in the same library; got {desc}")
-    return found.pop() if found else "numpy"
+        raise SizeError(f"m must satisfy 1 <= m <= n = {n}, got m = {m}")
+    return m
 
 
-def _backend_for(**arrays):
-    """The SO(n) backend module for the given (name -> array) arguments."""
-    if _array_library(**arrays) == "cupy":
-        try:
-            from .backends import cupy_backend
-        except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed
-            raise BackendUnavailableError(f"the CuPy backend cannot be loaded: {exc}") from exc
-        return cupy_backend
-    return _cpu_backend
+def _arrays(backend, check_finite, **arrays):
+    """Validate and convert the named array arguments (None allowed for the optional ones, whose names
+    are listed in ``_OPTIONAL``); returns them in order."""
+    check_finite = _v.flag("check_finite", check_finite)
+    return [
+        _v.as_array(name, a, backend, check_finite=check_finite, allow_none=name in _OPTIONAL)
+        for name, a in arrays.items()
+    ]
 
 
-# --------------------------------------------------------------------------- checks
-
-def _as_array(name, a, backend, check_finite, allow_none=False):
-    """Convert ``a`` to a floating array of the backend, checking dtype and (optionally) finiteness."""
-    if a is None:
-        if allow_none:
-            return None
-        raise TypeError(f"{name} must be an array, got None")
-    xp = backend.xp
-    if not hasattr(a, "dtype"):
-        try:
-            a = xp.asarray(a)
-        except Exception as exc:
-            raise DtypeError(f"{name} must be a float32 or float64 array, got {type(a).__name__}: {exc}") from exc
-    dt = np.dtype(a.dtype)
-    if dt.kind != "f" or dt.name not in SUPPORTED_DTYPES:
-        raise DtypeError(
-            f"{name} must have dtype float32 or float64, got {dt.name}"
-            + (" (float16 is not supported: cast to float32)" if dt.name == "float16" else "")
-        )
-    if not isinstance(a, xp.ndarray):
-        a = xp.asarray(a)
-    if a.ndim == 0:
-        raise ShapeError(f"{name} must have at least one dimension, got a scalar")
-    if check_finite and not backend.all_finite(a):
-        raise NonFiniteError(f"{name} contains NaN or infinity (pass check_finite=False to skip this check)")
-    return a
+_OPTIONAL = ("output", "x_tangent")
 
 
-def _n_from_angles(count: int) -> int:
-    """n with n(n-1)/2 == count, or an AngleCountError explaining the nearest sizes."""
-    n = (1 + math.isqrt(1 + 8 * count)) // 2
-    if n >= 2 and n * (n - 1) // 2 == count:
-        return n
-    lo = max(n, 2)
-    raise AngleCountError(
-        f"theta must hold n(n-1)/2 angles on its last axis for some n >= 2; got {count} "
-        f"(n = {lo} needs {lo * (lo - 1) // 2}, n = {lo + 1} needs {(lo + 1) * lo // 2}); "
-        "pass n= explicitly for a clearer message"
-    )
+def _x_as_matrix(x):
+    """x of shape (n,) -> (n, 1); (..., n, k) unchanged.  Returns (x2, was_vector)."""
+    return (x[:, None], True) if x.ndim == 1 else (x, False)
 
 
-def _resolve(theta, n, schedule, m=None, n_name="n"):
-    """Check theta's angle count against n (and m); return the resolved schedule."""
-    count = theta.shape[-1]
+def _t(xp, a):
+    return xp.swapaxes(a, -1, -2)
+
+
+def _frame_sizes(n, m, schedule):
+    """(n, m) of a frame: from the arguments, or from a restricted Schedule when they are omitted."""
+    from . import schedule as _sched
+    from .errors import SizeError
+
     if isinstance(schedule, _sched.Schedule):
-        if n is not None and n != schedule.n:
-            raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n}")
-        n = schedule.n
-        if m is None:
-            m = schedule.m  # a restricted (Stiefel) schedule carries its own angle count
-    if n is None:
-        n = _n_from_angles(count)
-    n = _sched._check_int(n_name, n, 2)
-    expected = _sched.num_angles(n, m)
-    if count != expected:
-        what = f"n*m - m(m+1)/2 = {expected} angles for {n_name} = {n}, m = {m}" if m is not None else \
-            f"n(n-1)/2 = {expected} angles for {n_name} = {n}"
-        raise AngleCountError(f"theta must hold {what} on its last axis; got shape {tuple(theta.shape)}")
-    return _sched.get_schedule(schedule, n, m)
-
-
-def _common_dtype(*arrays):
-    return np.result_type(*[np.dtype(a.dtype) for a in arrays if a is not None])
-
-
-def _cast(a, dtype):
-    return a if a is None or a.dtype == dtype else a.astype(dtype)
-
-
-def _check_same_shape(name, a, expected, what):
-    if tuple(a.shape) != tuple(expected):
-        raise ShapeError(f"{name} must have the shape of {what}, {tuple(expected)}; got {tuple(a.shape)}")
-
-
-def _x_as_matrix(x, n_name="x"):
-    """x of shape (n,) -> (n, 1); (..., n, k) unchanged. Returns (x2, was_vector)."""
-    if x.ndim == 1:
-        return x[:, None], True
-    return x, False
-
-
-def _batch_shape(*shapes):
-    try:
-        return np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise ShapeError(
-            "batch axes do not broadcast: " + ", ".join(str(tuple(s)) for s in shapes)
-        ) from None
+        n = schedule.n if n is None else n
+        m = schedule.m if m is None else m
+    if n is None or m is None:
+        raise SizeError(f"frame needs n and m (or a Schedule restricted to m); got n = {n!r}, m = {m!r}")
+    return _v.integer("n", n, 2), _check_m(n, m)
 
 
 # --------------------------------------------------------------------------- SO(n)
@@ -187,23 +105,36 @@ def matrix(theta, *, n=None, schedule=None, check_finite=True):
 
     Args:
         theta (array_like, float32 or float64): ``(..., n(n-1)/2)`` angles in the row-major order of
-            the strict upper triangle; leading axes are a batch of independent matrices.
-        n (int, optional): matrix size; inferred from ``theta.shape[-1]`` when omitted.
+            the strict upper triangle; leading axes are a batch of independent matrices (an empty
+            batch gives an empty result).
+        n (int, optional): matrix size; taken from ``schedule`` when it is a :class:`Schedule`, else
+            inferred from ``theta.shape[-1]`` when omitted.
         schedule (str | Schedule | None): ``"circle"``, ``"team"``, a :class:`Schedule`, or None for
             the library default.  Different schedules give different matrices for the same angles.
         check_finite (bool): reject NaN/inf in the inputs (default True).
 
     Returns:
         ndarray ``(..., n, n)`` of theta's dtype.
+
+    Raises:
+        ArrayTypeError, DtypeError, ShapeError, AngleCountError, SizeError, ScheduleError,
+            NonFiniteError, BackendMismatchError (all :mod:`cupyortho.errors`).
     """
-    backend = _backend_for(theta=theta)
-    theta = _as_array("theta", theta, backend, check_finite)
-    sched = _resolve(theta, n, schedule)
+    backend = _dispatch.so_backend(theta=theta)
+    (theta,) = _arrays(backend, check_finite, theta=theta)
+    sched = _v.resolve_so(theta.shape, n, schedule)
+    if _v.is_empty(theta):
+        return _v.zeros(backend.xp, theta.shape[:-1] + (sched.n, sched.n), theta.dtype)
     return backend.matrix(theta, sched)
 
 
-def _t(xp, a):
-    return xp.swapaxes(a, -1, -2)
+def _apply_setup(backend, theta, x, schedule, method, others=()):
+    """Common checks of apply/apply_vjp/apply_jvp: (x2, vector, sched, output batch shape, strategy)."""
+    n, vector = _v.x_rows("x", x.shape)
+    x2 = x[:, None] if vector else x
+    sched = _v.resolve_so(theta.shape, n, schedule, n_name="n (from x.shape)")
+    batch = _v.batch_shape(("theta", theta.shape[:-1]), ("x", x2.shape[:-2]))
+    return x2, vector, sched, batch, _method(method, theta, x2)
 
 
 def apply(theta, x, *, transpose=False, schedule=None, check_finite=True, method="auto"):
@@ -212,40 +143,47 @@ def apply(theta, x, *, transpose=False, schedule=None, check_finite=True, method
     Costs :math:`O(n^2 k)` instead of the :math:`O(n^3)` of forming U.  Shapes follow ``numpy.matmul``:
     ``x`` is a vector ``(n,)`` or a stack of matrices ``(..., n, k)`` whose batch axes broadcast against
     theta's.  (For a batch of row vectors ``v`` of shape ``(..., n)`` use ``apply(theta, v[..., None])``.)
+    Empty batches and ``k = 0`` give empty results.
 
     Args:
         theta: ``(..., n(n-1)/2)`` angles (see :func:`matrix`).
         x: ``(n,)`` or ``(..., n, k)``.
         transpose (bool): apply :math:`U^T = U^{-1}` (the rounds backwards, angles negated).
         schedule, check_finite: as in :func:`matrix`.
-        method (str): ``"materialize"`` forms ``U`` once and multiplies (a GEMM), ``"rounds"`` applies
+        method (str): the *strategy* (the meaning of ``method=`` everywhere in cupyortho):
+            ``"materialize"`` forms ``U`` once and multiplies (a GEMM), ``"rounds"`` applies
             the rounds (block stages for team schedules) to ``x`` without forming ``U``; ``"auto"``
             (default) materializes when ``k`` times the number of ``x`` matrices per angle vector is
             at least ``n``.  The result is the same up to rounding.
 
     Returns:
         ndarray of the broadcast shape, dtype ``result_type(theta, x)``.
+
+    Raises:
+        as :func:`matrix`, and MethodError for an unknown ``method``, ShapeError when the batch axes
+        do not broadcast.
     """
-    backend = _backend_for(theta=theta, x=x)
-    theta = _as_array("theta", theta, backend, check_finite)
-    x = _as_array("x", x, backend, check_finite)
-    x2, vector = _x_as_matrix(x)
-    n = x2.shape[-2]
-    if n < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    sched = _resolve(theta, n, schedule, n_name="n (from x.shape)")
-    _batch_shape(theta.shape[:-1], x2.shape[:-2])
-    dtype = _common_dtype(theta, x)
-    theta_c, x_c = _cast(theta, dtype), _cast(x2, dtype)
-    if _method(method, theta, x2) == "materialize":
+    dask_fn = _dispatch.dask_function("apply", theta, x)
+    if dask_fn is not None:
+        return dask_fn(theta, x, transpose=transpose, schedule=schedule, check_finite=check_finite, method=method)
+    backend = _dispatch.so_backend(theta=theta, x=x)
+    theta, x = _arrays(backend, check_finite, theta=theta, x=x)
+    transpose = _v.flag("transpose", transpose)
+    x2, vector, sched, batch, how = _apply_setup(backend, theta, x, schedule, method)
+    dtype = _v.result_dtype(theta, x)
+    if _v.is_empty(theta, x2):
+        y = _v.zeros(backend.xp, batch + x2.shape[-2:], dtype)
+        return y[..., 0] if vector else y
+    theta_c, x_c = _v.cast(theta, dtype), _v.cast(x2, dtype)
+    if how == "materialize":
         u = backend.matrix(theta_c, sched)
         y = backend.xp.matmul(_t(backend.xp, u) if transpose else u, x_c)
     else:
-        y = backend.apply(theta_c, x_c, sched, bool(transpose))
+        y = backend.apply(theta_c, x_c, sched, transpose)
     return y[..., 0] if vector else y
 
 
-def frame(theta, n, m, *, schedule=None, check_finite=True):
+def frame(theta, n=None, m=None, *, schedule=None, check_finite=True):
     r"""A point of the Stiefel manifold St(n, m): the first ``m`` columns of ``U(theta)``.
 
     Only the ``n*m - m(m+1)/2`` rotations of pairs ``i < j`` with ``i < m`` are kept (the others are
@@ -255,24 +193,21 @@ def frame(theta, n, m, *, schedule=None, check_finite=True):
 
     Args:
         theta: ``(..., n*m - m(m+1)/2)`` angles.
-        n (int): ambient dimension.  m (int): number of orthonormal columns, ``1 <= m <= n``.
+        n (int): ambient dimension.  m (int): number of orthonormal columns, ``1 <= m <= n``.  Both
+            may be omitted when ``schedule`` is a :class:`Schedule` restricted to ``m``
+            (``schedule.restrict(m)``), which carries them.
         schedule, check_finite: as in :func:`matrix`.
 
     Returns:
-        ndarray ``(..., n, m)`` with orthonormal columns.
+        ndarray ``(..., n, m)`` with orthonormal columns, theta's dtype.
     """
-    backend = _backend_for(theta=theta)
-    theta = _as_array("theta", theta, backend, check_finite)
-    sched = _resolve(theta, n, schedule, m=_check_m(n, m))
+    backend = _dispatch.so_backend(theta=theta)
+    (theta,) = _arrays(backend, check_finite, theta=theta)
+    n, m = _frame_sizes(n, m, schedule)
+    sched = _v.resolve_so(theta.shape, n, schedule, m=m)
+    if _v.is_empty(theta):
+        return _v.zeros(backend.xp, theta.shape[:-1] + (sched.n, sched.m), theta.dtype)
     return backend.apply(theta, _eye_frame(backend, sched, theta.dtype), sched, False)
-
-
-def _check_m(n, m):
-    n = _sched._check_int("n", n, 2)
-    m = _sched._check_int("m", m, 1)
-    if m > n:
-        raise SizeError(f"m must satisfy 1 <= m <= n = {n}, got m = {m}")
-    return m
 
 
 def _eye_frame(backend, sched, dtype):
@@ -280,6 +215,8 @@ def _eye_frame(backend, sched, dtype):
 
 
 # --------------------------------------------------------------------------- VJPs
+# Rule (docs/conventions.md, "API rules"): a VJP returns each cotangent in the dtype of the primal
+# input it belongs to (d_theta: theta's, d_x: x's); it computes in result_type of all its inputs.
 
 def matrix_vjp(theta, cotangent, *, n=None, schedule=None, output=None, check_finite=True):
     r"""Gradient with respect to theta of a loss of ``U = matrix(theta)``, given ``cotangent = dL/dU``.
@@ -289,21 +226,24 @@ def matrix_vjp(theta, cotangent, *, n=None, schedule=None, output=None, check_fi
 
     Args:
         theta: ``(..., A)``.  cotangent: ``(..., n, n)``, the shape of the output.
+        n, schedule, check_finite: as in :func:`matrix`.
         output: optionally ``U = matrix(theta)`` from the forward pass, to skip recomputing it (it is
             trusted: a different matrix gives a wrong gradient).
     Returns:
-        ndarray shaped like theta.
+        ndarray shaped and typed like theta (computed in ``result_type`` of the inputs).
     """
-    backend = _backend_for(theta=theta, cotangent=cotangent, output=output)
-    theta = _as_array("theta", theta, backend, check_finite)
-    cotangent = _as_array("cotangent", cotangent, backend, check_finite)
-    output = _as_array("output", output, backend, check_finite, allow_none=True)
-    sched = _resolve(theta, n, schedule)
-    _check_same_shape("cotangent", cotangent, theta.shape[:-1] + (sched.n, sched.n), "matrix(theta)")
+    backend = _dispatch.so_backend(theta=theta, cotangent=cotangent, output=output)
+    theta, cotangent, output = _arrays(backend, check_finite, theta=theta, cotangent=cotangent, output=output)
+    sched = _v.resolve_so(theta.shape, n, schedule)
+    shape = theta.shape[:-1] + (sched.n, sched.n)
+    _v.same_shape("cotangent", cotangent.shape, shape, "matrix(theta)")
     if output is not None:
-        _check_same_shape("output", output, theta.shape[:-1] + (sched.n, sched.n), "matrix(theta)")
-    dtype = _common_dtype(theta, cotangent, output)
-    return backend.matrix_vjp(_cast(theta, dtype), _cast(cotangent, dtype), sched, _cast(output, dtype))
+        _v.same_shape("output", output.shape, shape, "matrix(theta)")
+    if _v.is_empty(theta):
+        return _v.zeros(backend.xp, theta.shape, theta.dtype)
+    dtype = _v.result_dtype(theta, cotangent, output)
+    d = backend.matrix_vjp(_v.cast(theta, dtype), _v.cast(cotangent, dtype), sched, _v.cast(output, dtype))
+    return d.astype(theta.dtype, copy=False)
 
 
 def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=None, check_finite=True,
@@ -320,27 +260,32 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
     returns :math:`d_x = U^T \bar G` by a GEMM.
 
     Returns:
-        ``(d_theta, d_x)`` shaped like theta and x (summed over broadcast batch axes).
+        ``(d_theta, d_x)`` shaped and typed like theta and x (summed over broadcast batch axes; zeros
+        when the batch is empty or ``k = 0``).
     """
-    backend = _backend_for(theta=theta, x=x, cotangent=cotangent, output=output)
-    theta = _as_array("theta", theta, backend, check_finite)
-    x = _as_array("x", x, backend, check_finite)
-    cotangent = _as_array("cotangent", cotangent, backend, check_finite)
-    output = _as_array("output", output, backend, check_finite, allow_none=True)
-    x2, vector = _x_as_matrix(x)
-    sched = _resolve(theta, x2.shape[-2], schedule, n_name="n (from x.shape)")
-    out_shape = _batch_shape(theta.shape[:-1], x2.shape[:-2]) + x2.shape[-2:]
+    dask_fn = _dispatch.dask_function("apply_vjp", theta, x, cotangent, output)
+    if dask_fn is not None:
+        return dask_fn(theta, x, cotangent, transpose=transpose, schedule=schedule, output=output,
+                       check_finite=check_finite, method=method)
+    backend = _dispatch.so_backend(theta=theta, x=x, cotangent=cotangent, output=output)
+    theta, x, cotangent, output = _arrays(backend, check_finite, theta=theta, x=x, cotangent=cotangent,
+                                          output=output)
+    transpose = _v.flag("transpose", transpose)
+    x2, vector, sched, batch, how = _apply_setup(backend, theta, x, schedule, method)
+    out_shape = batch + x2.shape[-2:]
     out_shape_public = out_shape[:-1] if vector else out_shape
-    _check_same_shape("cotangent", cotangent, out_shape_public, "apply(theta, x)")
+    _v.same_shape("cotangent", cotangent.shape, out_shape_public, "apply(theta, x)")
     if output is not None:
-        _check_same_shape("output", output, out_shape_public, "apply(theta, x)")
-    dtype = _common_dtype(theta, x, cotangent, output)
+        _v.same_shape("output", output.shape, out_shape_public, "apply(theta, x)")
+    xp = backend.xp
+    if _v.is_empty(theta, x2):
+        return _v.zeros(xp, theta.shape, theta.dtype), _v.zeros(xp, x.shape, x.dtype)
+    dtype = _v.result_dtype(theta, x, cotangent, output)
     if vector:
         cotangent = cotangent[..., None]
         output = None if output is None else output[..., None]
-    if _method(method, theta, x2) == "materialize":
-        xp = backend.xp
-        theta_c, x_c, g_c = _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype)
+    if how == "materialize":
+        theta_c, x_c, g_c = _v.cast(theta, dtype), _v.cast(x2, dtype), _v.cast(cotangent, dtype)
         u = backend.matrix(theta_c, sched)
         g_u = xp.matmul(x_c, _t(xp, g_c)) if transpose else xp.matmul(g_c, _t(xp, x_c))
         g_u = _sum_to(g_u, theta.shape[:-1] + g_u.shape[-2:])
@@ -348,32 +293,45 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
         d_x = _sum_to(xp.matmul(u if transpose else _t(xp, u), g_c), x2.shape)
     else:
         d_theta, d_x = backend.apply_vjp(
-            _cast(theta, dtype), _cast(x2, dtype), _cast(cotangent, dtype), sched,
-            bool(transpose), _cast(output, dtype),
+            _v.cast(theta, dtype), _v.cast(x2, dtype), _v.cast(cotangent, dtype), sched,
+            transpose, _v.cast(output, dtype),
         )
     return d_theta.astype(theta.dtype, copy=False), (d_x[..., 0] if vector else d_x).astype(x.dtype, copy=False)
 
 
-def frame_vjp(theta, cotangent, n, m, *, schedule=None, check_finite=True):
+def frame_vjp(theta, cotangent, n=None, m=None, *, schedule=None, output=None, check_finite=True):
     """Gradient with respect to theta of a loss of ``Q = frame(theta, n, m)``, given ``dL/dQ``.
 
+    Args:
+        theta, n, m, schedule, check_finite: as in :func:`frame`.
+        cotangent: ``(..., n, m)``, the shape of ``Q``.
+        output: optionally ``Q = frame(theta, n, m)`` from the forward pass (trusted), which skips
+            recomputing it.
+
     Returns:
-        ndarray shaped like theta.
+        ndarray shaped and typed like theta.
     """
-    backend = _backend_for(theta=theta, cotangent=cotangent)
-    theta = _as_array("theta", theta, backend, check_finite)
-    cotangent = _as_array("cotangent", cotangent, backend, check_finite)
-    sched = _resolve(theta, n, schedule, m=_check_m(n, m))
-    _check_same_shape("cotangent", cotangent, theta.shape[:-1] + (sched.n, sched.m), "frame(theta, n, m)")
-    dtype = _common_dtype(theta, cotangent)
-    theta_c = _cast(theta, dtype)
+    backend = _dispatch.so_backend(theta=theta, cotangent=cotangent, output=output)
+    theta, cotangent, output = _arrays(backend, check_finite, theta=theta, cotangent=cotangent, output=output)
+    n, m = _frame_sizes(n, m, schedule)
+    sched = _v.resolve_so(theta.shape, n, schedule, m=m)
+    shape = theta.shape[:-1] + (sched.n, sched.m)
+    _v.same_shape("cotangent", cotangent.shape, shape, "frame(theta, n, m)")
+    if output is not None:
+        _v.same_shape("output", output.shape, shape, "frame(theta, n, m)")
+    if _v.is_empty(theta):
+        return _v.zeros(backend.xp, theta.shape, theta.dtype)
+    dtype = _v.result_dtype(theta, cotangent, output)
     d_theta, _ = backend.apply_vjp(
-        theta_c, _eye_frame(backend, sched, dtype), _cast(cotangent, dtype), sched, False, None
+        _v.cast(theta, dtype), _eye_frame(backend, sched, dtype), _v.cast(cotangent, dtype), sched, False,
+        _v.cast(output, dtype),
     )
     return d_theta.astype(theta.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- JVPs
+# Rule (docs/conventions.md, "API rules"): a JVP returns the tangent of the output in the dtype of
+# the output, result_type of all its inputs (primals and tangents).
 
 def matrix_jvp(theta, tangent, *, n=None, schedule=None, check_finite=True):
     r"""Directional derivative :math:`dU = \sum_p t_p\, \partial U/\partial\theta_p` along ``tangent``.
@@ -383,15 +341,16 @@ def matrix_jvp(theta, tangent, *, n=None, schedule=None, check_finite=True):
     Args:
         theta: ``(..., A)``.  tangent: same shape as theta.
     Returns:
-        ndarray ``(..., n, n)``.
+        ndarray ``(..., n, n)`` of ``result_type(theta, tangent)``.
     """
-    backend = _backend_for(theta=theta, tangent=tangent)
-    theta = _as_array("theta", theta, backend, check_finite)
-    tangent = _as_array("tangent", tangent, backend, check_finite)
-    sched = _resolve(theta, n, schedule)
-    _check_same_shape("tangent", tangent, theta.shape, "theta")
-    dtype = _common_dtype(theta, tangent)
-    return backend.matrix_jvp(_cast(theta, dtype), _cast(tangent, dtype), sched)
+    backend = _dispatch.so_backend(theta=theta, tangent=tangent)
+    theta, tangent = _arrays(backend, check_finite, theta=theta, tangent=tangent)
+    sched = _v.resolve_so(theta.shape, n, schedule)
+    _v.same_shape("tangent", tangent.shape, theta.shape, "theta")
+    dtype = _v.result_dtype(theta, tangent)
+    if _v.is_empty(theta):
+        return _v.zeros(backend.xp, theta.shape[:-1] + (sched.n, sched.n), dtype)
+    return backend.matrix_jvp(_v.cast(theta, dtype), _v.cast(tangent, dtype), sched)
 
 
 def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, schedule=None, check_finite=True,
@@ -402,49 +361,59 @@ def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, sched
         theta_tangent: shaped like theta.  x_tangent: shaped like x, or None for zero.
         method: as in :func:`apply` (``"materialize"``: :math:`dU\,x + U\,dx` by GEMMs).
     Returns:
-        ndarray shaped like ``apply(theta, x)``.
+        ndarray shaped like ``apply(theta, x)``, dtype ``result_type`` of all four inputs.
     """
-    backend = _backend_for(theta=theta, x=x, theta_tangent=theta_tangent, x_tangent=x_tangent)
-    theta = _as_array("theta", theta, backend, check_finite)
-    x = _as_array("x", x, backend, check_finite)
-    theta_tangent = _as_array("theta_tangent", theta_tangent, backend, check_finite)
-    x_tangent = _as_array("x_tangent", x_tangent, backend, check_finite, allow_none=True)
-    _check_same_shape("theta_tangent", theta_tangent, theta.shape, "theta")
+    dask_fn = _dispatch.dask_function("apply_jvp", theta, x, theta_tangent, x_tangent)
+    if dask_fn is not None:
+        return dask_fn(theta, x, theta_tangent, x_tangent, transpose=transpose, schedule=schedule,
+                       check_finite=check_finite, method=method)
+    backend = _dispatch.so_backend(theta=theta, x=x, theta_tangent=theta_tangent, x_tangent=x_tangent)
+    theta, x, theta_tangent, x_tangent = _arrays(
+        backend, check_finite, theta=theta, x=x, theta_tangent=theta_tangent, x_tangent=x_tangent)
+    transpose = _v.flag("transpose", transpose)
+    _v.same_shape("theta_tangent", theta_tangent.shape, theta.shape, "theta")
     if x_tangent is not None:
-        _check_same_shape("x_tangent", x_tangent, x.shape, "x")
-    x2, vector = _x_as_matrix(x)
-    sched = _resolve(theta, x2.shape[-2], schedule, n_name="n (from x.shape)")
-    _batch_shape(theta.shape[:-1], x2.shape[:-2])
-    dtype = _common_dtype(theta, x, theta_tangent, x_tangent)
+        _v.same_shape("x_tangent", x_tangent.shape, x.shape, "x")
+    x2, vector, sched, batch, how = _apply_setup(backend, theta, x, schedule, method)
+    dtype = _v.result_dtype(theta, x, theta_tangent, x_tangent)
+    xp = backend.xp
+    if _v.is_empty(theta, x2):
+        dy = _v.zeros(xp, batch + x2.shape[-2:], dtype)
+        return dy[..., 0] if vector else dy
     xt2 = None if x_tangent is None else _x_as_matrix(x_tangent)[0]
-    if _method(method, theta, x2) == "materialize":
-        xp = backend.xp
-        theta_c, x_c = _cast(theta, dtype), _cast(x2, dtype)
+    if how == "materialize":
+        theta_c, x_c = _v.cast(theta, dtype), _v.cast(x2, dtype)
         u = backend.matrix(theta_c, sched)
-        du = backend.matrix_jvp(theta_c, _cast(theta_tangent, dtype), sched)
+        du = backend.matrix_jvp(theta_c, _v.cast(theta_tangent, dtype), sched)
         if transpose:
             u, du = _t(xp, u), _t(xp, du)
         dy = xp.matmul(du, x_c)
         if xt2 is not None:
-            dy = dy + xp.matmul(u, _cast(xt2, dtype))
+            dy = dy + xp.matmul(u, _v.cast(xt2, dtype))
     else:
         dy = backend.apply_jvp(
-            _cast(theta, dtype), _cast(x2, dtype), _cast(theta_tangent, dtype), _cast(xt2, dtype),
-            sched, bool(transpose),
+            _v.cast(theta, dtype), _v.cast(x2, dtype), _v.cast(theta_tangent, dtype), _v.cast(xt2, dtype),
+            sched, transpose,
         )
     return dy[..., 0] if vector else dy
 
 
-def frame_jvp(theta, tangent, n, m, *, schedule=None, check_finite=True):
-    """Tangent ``dQ`` of ``Q = frame(theta, n, m)`` along ``tangent`` (shaped like theta)."""
-    backend = _backend_for(theta=theta, tangent=tangent)
-    theta = _as_array("theta", theta, backend, check_finite)
-    tangent = _as_array("tangent", tangent, backend, check_finite)
-    sched = _resolve(theta, n, schedule, m=_check_m(n, m))
-    _check_same_shape("tangent", tangent, theta.shape, "theta")
-    dtype = _common_dtype(theta, tangent)
+def frame_jvp(theta, tangent, n=None, m=None, *, schedule=None, check_finite=True):
+    """Tangent ``dQ`` of ``Q = frame(theta, n, m)`` along ``tangent`` (shaped like theta).
+
+    Returns:
+        ndarray ``(..., n, m)`` of ``result_type(theta, tangent)``.
+    """
+    backend = _dispatch.so_backend(theta=theta, tangent=tangent)
+    theta, tangent = _arrays(backend, check_finite, theta=theta, tangent=tangent)
+    n, m = _frame_sizes(n, m, schedule)
+    sched = _v.resolve_so(theta.shape, n, schedule, m=m)
+    _v.same_shape("tangent", tangent.shape, theta.shape, "theta")
+    dtype = _v.result_dtype(theta, tangent)
+    if _v.is_empty(theta):
+        return _v.zeros(backend.xp, theta.shape[:-1] + (sched.n, sched.m), dtype)
     return backend.apply_jvp(
-        _cast(theta, dtype), _eye_frame(backend, sched, dtype), _cast(tangent, dtype), None, sched, False
+        _v.cast(theta, dtype), _eye_frame(backend, sched, dtype), _v.cast(tangent, dtype), None, sched, False
     )
 
 

@@ -47,22 +47,8 @@ in ``result_type(params, x)`` promoted to complex.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from . import schedule as _sched
-from ._api import _array_library, _batch_shape, _check_same_shape, _x_as_matrix
-from .backends import cpu as _cpu_backend
-from .errors import (
-    AngleCountError,
-    BackendUnavailableError,
-    DtypeError,
-    NonFiniteError,
-    ScheduleError,
-    ShapeError,
-    SizeError,
-)
+from . import _dispatch
+from . import _validate as _v
 
 __all__ = [
     "num_unitary_params",
@@ -74,8 +60,8 @@ __all__ = [
     "unitary_apply_jvp",
 ]
 
-_REAL = ("float32", "float64")
-_ANY = ("float32", "float64", "complex64", "complex128")
+_REAL = _v.REAL
+_ANY = _v.ANY
 
 
 def num_unitary_params(n: int, special: bool = False) -> int:
@@ -83,89 +69,20 @@ def num_unitary_params(n: int, special: bool = False) -> int:
 
     Layout: ``[theta (n(n-1)/2), phi (n(n-1)/2), delta (n, or n - 1 for SU(n))]``.
     """
-    n = _sched._check_int("n", n, 2)
-    return n * n - (1 if special else 0)
+    return _v.num_unitary_params(n, special)
 
 
-# --------------------------------------------------------------------------- dispatch and checks
+# --------------------------------------------------------------------------- checks
 
-def _backend_for(**arrays):
-    """The U(n) backend module for the given (name -> array) arguments."""
-    if _array_library(**arrays) == "cupy":
-        try:
-            from .backends import cupy_unitary
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"the unitary functions have no usable CuPy backend here: {exc}; pass NumPy arrays"
-            ) from exc
-        return cupy_unitary
-    return _cpu_backend
-
-
-def _as_array(name, a, backend, check_finite, allowed, allow_none=False):
-    """``a`` as an array of the backend with a dtype in ``allowed``; optionally finite."""
-    if a is None:
-        if allow_none:
-            return None
-        raise TypeError(f"{name} must be an array, got None")
-    xp = backend.xp
-    what = " or ".join(allowed)
-    if not hasattr(a, "dtype"):
-        try:
-            a = xp.asarray(a)
-        except Exception as exc:
-            raise DtypeError(f"{name} must be a {what} array, got {type(a).__name__}: {exc}") from exc
-    dt = np.dtype(a.dtype)
-    if dt.name not in allowed:
-        hint = ""
-        if dt.kind == "c" and allowed == _REAL:
-            hint = " (parameters are real angles and phases)"
-        elif dt.name == "float16":
-            hint = " (float16 is not supported: cast to float32)"
-        raise DtypeError(f"{name} must have dtype {what}, got {dt.name}{hint}")
-    if not isinstance(a, xp.ndarray):
-        a = xp.asarray(a)
-    if a.ndim == 0:
-        raise ShapeError(f"{name} must have at least one dimension, got a scalar")
-    if check_finite and not backend.all_finite(a):
-        raise NonFiniteError(f"{name} contains NaN or infinity (pass check_finite=False to skip this check)")
-    return a
-
-
-def _layout(n, special):
-    a = n * (n - 1) // 2
-    return f"[theta ({a}), phi ({a}), delta ({n - 1 if special else n})]"
-
-
-def _resolve(params, n, special, schedule, n_name="n"):
-    """Check the parameter count against n (inferred when None); return the resolved schedule."""
-    count = params.shape[-1]
-    group = "SU(n)" if special else "U(n)"
-    if isinstance(schedule, _sched.Schedule):
-        if n is not None and n != schedule.n:
-            raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n}")
-        if schedule.m is not None:
-            raise ScheduleError(
-                f"schedule must cover all pairs of U(n); got the Stiefel restriction {schedule!r}"
-            )
-        n = schedule.n
-    if n is None:
-        n = math.isqrt(count + (1 if special else 0))
-        if n < 2 or num_unitary_params(n, special) != count:
-            lo = max(n, 2)
-            raise AngleCountError(
-                f"params must hold {'n*n - 1' if special else 'n*n'} parameters of {group} on its last "
-                f"axis for some n >= 2; got {count} (n = {lo} needs {num_unitary_params(lo, special)}, "
-                f"n = {lo + 1} needs {num_unitary_params(lo + 1, special)})"
-            )
-    n = _sched._check_int(n_name, n, 2)
-    expected = num_unitary_params(n, special)
-    if count != expected:
-        raise AngleCountError(
-            f"params must hold {expected} parameters of {group} for {n_name} = {n}, laid out as "
-            f"{_layout(n, special)}, on its last axis; got shape {tuple(params.shape)}"
-        )
-    return _sched.get_schedule(schedule, n)
+def _arrays(backend, check_finite, **arrays):
+    """Validate and convert the named arrays: ``params``-like ones real, data-like ones real or complex."""
+    check_finite = _v.flag("check_finite", check_finite)
+    out = []
+    for name, a in arrays.items():
+        allowed = _REAL if name.startswith("params") or name == "tangent" else _ANY
+        out.append(_v.as_array(name, a, backend, check_finite=check_finite, allowed=allowed,
+                               allow_none=name in ("output", "x_tangent")))
+    return out
 
 
 def _full(params, n, special, xp):
@@ -186,20 +103,12 @@ def _reduce(d_full, n, special):
     return d
 
 
-def _real_dtype(*arrays):
-    """float32 or float64: the precision of ``result_type`` of the arrays (complex counts as its part)."""
-    dt = np.result_type(*[np.dtype(a.dtype) for a in arrays if a is not None])
-    return np.dtype(np.float32) if dt in (np.float32, np.complex64) else np.dtype(np.float64)
-
-
-def _cast(a, dtype):
-    return a if a is None or a.dtype == dtype else a.astype(dtype)
-
-
-def _setup(params, n, special, schedule, check_finite, backend, n_name="n"):
-    params = _as_array("params", params, backend, check_finite, _REAL)
-    sched = _resolve(params, n, bool(special), schedule, n_name)
-    return params, sched
+def _apply_setup(params, x, special, schedule):
+    n, vector = _v.x_rows("x", x.shape)
+    x2 = x[:, None] if vector else x
+    sched = _v.resolve_u(params.shape, n, special, schedule, n_name="n (from x.shape)")
+    batch = _v.batch_shape(("params", params.shape[:-1]), ("x", x2.shape[:-2]))
+    return x2, vector, sched, batch
 
 
 # --------------------------------------------------------------------------- forward
@@ -211,7 +120,8 @@ def unitary(params, *, n=None, special=False, schedule=None, check_finite=True):
         params (array_like, float32 or float64): ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1``
             (SU(n)), laid out ``[theta (A), phi (A), delta (n or n-1)]``, ``A = n(n-1)/2``, theta and
             phi in the row-major order of the strict upper triangle.  Leading axes are a batch.
-        n (int, optional): matrix size; inferred from ``params.shape[-1]`` when omitted.
+        n (int, optional): matrix size; taken from a :class:`Schedule`, else inferred from
+            ``params.shape[-1]`` when omitted.
         special (bool): SU(n): the last diagonal phase is ``-sum`` of the others, so ``det U = 1``.
         schedule (str | Schedule | None): ``"circle"``, ``"team"``, a :class:`Schedule` or None (the
             library default), as in :func:`cupyortho.matrix`.
@@ -220,10 +130,14 @@ def unitary(params, *, n=None, special=False, schedule=None, check_finite=True):
     Returns:
         ndarray ``(..., n, n)``, complex64 for float32 params, complex128 for float64.
     """
-    backend = _backend_for(params=params)
-    params, sched = _setup(params, n, special, schedule, check_finite, backend)
-    full = _full(params, sched.n, special, backend.xp)
-    return backend.unitary(full, sched, backend.complex_dtype(params.dtype))
+    backend = _dispatch.u_backend(params=params)
+    (params,) = _arrays(backend, check_finite, params=params)
+    special = _v.flag("special", special)
+    sched = _v.resolve_u(params.shape, n, special, schedule)
+    cdt = backend.complex_dtype(params.dtype)
+    if _v.is_empty(params):
+        return _v.zeros(backend.xp, params.shape[:-1] + (sched.n, sched.n), cdt)
+    return backend.unitary(_full(params, sched.n, special, backend.xp), sched, cdt)
 
 
 def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None, check_finite=True):
@@ -242,31 +156,32 @@ def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None, che
     Returns:
         complex ndarray of the broadcast shape, precision of ``result_type(params, x)``.
     """
-    backend = _backend_for(params=params, x=x)
-    params = _as_array("params", params, backend, check_finite, _REAL)
-    x = _as_array("x", x, backend, check_finite, _ANY)
-    x2, vector = _x_as_matrix(x)
-    nx = x2.shape[-2]
-    if nx < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    sched = _resolve(params, nx, bool(special), schedule, n_name="n (from x.shape)")
-    _batch_shape(params.shape[:-1], x2.shape[:-2])
-    rdt = _real_dtype(params, x)
+    backend = _dispatch.u_backend(params=params, x=x)
+    params, x = _arrays(backend, check_finite, params=params, x=x)
+    special, adjoint = _v.flag("special", special), _v.flag("adjoint", adjoint)
+    x2, vector, sched, batch = _apply_setup(params, x, special, schedule)
+    rdt = _v.real_precision(params, x)
     cdt = backend.complex_dtype(rdt)
-    full = _full(_cast(params, rdt), sched.n, special, backend.xp)
-    y = backend.unitary_apply(full, _cast(x2, cdt), sched, bool(adjoint))
+    if _v.is_empty(params, x2):
+        y = _v.zeros(backend.xp, batch + x2.shape[-2:], cdt)
+    else:
+        full = _full(_v.cast(params, rdt), sched.n, special, backend.xp)
+        y = backend.unitary_apply(full, _v.cast(x2, cdt), sched, adjoint)
     return y[..., 0] if vector else y
 
 
 # --------------------------------------------------------------------------- VJPs
+# The dtype rule of cupyortho._api holds: each cotangent in the dtype of its primal input.
 
-def unitary_vjp(params, cotangent, *, n=None, special=False, schedule=None, check_finite=True):
+def unitary_vjp(params, cotangent, *, n=None, special=False, schedule=None, output=None, check_finite=True):
     r"""Gradient with respect to params of a real loss of ``U = unitary(params)``.
 
     Args:
         params: ``(..., P)``.
         cotangent: ``(..., n, n)``, exactly the shape of U, real or complex:
             :math:`\partial L/\partial\,\mathrm{Re}\,U + i\,\partial L/\partial\,\mathrm{Im}\,U`.
+        output: optionally ``U = unitary(params)`` from the forward pass (trusted); backends that can
+            use it skip recomputing U.
     Returns:
         real ndarray shaped and typed like params.
 
@@ -274,14 +189,23 @@ def unitary_vjp(params, cotangent, *, n=None, special=False, schedule=None, chec
     then per round (last first) a few entries of :math:`W` give each pair's two derivatives and
     :math:`W \leftarrow B_r^H W B_r` (``docs/unitary.md``).
     """
-    backend = _backend_for(params=params, cotangent=cotangent)
-    params, sched = _setup(params, n, special, schedule, check_finite, backend)
-    cotangent = _as_array("cotangent", cotangent, backend, check_finite, _ANY)
-    _check_same_shape("cotangent", cotangent, params.shape[:-1] + (sched.n, sched.n), "unitary(params)")
-    rdt = _real_dtype(params, cotangent)
+    backend = _dispatch.u_backend(params=params, cotangent=cotangent, output=output)
+    params, cotangent, output = _arrays(backend, check_finite, params=params, cotangent=cotangent, output=output)
+    special = _v.flag("special", special)
+    sched = _v.resolve_u(params.shape, n, special, schedule)
+    shape = params.shape[:-1] + (sched.n, sched.n)
+    _v.same_shape("cotangent", cotangent.shape, shape, "unitary(params)")
+    if output is not None:
+        _v.same_shape("output", output.shape, shape, "unitary(params)")
+    if _v.is_empty(params):
+        return _v.zeros(backend.xp, params.shape, params.dtype)
+    rdt = _v.real_precision(params, cotangent, output)
     cdt = backend.complex_dtype(rdt)
-    full = _full(_cast(params, rdt), sched.n, special, backend.xp)
-    d = backend.unitary_vjp(full, _cast(cotangent, cdt), sched)
+    full = _full(_v.cast(params, rdt), sched.n, special, backend.xp)
+    extra = {}
+    if output is not None and _dispatch.accepts(backend, "unitary_vjp", "output"):
+        extra["output"] = _v.cast(output, cdt)
+    d = backend.unitary_vjp(full, _v.cast(cotangent, cdt), sched, **extra)
     return _reduce(d, sched.n, special).astype(params.dtype, copy=False)
 
 
@@ -299,31 +223,31 @@ def unitary_apply_vjp(params, x, cotangent, *, special=False, adjoint=False, sch
     Returns:
         ``(d_params, d_x)`` shaped and typed like params and x (summed over broadcast batch axes).
     """
-    backend = _backend_for(params=params, x=x, cotangent=cotangent, output=output)
-    params = _as_array("params", params, backend, check_finite, _REAL)
-    x = _as_array("x", x, backend, check_finite, _ANY)
-    cotangent = _as_array("cotangent", cotangent, backend, check_finite, _ANY)
-    output = _as_array("output", output, backend, check_finite, _ANY, allow_none=True)
-    x2, vector = _x_as_matrix(x)
-    sched = _resolve(params, x2.shape[-2], bool(special), schedule, n_name="n (from x.shape)")
-    out_shape = _batch_shape(params.shape[:-1], x2.shape[:-2]) + x2.shape[-2:]
+    backend = _dispatch.u_backend(params=params, x=x, cotangent=cotangent, output=output)
+    params, x, cotangent, output = _arrays(backend, check_finite, params=params, x=x, cotangent=cotangent,
+                                           output=output)
+    special, adjoint = _v.flag("special", special), _v.flag("adjoint", adjoint)
+    x2, vector, sched, batch = _apply_setup(params, x, special, schedule)
+    out_shape = batch + x2.shape[-2:]
     out_shape_public = out_shape[:-1] if vector else out_shape
-    _check_same_shape("cotangent", cotangent, out_shape_public, "unitary_apply(params, x)")
+    _v.same_shape("cotangent", cotangent.shape, out_shape_public, "unitary_apply(params, x)")
     if output is not None:
-        _check_same_shape("output", output, out_shape_public, "unitary_apply(params, x)")
+        _v.same_shape("output", output.shape, out_shape_public, "unitary_apply(params, x)")
+    if _v.is_empty(params, x2):
+        return _v.zeros(backend.xp, params.shape, params.dtype), _v.zeros(backend.xp, x.shape, x.dtype)
     if vector:
         cotangent = cotangent[..., None]
         output = None if output is None else output[..., None]
-    rdt = _real_dtype(params, x, cotangent, output)
+    rdt = _v.real_precision(params, x, cotangent, output)
     cdt = backend.complex_dtype(rdt)
-    full = _full(_cast(params, rdt), sched.n, special, backend.xp)
+    full = _full(_v.cast(params, rdt), sched.n, special, backend.xp)
     d_full, d_x = backend.unitary_apply_vjp(
-        full, _cast(x2, cdt), _cast(cotangent, cdt), sched, bool(adjoint), _cast(output, cdt)
+        full, _v.cast(x2, cdt), _v.cast(cotangent, cdt), sched, adjoint, _v.cast(output, cdt)
     )
     d_params = _reduce(d_full, sched.n, special).astype(params.dtype, copy=False)
     if vector:
         d_x = d_x[..., 0]
-    if np.dtype(x.dtype).kind == "f":
+    if x.dtype.kind == "f":
         d_x = d_x.real
     return d_params, d_x.astype(x.dtype, copy=False)
 
@@ -336,17 +260,21 @@ def unitary_jvp(params, tangent, *, n=None, special=False, schedule=None, check_
     Args:
         params: ``(..., P)``.  tangent: real, the shape of params.
     Returns:
-        complex ndarray ``(..., n, n)``.
+        complex ndarray ``(..., n, n)`` of the precision of ``result_type(params, tangent)``.
     """
-    backend = _backend_for(params=params, tangent=tangent)
-    params, sched = _setup(params, n, special, schedule, check_finite, backend)
-    tangent = _as_array("tangent", tangent, backend, check_finite, _REAL)
-    _check_same_shape("tangent", tangent, params.shape, "params")
-    rdt = _real_dtype(params, tangent)
+    backend = _dispatch.u_backend(params=params, tangent=tangent)
+    params, tangent = _arrays(backend, check_finite, params=params, tangent=tangent)
+    special = _v.flag("special", special)
+    sched = _v.resolve_u(params.shape, n, special, schedule)
+    _v.same_shape("tangent", tangent.shape, params.shape, "params")
+    rdt = _v.real_precision(params, tangent)
+    cdt = backend.complex_dtype(rdt)
+    if _v.is_empty(params):
+        return _v.zeros(backend.xp, params.shape[:-1] + (sched.n, sched.n), cdt)
     xp = backend.xp
-    full = _full(_cast(params, rdt), sched.n, special, xp)
-    full_t = _full(_cast(tangent, rdt), sched.n, special, xp)
-    return backend.unitary_jvp(full, full_t, sched, backend.complex_dtype(rdt))
+    full = _full(_v.cast(params, rdt), sched.n, special, xp)
+    full_t = _full(_v.cast(tangent, rdt), sched.n, special, xp)
+    return backend.unitary_jvp(full, full_t, sched, cdt)
 
 
 def unitary_apply_jvp(params, x, params_tangent, x_tangent=None, *, special=False, adjoint=False,
@@ -359,22 +287,22 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent=None, *, special=Fals
     Returns:
         complex ndarray shaped like ``unitary_apply(params, x)``.
     """
-    backend = _backend_for(params=params, x=x, params_tangent=params_tangent, x_tangent=x_tangent)
-    params = _as_array("params", params, backend, check_finite, _REAL)
-    x = _as_array("x", x, backend, check_finite, _ANY)
-    params_tangent = _as_array("params_tangent", params_tangent, backend, check_finite, _REAL)
-    x_tangent = _as_array("x_tangent", x_tangent, backend, check_finite, _ANY, allow_none=True)
-    _check_same_shape("params_tangent", params_tangent, params.shape, "params")
+    backend = _dispatch.u_backend(params=params, x=x, params_tangent=params_tangent, x_tangent=x_tangent)
+    params, x, params_tangent, x_tangent = _arrays(
+        backend, check_finite, params=params, x=x, params_tangent=params_tangent, x_tangent=x_tangent)
+    special, adjoint = _v.flag("special", special), _v.flag("adjoint", adjoint)
+    _v.same_shape("params_tangent", params_tangent.shape, params.shape, "params")
     if x_tangent is not None:
-        _check_same_shape("x_tangent", x_tangent, x.shape, "x")
-    x2, vector = _x_as_matrix(x)
-    sched = _resolve(params, x2.shape[-2], bool(special), schedule, n_name="n (from x.shape)")
-    _batch_shape(params.shape[:-1], x2.shape[:-2])
-    rdt = _real_dtype(params, x, params_tangent, x_tangent)
+        _v.same_shape("x_tangent", x_tangent.shape, x.shape, "x")
+    x2, vector, sched, batch = _apply_setup(params, x, special, schedule)
+    rdt = _v.real_precision(params, x, params_tangent, x_tangent)
     cdt = backend.complex_dtype(rdt)
+    if _v.is_empty(params, x2):
+        dy = _v.zeros(backend.xp, batch + x2.shape[-2:], cdt)
+        return dy[..., 0] if vector else dy
     xp = backend.xp
-    full = _full(_cast(params, rdt), sched.n, special, xp)
-    full_t = _full(_cast(params_tangent, rdt), sched.n, special, xp)
-    xt2 = None if x_tangent is None else _cast(_x_as_matrix(x_tangent)[0], cdt)
-    dy = backend.unitary_apply_jvp(full, _cast(x2, cdt), full_t, xt2, sched, bool(adjoint))
+    full = _full(_v.cast(params, rdt), sched.n, special, xp)
+    full_t = _full(_v.cast(params_tangent, rdt), sched.n, special, xp)
+    xt2 = None if x_tangent is None else _v.cast(x_tangent[:, None] if vector else x_tangent, cdt)
+    dy = backend.unitary_apply_jvp(full, _v.cast(x2, cdt), full_t, xt2, sched, adjoint)
     return dy[..., 0] if vector else dy

@@ -20,6 +20,8 @@ __all__ = [
     "BackendUnavailableError",
     "NotOrthogonalError",
     "InverseMapError",
+    "ArrayTypeError",
+    "SettingError",
 ]
 
 
@@ -69,3 +71,13 @@ class NotOrthogonalError(CupyorthoError, ValueError):
 
 class InverseMapError(CupyorthoError, RuntimeError):
     """The inverse map did not reach the requested accuracy from any of its starting points."""
+
+
+class ArrayTypeError(CupyorthoError, TypeError):
+    """An array argument is not an array cupyortho accepts: None, a masked array (its mask would be
+    dropped), or an object that cannot be converted to an array."""
+
+
+class SettingError(CupyorthoError, ValueError):
+    """A non-array setting (a tolerance, a step budget, a time limit, a flag, a seed) is out of range
+    or of the wrong type."""

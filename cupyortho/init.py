@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _validate as _v
 from . import schedule as _sched
 from .inverse import angles_from_frame, angles_from_matrix, params_from_unitary
 
@@ -34,17 +35,22 @@ __all__ = [
 ]
 
 
+# Every setting goes through cupyortho._validate: n, m (ints in range), shape (non-negative ints, the
+# total size bounded before anything is allocated), scale (finite, > 0), rng, dtype (float32/64).
+
 def _rng(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return _v.rng(rng)
 
 
 def _count(n, m):
-    n = _sched._check_int("n", n, 2)
+    n = _v.integer("n", n, 2)
+    if m is not None:
+        m = _v.integer("m", m, 1, n)
     return _sched.num_angles(n, m)
 
 
-def _shape(shape):
-    return () if shape is None else ((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape))
+def _shape(shape, trailing=1):
+    return _v.shape_setting("shape", shape, trailing)
 
 
 def identity_angles(n, m=None, *, shape=(), dtype=np.float64):
@@ -52,7 +58,8 @@ def identity_angles(n, m=None, *, shape=(), dtype=np.float64):
 
     Every schedule maps zero angles to :math:`I` (and ``frame`` to :math:`I_{n,m}`).
     """
-    return np.zeros(_shape(shape) + (_count(n, m),), dtype=dtype)
+    count = _count(n, m)
+    return np.zeros(_shape(shape, count) + (count,), dtype=_v.dtype_setting("dtype", dtype))
 
 
 def small_random_angles(n, m=None, *, scale=1e-2, shape=(), rng=None, dtype=np.float64):
@@ -62,7 +69,9 @@ def small_random_angles(n, m=None, *, scale=1e-2, shape=(), rng=None, dtype=np.f
     Returns ``(*shape, num_angles(n, m))``.
     """
     count = _count(n, m)
-    return (_rng(rng).normal(0.0, scale, _shape(shape) + (count,))).astype(dtype)
+    scale = _v.real("scale", scale, minimum=0.0)
+    dtype = _v.dtype_setting("dtype", dtype)
+    return (_rng(rng).normal(0.0, scale, _shape(shape, count) + (count,))).astype(dtype)
 
 
 def haar_matrix(n, *, shape=(), rng=None):
@@ -72,8 +81,8 @@ def haar_matrix(n, *, shape=(), rng=None):
     is Haar on O(n); negating the first column when :math:`\det Q = -1` maps it onto SO(n)
     equivariantly, so the result is Haar on SO(n).
     """
-    n = _sched._check_int("n", n, 2)
-    z = _rng(rng).standard_normal(_shape(shape) + (n, n))
+    n = _v.integer("n", n, 2)
+    z = _rng(rng).standard_normal(_shape(shape, n * n) + (n, n))
     q, r = np.linalg.qr(z)
     d = np.sign(np.diagonal(r, axis1=-2, axis2=-1))
     d[d == 0] = 1
@@ -98,6 +107,7 @@ def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **sol
     Returns:
         ndarray ``(*shape, n(n-1)/2)``.
     """
+    dtype = _v.dtype_setting("dtype", dtype)
     U = haar_matrix(n, shape=shape, rng=rng)
     return angles_from_matrix(U, schedule=schedule, **solver).astype(dtype)
 
@@ -105,6 +115,8 @@ def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **sol
 def haar_frame_angles(n, m, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
     r"""Angles whose frame ``frame(theta, n, m, schedule=schedule)`` is uniform on St(n, m) (the first
     ``m`` columns of a Haar rotation).  Returns ``(*shape, num_angles(n, m))``."""
+    _count(n, m)
+    dtype = _v.dtype_setting("dtype", dtype)
     U = haar_matrix(n, shape=shape, rng=rng)
     m = int(m)
     return angles_from_frame(U[..., :, :m], m, schedule=schedule, **solver).astype(dtype)
@@ -113,25 +125,84 @@ def haar_frame_angles(n, m, *, schedule=None, rng=None, shape=(), dtype=np.float
 def identity_unitary_params(n, *, special=False, shape=(), dtype=np.float64):
     """Parameters of the identity in the unitary layout ``[theta, phi, delta]`` (all zero):
     ``(*shape, n*n)`` (``n*n - 1`` with ``special=True``)."""
-    n = _sched._check_int("n", n, 2)
-    return np.zeros(_shape(shape) + (n * n - (1 if special else 0),), dtype=dtype)
+    count = _v.num_unitary_params(n, special)
+    return np.zeros(_shape(shape, count) + (count,), dtype=_v.dtype_setting("dtype", dtype))
 
 
 def haar_unitary_matrix(n, *, shape=(), rng=None):
     r"""Haar-random unitaries in U(n), ``(*shape, n, n)`` complex128: QR of a complex Gaussian matrix,
     :math:`Q \leftarrow Q\,\mathrm{diag}(R_{ii}/|R_{ii}|)` (Mezzadri's phase fix)."""
-    n = _sched._check_int("n", n, 2)
+    n = _v.integer("n", n, 2)
     g = _rng(rng)
-    z = (g.standard_normal(_shape(shape) + (n, n)) + 1j * g.standard_normal(_shape(shape) + (n, n))) / np.sqrt(2)
+    shape = _shape(shape, 2 * n * n)
+    z = (g.standard_normal(shape + (n, n)) + 1j * g.standard_normal(shape + (n, n))) / np.sqrt(2)
     q, r = np.linalg.qr(z)
     d = np.diagonal(r, axis1=-2, axis2=-1)
     d = np.where(d == 0, 1, d / np.abs(d))
     return q * d[..., None, :]
 
 
-def haar_unitary_params(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
-    r"""Parameters whose ``cupyortho.unitary(p, schedule=schedule)`` is Haar on U(n): draws
-    :func:`haar_unitary_matrix` and inverts it with :func:`~cupyortho.inverse.params_from_unitary`
-    (small n).  Returns ``(*shape, n*n)`` in the layout ``[theta, phi, delta]``."""
+def haar_unitary_params(n, *, special=False, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
+    r"""Parameters whose ``cupyortho.unitary(p, special=special, schedule=schedule)`` is Haar on U(n)
+    (on SU(n) with ``special=True``): draws :func:`haar_unitary_matrix` and inverts it with
+    :func:`~cupyortho.inverse.params_from_unitary` (small n).
+
+    For SU(n) the Haar unitary ``Q`` is divided by an n-th root of ``det Q`` (``Q`` times a scalar
+    phase that depends only on ``det Q``, so the result is Haar on SU(n): the centre of SU(n) acts
+    trivially on the Haar measure), inverted, and the last diagonal phase dropped: it equals
+    ``-sum`` of the others modulo 2 pi because ``det = 1``, which is exactly the SU(n) layout.
+
+    Returns:
+        ``(*shape, n*n)`` (``n*n - 1`` with ``special=True``) in the layout ``[theta, phi, delta]``.
+    """
+    special = _v.flag("special", special)
+    dtype = _v.dtype_setting("dtype", dtype)
     U = haar_unitary_matrix(n, shape=shape, rng=rng)
-    return params_from_unitary(U, schedule=schedule, **solver).astype(dtype)
+    if special:
+        det = np.linalg.det(U)
+        U = U / np.exp(1j * np.angle(det) / U.shape[-1])[..., None, None]
+    p = params_from_unitary(U, schedule=schedule, **solver)
+    return (p[..., :-1] if special else p).astype(dtype)
+
+
+def torus_angles(n, m=None, *, low=-np.pi, high=np.pi, shape=(), rng=None, dtype=np.float64):
+    r"""A torus (block-diagonal) start, as geotorch's ``torus`` initialization: the angles of the
+    planes ``(2i, 2i+1)`` drawn i.i.d. from :math:`\mathrm{Uniform}(\mathrm{low}, \mathrm{high})`
+    (default :math:`(-\pi, \pi)`), every other angle zero.
+
+    The planes ``(0, 1), (2, 3), ...`` are disjoint, so their rotations commute and the matrix is the
+    same for every schedule: ``matrix(theta)`` is block diagonal with blocks
+    :math:`\begin{pmatrix}\cos\theta_i & -\sin\theta_i\\ \sin\theta_i & \cos\theta_i\end{pmatrix}`
+    (and a trailing 1 for odd ``n``).  geotorch samples the skew block :math:`\begin{pmatrix}0 & b\\
+    -b & 0\end{pmatrix}` with :math:`b` from the same symmetric law, i.e. the rotation by
+    :math:`-b`; the two laws coincide.  With ``m`` (a frame, ``frame(theta, n, m)``) only the planes
+    with ``2i < m`` are in the Stiefel layout, and the frame is the first ``m`` columns of that block
+    matrix.
+
+    Args:
+        n (int): size, ``n >= 2``.  m (int, optional): frame columns, ``1 <= m <= n``.
+        low, high (float): bounds of the uniform law, ``low <= high``.
+        shape: batch shape.  rng: None, int seed or ``numpy.random.Generator``.  dtype: of the result.
+
+    Returns:
+        ndarray ``(*shape, num_angles(n, m))``.
+
+    Raises:
+        cupyortho.errors.SizeError: bad ``n`` or ``m``.  cupyortho.errors.SettingError: non-finite
+        bounds or ``low > high``, a bad ``shape`` or ``rng``.  cupyortho.errors.DtypeError: bad ``dtype``.
+    """
+    count = _count(n, m)
+    n = int(n)
+    low = _v.real("low", low, strict=False)
+    high = _v.real("high", high, minimum=low, strict=False)
+    dtype = _v.dtype_setting("dtype", dtype)
+    rows = np.arange(0, n - 1, 2)
+    if m is not None:
+        rows = rows[rows < int(m)]
+    index = _sched.pair_index(rows, rows + 1, n)
+    out = np.zeros(_shape(shape) + (count,), dtype=np.float64)
+    out[..., index] = _rng(rng).uniform(low, high, _shape(shape) + (rows.size,))
+    return out.astype(dtype)
+
+
+__all__ += ["torus_angles"]

@@ -48,15 +48,17 @@ the cost, grow quickly with n.  Targets near the start are solved matrix-free up
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
+from . import _dispatch
+from . import _validate as _v
+from . import _nulling
 from . import schedule as _sched
-from ._api import _is_cupy, _check_m
+from ._api import _check_m
 from .backends import numpy_backend as _nb
-from .errors import (
-    DtypeError, InverseMapError, NonFiniteError, NotOrthogonalError, ShapeError, SizeError,
-)
+from .errors import InverseMapError, MethodError, NotOrthogonalError, SettingError, ShapeError, SizeError
 
 __all__ = [
     "angles_from_matrix",
@@ -68,27 +70,6 @@ __all__ = [
 
 DENSE_LIMIT = 2100
 """Largest number of angles solved with dense Jacobians (n = 65 for SO(n)); above it, matrix-free."""
-
-
-
-
-# --------------------------------------------------------------------------- rotation sweeps
-
-def _rot_rows(M, i, j, c, s):
-    """In place: rows i, j of M <- (c M_i - s M_j, s M_i + c M_j) (left product by the round)."""
-    Mi = M[i]
-    Mj = M[j]
-    M[i] = c[:, None] * Mi - s[:, None] * Mj
-    M[j] = s[:, None] * Mi + c[:, None] * Mj
-
-
-def _rot_cols(M, i, j, c, s):
-    """In place: columns i, j of M <- (c M_i - s M_j, s M_i + c M_j) (right product by the
-    transpose of the round with angles (c, s))."""
-    Mi = M[:, i]
-    Mj = M[:, j]
-    M[:, i] = c * Mi - s * Mj
-    M[:, j] = s * Mi + c * Mj
 
 
 class _Problem:
@@ -150,7 +131,7 @@ class _Problem:
             a, b = self.offsets[r], self.offsets[r + 1]
             Ri, Rj = R[rd.i], R[rd.j]
             J[:, a:b] = (Rj[:, ra] * Ri[:, rb] - Ri[:, ra] * Rj[:, rb]).T
-            _rot_rows(R, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(R, rd.i, rd.j, c[a:b, None], s[a:b, None])
         return J
 
     def jvp_left(self, th, d):
@@ -162,8 +143,8 @@ class _Problem:
             rd = self.rounds[r]
             a, b = self.offsets[r], self.offsets[r + 1]
             if r < len(self.rounds) - 1:
-                _rot_rows(T, rd.i, rd.j, c[a:b], -s[a:b])
-                _rot_cols(T, rd.i, rd.j, c[a:b], -s[a:b])
+                _nb.rotate(T, rd.i, rd.j, c[a:b, None], -s[a:b, None])
+                _nb.rotate(T, rd.i, rd.j, c[a:b], -s[a:b], axis=-1)
             T[rd.j, rd.i] += d[a:b]
             T[rd.i, rd.j] -= d[a:b]
         return T[self.ra, self.rb]
@@ -178,8 +159,8 @@ class _Problem:
         for r, rd in enumerate(self.rounds):
             a, b = self.offsets[r], self.offsets[r + 1]
             out[a:b] = Z[rd.j, rd.i] - Z[rd.i, rd.j]
-            _rot_rows(Z, rd.i, rd.j, c[a:b], s[a:b])
-            _rot_cols(Z, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(Z, rd.i, rd.j, c[a:b, None], s[a:b, None])
+            _nb.rotate(Z, rd.i, rd.j, c[a:b], s[a:b], axis=-1)
         return out
 
     def sweep(self, th):
@@ -188,17 +169,17 @@ class _Problem:
         c, s = np.cos(th), np.sin(th)
         M = np.zeros((self.n, self.n))
         M[: self.m] = self.target.T @ self.matrix(th)           # E_m Q*^T U = E_m Q*^T L_0 B_0
-        _rot_cols(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]])  # M_0 = E_m Q*^T L_0
+        _nb.rotate(M, rounds[0].i, rounds[0].j, c[off[0]:off[1]], s[off[0]:off[1]], axis=-1)  # M_0 = E_m Q*^T L_0
         for r, rd in enumerate(rounds):
             a, b = off[r], off[r + 1]
             t = np.arctan2(M[rd.i, rd.j] - M[rd.j, rd.i], M[rd.i, rd.i] + M[rd.j, rd.j])
             th[a:b] = t
             c[a:b], s[a:b] = np.cos(t), np.sin(t)
-            _rot_rows(M, rd.i, rd.j, c[a:b], s[a:b])
+            _nb.rotate(M, rd.i, rd.j, c[a:b, None], s[a:b, None])
             if r + 1 < len(rounds):
                 nx = rounds[r + 1]
                 a2, b2 = off[r + 1], off[r + 2]
-                _rot_cols(M, nx.i, nx.j, c[a2:b2], s[a2:b2])
+                _nb.rotate(M, nx.i, nx.j, c[a2:b2], s[a2:b2], axis=-1)
         return th
 
 
@@ -438,11 +419,24 @@ def _continuation(prob, th0, atol, max_steps, deadline=None):
     return None
 
 
-def _lm_matrix_free(prob, th, atol, iters):
+class _OutOfTime(Exception):
+    """Raised inside a matrix-free product when the deadline has passed (caught by the solver)."""
+
+
+def _lm_matrix_free(prob, th, atol, iters, deadline=None):
     """Levenberg-Marquardt with LSQR (damped least squares) on the left-trivialised Jacobian applied
-    matrix-free, continued past atol while the error halves; returns (th, err)."""
+    matrix-free, continued past atol while the error halves; returns (th, err).  The deadline is
+    checked before every Jacobian product, so a time limit is honoured to within one product."""
     import scipy.sparse.linalg
 
+    def timed(f):
+        def g(v, th):
+            if deadline is not None and time.monotonic() > deadline:
+                raise _OutOfTime
+            return f(th, v)
+        return g
+
+    jvp, vjp = timed(prob.jvp_left), timed(prob.vjp_left)
     r, err, _ = prob.residual(th)
     lam = 1e-3
     A = th.size
@@ -450,11 +444,14 @@ def _lm_matrix_free(prob, th, atol, iters):
         if err <= 1e-3 * atol:
             break
         op = scipy.sparse.linalg.LinearOperator(
-            (r.size, A), matvec=lambda d, th=th: prob.jvp_left(th, d),
-            rmatvec=lambda w, th=th: prob.vjp_left(th, w), dtype=np.float64,
+            (r.size, A), matvec=lambda d, th=th: jvp(d, th),
+            rmatvec=lambda w, th=th: vjp(w, th), dtype=np.float64,
         )
         tol = max(1e-12, min(1e-2, err))  # inexact Gauss-Newton: solve only as well as needed
-        d = scipy.sparse.linalg.lsqr(op, r, damp=np.sqrt(lam), atol=tol, btol=tol, iter_lim=300)[0]
+        try:
+            d = scipy.sparse.linalg.lsqr(op, r, damp=np.sqrt(lam), atol=tol, btol=tol, iter_lim=300)[0]
+        except _OutOfTime:
+            break
         th2 = th + d
         r2, err2, _ = prob.residual(th2)
         if np.sum(prob.weights * r2**2) < np.sum(prob.weights * r**2):
@@ -472,12 +469,12 @@ def _lm_matrix_free(prob, th, atol, iters):
     return th, err
 
 
-def _starts(prob, restarts):
-    """The fixed starting points: ``prob.first_start()``, then N(0, (pi / sqrt(3n))^2) parameters
-    from default_rng(k), k = 1..restarts."""
-    yield prob.first_start()
-    for k in range(1, restarts + 1):
-        yield np.random.default_rng(k).normal(0.0, np.pi / np.sqrt(3 * prob.n), prob.size)
+def _start(prob, k):
+    """Fixed starting point ``k``: ``prob.first_start()`` for k = 0, else N(0, (pi / sqrt(3n))^2)
+    parameters from default_rng(k)."""
+    if k == 0:
+        return prob.first_start()
+    return np.random.default_rng(k).normal(0.0, np.pi / np.sqrt(3 * prob.n), prob.size)
 
 
 def _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit=None):
@@ -490,21 +487,27 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit=None):
     """
     if method == "auto":
         method = "dense" if prob.size <= DENSE_LIMIT else "matrix-free"
-    if method not in ("dense", "matrix-free"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free', got {method!r}")
     deadline = None if time_limit is None else time.monotonic() + float(time_limit)
-    starts = []
-    for th in _starts(prob, restarts):
+
+    def start(k):
+        # Regenerated on demand (deterministic in k), so restarts= costs no memory up front.
+        th = _start(prob, k)
         for _ in range(sweeps):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             prob.sweep(th)
-        starts.append(th)
+        return th
+
+    count = restarts + 1
     best = np.inf
     if method == "dense":
         plan = [(0, max(1, max_steps // 4))]
-        plan += [(k, max(1, max_steps // 8)) for k in range(1, len(starts))]
-        plan += [(k, max_steps) for k in range(len(starts))]
+        plan += [(k, max(1, max_steps // 8)) for k in range(1, count)]
+        plan += [(k, max_steps) for k in range(count)]
         for k, budget in plan:
-            th = starts[k]
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            th = start(k)
             _, err, _ = prob.residual(th)
             if err <= 1e-3:
                 th2, err2 = _newton(prob, th, atol)
@@ -514,10 +517,11 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit=None):
             if sol is not None:
                 return sol
     else:
-        for th in starts:
+        for k in range(count):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            th, err = _lm_matrix_free(prob, th, atol, iters=60)
+            th = start(k)
+            th, err = _lm_matrix_free(prob, th, atol, iters=60, deadline=deadline)
             if err <= atol:
                 return th
             best = min(best, err)
@@ -533,15 +537,36 @@ def _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit=None):
 # --------------------------------------------------------------------------- public API
 
 def _host(name, a):
-    """(float64 NumPy copy of a, original dtype, was_cupy)."""
-    was_cupy = _is_cupy(a)
-    if was_cupy:
-        a = a.get()
-    a = np.asarray(a)
-    if a.dtype.kind not in "fiu" or a.dtype.kind == "c":
-        raise DtypeError(f"{name} must be a real float32 or float64 array, got dtype {a.dtype}")
-    dtype = a.dtype if a.dtype.name in ("float32", "float64") else np.dtype(np.float64)
-    return np.array(a, dtype=np.float64), dtype, was_cupy
+    """(float64 NumPy copy of a, result dtype, was_cupy); integer, bool, complex and object arrays,
+    masked arrays and None are refused (cupyortho.errors), as everywhere in the library."""
+    return _v.as_host(name, a)
+
+
+METHODS = ("auto", "dense", "matrix-free")
+"""The solvers (``solver=``) of the inverse map."""
+
+
+def _settings(tol, atol, solver, method, restarts, sweeps, max_steps, time_limit, solvers=METHODS):
+    """Validated solver settings, as ``(tol, atol, solver, restarts, sweeps, max_steps, time_limit)``.
+
+    ``method=`` is the old name of ``solver=`` (``method`` means the apply strategy elsewhere in
+    cupyortho); it still works, with a DeprecationWarning.
+    """
+    if method is not None:
+        warnings.warn("angles_from_matrix(method=...) is deprecated: the solver is chosen with solver=; "
+                      "method= means the apply strategy elsewhere in cupyortho", DeprecationWarning, stacklevel=3)
+        if solver != "auto" and solver != method:
+            raise MethodError(f"solver = {solver!r} and its deprecated alias method = {method!r} disagree; pass solver= only")
+        solver = method
+    return (
+        _v.real("tol", tol, minimum=0.0),
+        _v.real("atol", atol, minimum=0.0),
+        _v.choice("solver", solver, solvers, error=MethodError),
+        _v.integer("restarts", restarts, 0, 10**6, SettingError),
+        _v.integer("sweeps", sweeps, 0, 10**6, SettingError),
+        _v.integer("max_steps", max_steps, 1, None, SettingError),
+        _v.real("time_limit", time_limit, minimum=0.0, allow_none=True, allow_inf=True),
+    )
 
 
 def _check_orthonormal(name, Q, tol):
@@ -573,8 +598,8 @@ def _finish(theta, dtype, was_cupy):
     return theta
 
 
-def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto", restarts=8, sweeps=0,
-                       max_steps=8000, time_limit=None):
+def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto", restarts=8, sweeps=0,
+                       max_steps=8000, time_limit=None, method=None):
     r"""Angles :math:`\theta` with ``matrix(theta, schedule=schedule) == U`` (the inverse map of SO(n)).
 
     The map :math:`\theta \mapsto U(\theta) = B_{R-1}\cdots B_0` is onto SO(n) but not one-to-one; this
@@ -594,13 +619,15 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto",
         atol (float): required max-abs error of ``matrix(theta) - U`` (against the projected U), in
             float64; default 1e-10.  Newton keeps polishing past it while the error drops (typically
             to 1e-15..1e-13).
-        method (str): ``"auto"`` (dense up to ``DENSE_LIMIT`` angles, else matrix-free),
+        solver (str): ``"auto"`` (dense up to ``DENSE_LIMIT`` angles, else matrix-free),
             ``"dense"`` (arclength continuation) or ``"matrix-free"`` (LM with LSQR).
-        restarts (int): extra starting points tried after ``theta = 0``.
-        sweeps (int): coordinate-ascent sweeps before the local solve.
-        max_steps (int): continuation step budget per starting point.
-        time_limit (float | None): seconds per matrix after which ``InverseMapError`` is raised
-            (None: no limit).  Haar targets beyond the reach in ``docs/init.md`` can otherwise run
+        restarts (int): extra starting points tried after ``theta = 0`` (0 to 10**6).
+        sweeps (int): coordinate-ascent sweeps before the local solve (>= 0).
+        max_steps (int): continuation step budget per starting point (>= 1).
+        time_limit (float | None): seconds per matrix (> 0) after which ``InverseMapError`` is raised
+            (None: no limit), honoured by both solvers to within one Jacobian product or step.
+        method (str | None): deprecated alias of ``solver`` (``method=`` names the apply strategy
+            elsewhere in cupyortho); warns.  Haar targets beyond the reach in ``docs/init.md`` can otherwise run
             for hours; the angles returned (when it succeeds) do not depend on it.
 
     Returns:
@@ -609,14 +636,17 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto",
 
     Raises:
         ShapeError: U is not a (batch of) square matrices with n >= 2.
+        ArrayTypeError, DtypeError, NonFiniteError: U is None or masked, not real floating, or not finite.
+        SettingError, MethodError: a solver setting is out of range (tol, atol, time_limit
+            must be positive; restarts, sweeps >= 0; max_steps >= 1; solver one of ``METHODS``).
         NotOrthogonalError: :math:`\max|U^TU - I| > tol`, or det U = -1 (message says which).
         InverseMapError: no starting point reached ``atol`` (see ``docs/init.md`` for reach).
     """
+    tol, atol, solver, restarts, sweeps, max_steps, time_limit = _settings(
+        tol, atol, solver, method, restarts, sweeps, max_steps, time_limit)
     A, dtype, was_cupy = _host("U", U)
     if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] < 2:
         raise ShapeError(f"U must have shape (..., n, n) with n >= 2; got {tuple(A.shape)}")
-    if not np.isfinite(A).all():
-        raise NonFiniteError("U contains NaN or infinity")
     n = A.shape[-1]
     _check_orthonormal("U", A, tol)
     det = np.linalg.det(A)
@@ -629,16 +659,19 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, method="auto",
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
-        th = _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit)
+        th = _solve(prob, atol, solver, restarts, sweeps, max_steps, time_limit)
         out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
 
-def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto", restarts=8, sweeps=0,
-                      max_steps=8000, time_limit=None):
+def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto", restarts=8, sweeps=0,
+                      max_steps=8000, time_limit=None, method=None):
     r"""Angles :math:`\theta` with ``frame(theta, n, m, schedule=schedule) == Q`` (Stiefel inverse map).
 
     The frame is the first ``m`` columns of the rotation built from the ``num_angles(n, m)`` pairs
@@ -648,12 +681,14 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
     Args:
         Q (array_like): ``(n, m)`` or ``(..., n, m)`` with orthonormal columns within ``tol``.
         m (int): number of columns, ``1 <= m <= n`` (must equal ``Q.shape[-1]``).
-        schedule, tol, atol, method, restarts, sweeps, max_steps, time_limit: as in
+        schedule, tol, atol, solver, restarts, sweeps, max_steps, time_limit, method: as in
             :func:`angles_from_matrix`.
 
     Returns:
         ndarray ``(..., n*m - m(m+1)/2)``, Q's dtype, NumPy or CuPy like Q.
     """
+    tol, atol, solver, restarts, sweeps, max_steps, time_limit = _settings(
+        tol, atol, solver, method, restarts, sweeps, max_steps, time_limit)
     A, dtype, was_cupy = _host("Q", Q)
     if A.ndim < 2:
         raise ShapeError(f"Q must have shape (..., n, m); got {tuple(A.shape)}")
@@ -663,19 +698,20 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, method="auto
     m = _check_m(n, m)
     if A.shape[-1] != m:
         raise ShapeError(f"Q must have m = {m} columns (axis -1); got shape {tuple(A.shape)}")
-    if not np.isfinite(A).all():
-        raise NonFiniteError("Q contains NaN or infinity")
     _check_orthonormal("Q", A, tol)
     if m == n:
-        return angles_from_matrix(Q, schedule=schedule, tol=tol, atol=atol, method=method,
+        return angles_from_matrix(Q, schedule=schedule, tol=tol, atol=atol, solver=solver,
                                   restarts=restarts, sweeps=sweeps, max_steps=max_steps, time_limit=time_limit)
     sched = _sched.get_schedule(schedule, n, m)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
+    if _nulling.is_brick(sched) and m == n - 1:  # the band is all of brick: complete, then null
+        out = _nulling.brick_frame_angles(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], sched.num_angles))
     for b in range(flat.shape[0]):
         prob = _Problem(sched, _reorthonormalize(flat[b]))
-        th = _solve(prob, atol, method, restarts, sweeps, max_steps, time_limit)
+        th = _solve(prob, atol, solver, restarts, sweeps, max_steps, time_limit)
         out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
@@ -700,16 +736,11 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
         float ndarray ``(..., n*n)`` laid out ``[theta (A), phi (A), delta (n)]``, float32 for complex64
         input, float64 otherwise; NumPy or CuPy like U.  Entries lie in :math:`(-\pi, \pi]`.
     """
-    was_cupy = _is_cupy(U)
-    A = U.get() if was_cupy else np.asarray(U)
-    if A.dtype.kind not in "fc":
-        raise DtypeError(f"U must be a complex (or real floating) array, got dtype {A.dtype}")
-    dtype = np.dtype(np.float32) if A.dtype in (np.complex64, np.float32) else np.dtype(np.float64)
-    A = np.array(A, dtype=np.complex128)
+    tol, atol, _, restarts, _, max_steps, time_limit = _settings(
+        tol, atol, "dense", None, restarts, 0, max_steps, time_limit)
+    A, dtype, was_cupy = _v.as_host("U", U, complex_ok=True)
     if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] < 2:
         raise ShapeError(f"U must have shape (..., n, n) with n >= 2; got {tuple(A.shape)}")
-    if not np.isfinite(A).all():
-        raise NonFiniteError("U contains NaN or infinity")
     n = A.shape[-1]
     G = np.conj(np.swapaxes(A, -1, -2)) @ A
     worst = float(np.abs(G - np.eye(n)).max())
@@ -720,6 +751,9 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
     sched = _sched.get_schedule(schedule, n)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
+    if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
+        out = _nulling.brick_unitary_params(_reorthonormalize(flat))
+        return _finish(out.reshape(batch + (n * n,)), dtype, was_cupy)
     out = np.empty((flat.shape[0], n * n))
     for b in range(flat.shape[0]):
         prob = _UnitaryProblem(sched, _reorthonormalize(flat[b]))

@@ -37,17 +37,19 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import cupyortho as _co
+from ._api import _frame_sizes
+from . import _validate as _v
 from . import schedule as _sched
 from . import _unitary as _umod
-from .errors import AngleCountError, DtypeError, ShapeError, SizeError
+from .errors import ArrayTypeError
 
 __all__ = ["matrix", "frame", "apply", "unitary", "unitary_apply"]
 
@@ -280,36 +282,57 @@ _unitary_apply.defvjp(_unitary_apply_fwd, _unitary_apply_bwd)
 
 
 # --------------------------------------------------------------------------- public functions
+# Validation is cupyortho._validate's (the same rules and messages as the NumPy functions); this
+# module only converts to jax arrays and wires the cores above.
 
-def _float_array(name, a):
-    a = jnp.asarray(a)
-    if a.dtype not in (jnp.float32, jnp.float64):
-        raise DtypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
-    if a.ndim == 0:
-        raise ShapeError(f"{name} must have at least one dimension, got a scalar")
+def _jax_array(name, a, allowed=_v.REAL):
+    """``a`` as a jax array with a dtype in ``allowed`` and at least one axis (cupyortho errors only).
+
+    A float64 input while ``jax_enable_x64`` is off would be silently downcast to float32 by JAX:
+    it warns (UserWarning naming the argument) and continues in float32.
+    """
+    if a is None:
+        raise ArrayTypeError(f"{name} must be an array of dtype {' or '.join(allowed)}, got None")
+    if isinstance(a, np.ma.MaskedArray):
+        raise ArrayTypeError(f"{name} must be a plain array, got a masked array (numpy.ma.MaskedArray): "
+                             f"its mask would be ignored; pass {name}.filled(value) explicitly")
+    dt = getattr(a, "dtype", None)
+    if dt is not None:
+        name_of = _v.check_dtype(name, dt, allowed)
+        if name_of in ("float64", "complex128") and not jax.config.jax_enable_x64:
+            warnings.warn(
+                f"{name} has dtype {name_of} but jax_enable_x64 is off, so JAX computes in "
+                f"{'float32' if name_of == 'float64' else 'complex64'}; enable x64 "
+                "(jax.config.update('jax_enable_x64', True)) to keep double precision",
+                UserWarning, stacklevel=3,
+            )
+    if isinstance(a, (str, bytes, dict, set)):
+        raise ArrayTypeError(f"{name} must be an array of dtype {' or '.join(allowed)}, got a {type(a).__name__}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # JAX's own downcast warning: ours is above
+            a = jnp.asarray(a)
+    except Exception as exc:
+        raise ArrayTypeError(
+            f"{name} must be an array of dtype {' or '.join(allowed)}, got a {type(a).__name__} that cannot "
+            f"be converted ({type(exc).__name__}: {exc})"
+        ) from None
+    _v.check_dtype(name, a.dtype, allowed)
+    _v.check_ndim(name, a.shape, 1)
     return a
 
 
-def _check_count(theta, n, m=None):
-    expected = _sched.num_angles(n, m)
-    if theta.shape[-1] != expected:
-        what = f"n = {n}" + (f", m = {m}" if m is not None else "")
-        raise AngleCountError(
-            f"theta must hold {expected} angles on its last axis for {what}; got shape {tuple(theta.shape)}"
-        )
+def _full_schedule(sched):
+    """The hashable, unrestricted Schedule the cores take (frames pass n and m separately)."""
+    return sched.unrestricted()  # also for brick, truncated and user-built schedules
 
 
-def _n_from_count(count):
-    n = (1 + math.isqrt(1 + 8 * count)) // 2
-    if n >= 2 and n * (n - 1) // 2 == count:
-        return n
-    raise AngleCountError(f"theta must hold n(n-1)/2 angles on its last axis for some n >= 2; got {count}")
-
-
-def _full_schedule(schedule, n):
-    """A hashable, unrestricted Schedule for ``n`` (checks names and sizes)."""
-    s = _sched.get_schedule(schedule, n)
-    return s if s.m is None else _sched._rebuild(s.kind, s.n, None, s.team_size)
+def _pad_batch(a, b, core_a, core_b):
+    """Give ``a`` and ``b`` batch axes of equal rank (size-1 padding, a free reshape), so the axes
+    vmap adds in front line up in the callbacks."""
+    rank = max(a.ndim - core_a, b.ndim - core_b)
+    return (a.reshape((1,) * (rank - a.ndim + core_a) + a.shape),
+            b.reshape((1,) * (rank - b.ndim + core_b) + b.shape))
 
 
 def matrix(theta, *, n=None, schedule=None):
@@ -317,36 +340,37 @@ def matrix(theta, *, n=None, schedule=None):
 
     Args:
         theta: ``(..., n(n-1)/2)`` angles, float32 or float64.
-        n (int, optional): inferred from the angle count when omitted.
+        n (int, optional): taken from a Schedule, else inferred from the angle count when omitted.
         schedule (str | Schedule | None): as in :func:`cupyortho.matrix`.
 
     Returns:
         ``jax.Array`` ``(..., n, n)``; differentiable in reverse mode, jit- and vmap-compatible.
+
+    Raises:
+        the :mod:`cupyortho.errors` classes of :func:`cupyortho.matrix` (never JAX's own errors).
     """
-    theta = _float_array("theta", theta)
-    if isinstance(schedule, _sched.Schedule):
-        if n is not None and n != schedule.n:
-            raise SizeError(f"n = {n} disagrees with the schedule, built for n = {schedule.n}")
-        n = schedule.n
-    n = _n_from_count(theta.shape[-1]) if n is None else _sched._check_int("n", n, 2)
-    _check_count(theta, n)
-    return _matrix(theta, _full_schedule(schedule, n))
+    theta = _jax_array("theta", theta)
+    sched = _v.resolve_so(theta.shape, n, schedule)
+    if sched.m is not None:
+        return _frame(theta, _full_schedule(sched), sched.n, sched.m)
+    return _matrix(theta, sched)
 
 
-def frame(theta, n, m, *, schedule=None):
+def frame(theta, n=None, m=None, *, schedule=None):
     r"""The first ``m`` columns of the Stiefel-restricted :math:`U(\theta)` (see :func:`cupyortho.frame`).
 
     Args:
-        theta: ``(..., n*m - m(m+1)/2)`` angles.  n, m (int): ``1 <= m <= n``.
+        theta: ``(..., n*m - m(m+1)/2)`` angles.  n, m (int): ``1 <= m <= n`` (or from a restricted
+            Schedule).
         schedule: as in :func:`matrix`.
 
     Returns:
         ``jax.Array`` ``(..., n, m)`` with orthonormal columns.
     """
-    theta = _float_array("theta", theta)
-    n = _sched._check_int("n", n, 2)
-    _check_count(theta, n, m)  # validates m
-    return _frame(theta, _full_schedule(schedule, n), n, int(m))
+    theta = _jax_array("theta", theta)
+    n, m = _frame_sizes(n, m, schedule)
+    sched = _v.resolve_so(theta.shape, n, schedule, m=m)
+    return _frame(theta, _full_schedule(sched), sched.n, sched.m)
 
 
 def apply(theta, x, *, transpose=False, schedule=None):
@@ -359,26 +383,16 @@ def apply(theta, x, *, transpose=False, schedule=None):
     Returns:
         ``jax.Array`` of the ``matmul`` broadcast shape, dtype ``result_type(theta, x)``.
     """
-    theta = _float_array("theta", theta)
-    x = _float_array("x", x)
-    vector = x.ndim == 1
+    theta = _jax_array("theta", theta)
+    x = _jax_array("x", x)
+    transpose = _v.flag("transpose", transpose)
+    n, vector = _v.x_rows("x", x.shape)
     x2 = x[:, None] if vector else x
-    n = x2.shape[-2]
-    if n < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    _check_count(theta, n)
-    try:
-        np.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
-    except ValueError:
-        raise ShapeError(f"batch axes do not broadcast: theta {tuple(theta.shape)}, x {tuple(x.shape)}") from None
+    sched = _v.resolve_so(theta.shape, n, schedule, n_name="n (from x.shape)")
+    _v.batch_shape(("theta", theta.shape[:-1]), ("x", x2.shape[:-2]))
     dtype = jnp.result_type(theta, x)
-    theta, x2 = theta.astype(dtype), x2.astype(dtype)
-    # Give theta and x batch axes of equal rank (size-1 padding, a free reshape) so the axes vmap
-    # adds in front line up in the callbacks.
-    rank = max(theta.ndim - 1, x2.ndim - 2)
-    theta_p = theta.reshape((1,) * (rank - theta.ndim + 1) + theta.shape)
-    x_p = x2.reshape((1,) * (rank - x2.ndim + 2) + x2.shape)
-    y = _apply(theta_p, x_p, _full_schedule(schedule, n), bool(transpose))
+    theta_p, x_p = _pad_batch(theta.astype(dtype), x2.astype(dtype), 1, 2)
+    y = _apply(theta_p, x_p, _full_schedule(sched), transpose)
     return y[..., 0] if vector else y
 
 
@@ -393,19 +407,10 @@ def unitary(params, *, n=None, special=False, schedule=None):
     Returns:
         complex ``jax.Array`` ``(..., n, n)``.  Gradients follow JAX's complex convention.
     """
-    params = _float_array("params", params)
-    count = params.shape[-1]
-    if isinstance(schedule, _sched.Schedule):
-        n = schedule.n if n is None else n
-    if n is None:
-        n = math.isqrt(count + (1 if special else 0))
-    n = _sched._check_int("n", n, 2)
-    if count != _umod.num_unitary_params(n, special):
-        raise AngleCountError(
-            f"params must hold {_umod.num_unitary_params(n, special)} parameters for n = {n}; "
-            f"got shape {tuple(params.shape)}"
-        )
-    return _unitary(params, _full_schedule(schedule, n), bool(special))
+    params = _jax_array("params", params)
+    special = _v.flag("special", special)
+    sched = _v.resolve_u(params.shape, n, special, schedule)
+    return _unitary(params, sched, special)
 
 
 def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None):
@@ -413,29 +418,16 @@ def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None):
 
     ``x`` is real or complex, ``(n,)`` or ``(..., n, k)``; the result is complex.
     """
-    params = _float_array("params", params)
-    x = jnp.asarray(x)
-    if x.dtype not in (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128):
-        raise DtypeError(f"x must have dtype float32, float64, complex64 or complex128, got {x.dtype}")
-    vector = x.ndim == 1
+    params = _jax_array("params", params)
+    x = _jax_array("x", x, _v.ANY)
+    special, adjoint = _v.flag("special", special), _v.flag("adjoint", adjoint)
+    n, vector = _v.x_rows("x", x.shape)
     x2 = x[:, None] if vector else x
-    if x2.ndim < 2 or x2.shape[-2] < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    n = x2.shape[-2]
-    if params.shape[-1] != _umod.num_unitary_params(n, special):
-        raise AngleCountError(
-            f"params must hold {_umod.num_unitary_params(n, special)} parameters for n = {n} (from x); "
-            f"got shape {tuple(params.shape)}"
-        )
-    try:
-        np.broadcast_shapes(params.shape[:-1], x2.shape[:-2])
-    except ValueError:
-        raise ShapeError(f"batch axes do not broadcast: params {tuple(params.shape)}, x {tuple(x.shape)}") from None
+    sched = _v.resolve_u(params.shape, n, special, schedule, n_name="n (from x.shape)")
+    _v.batch_shape(("params", params.shape[:-1]), ("x", x2.shape[:-2]))
     real = jnp.result_type(params.dtype, jnp.real(x2).dtype)
     params = params.astype(real)
     x2 = x2.astype(_complex_of(real) if jnp.iscomplexobj(x2) else real)
-    rank = max(params.ndim - 1, x2.ndim - 2)
-    params_p = params.reshape((1,) * (rank - params.ndim + 1) + params.shape)
-    x_p = x2.reshape((1,) * (rank - x2.ndim + 2) + x2.shape)
-    y = _unitary_apply(params_p, x_p, _full_schedule(schedule, n), bool(special), bool(adjoint))
+    params_p, x_p = _pad_batch(params, x2, 1, 2)
+    y = _unitary_apply(params_p, x_p, sched, special, adjoint)
     return y[..., 0] if vector else y

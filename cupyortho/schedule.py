@@ -1,27 +1,41 @@
-r"""Round-robin schedules: which Givens rotations run in parallel, and in what order.
+r"""Schedules: which Givens rotations run in parallel, and in what order.
 
-Design rule: a schedule is immutable, cached data computed once per ``(kind, n, team size, m)`` and
-shared by every backend.  Backends never build pairings themselves; they read the round-major index
-arrays below (and may copy them to a device once).
+Design rule: a schedule is immutable, cached data, shared by every backend.  Backends never build
+pairings themselves; they read the round-major index arrays below (and may copy them to a device once).
 
 Conventions (``docs/conventions.md``):
 
-* The angles of an ``n x n`` rotation are indexed by the pairs ``i < j`` in the row-major order of the
-  strict upper triangle (``numpy.triu_indices(n, 1)``): angle ``p`` belongs to plane ``(i, j)`` with
-  ``p = i*n - i*(i+1)/2 + (j - i - 1)``, whatever the schedule.
-* A schedule groups the pairs into *rounds* of disjoint pairs (a 1-factorization of :math:`K_n`).
-  Rotations inside a round commute; round 0 acts first: :math:`U = B_{R-1} \cdots B_1 B_0`.
+* A schedule groups rotations into *rounds* of disjoint pairs.  Rotations inside a round commute;
+  round 0 acts first: :math:`U = B_{R-1} \cdots B_1 B_0`.  The pair ``(i, j)`` rotates rows ``i`` and
+  ``j`` as ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j`` whatever the order of ``i`` and ``j``
+  (so a pair written ``(j, i)`` with ``j > i`` is :math:`G(i, j, -\theta)`: the *sign rule* of
+  :meth:`Schedule.from_rounds`).
+* Two angle layouts (``Schedule.layout``):
+
+  - ``"triangle"`` (circle and team schedules, one rotation per plane): angle ``p`` belongs to the
+    plane ``(i, j)``, ``i < j``, with ``p = i*n - i*(i+1)/2 + (j - i - 1)`` (the row-major strict upper
+    triangle, :func:`pair_index`), whatever the schedule;
+  - ``"round"`` (brick, :meth:`Schedule.from_rounds`, :meth:`Schedule.truncate`, where a plane may
+    carry several rotations): angle ``q`` is the ``q``-th rotation in round-major order.
+
 * Odd ``n`` (and, for the team schedule, ``n`` that does not fill whole teams) is padded with dummy
   coordinates ``>= n``; rotations touching them are dropped and rounds left empty are removed.
 
 Storage is CSR-like, round-major: ``pair_i[q], pair_j[q], angle_index[q]`` for ``q`` in
-``round_offsets[r]:round_offsets[r+1]`` are the pairs of round ``r`` and the public (upper-triangle)
-index of their angle, with ``pair_i < pair_j``.
+``round_offsets[r]:round_offsets[r+1]`` are the pairs of round ``r`` and the index of their angle in
+``theta`` (``angle_index`` is ``arange(num_angles)`` for the round layout).  Every consumer reads the
+angle count from ``schedule.num_angles``.
+
+Sizes are checked before anything is allocated (:data:`MAX_SCHEDULE_PAIRS`, and the machine's memory),
+and restricted schedules (Stiefel frames, truncations) are built without the full schedule.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -33,15 +47,21 @@ __all__ = [
     "Round",
     "circle_schedule",
     "team_schedule",
+    "brick_schedule",
     "get_schedule",
+    "from_token",
     "num_angles",
     "pair_index",
     "SCHEDULE_KINDS",
     "DEFAULT_TEAM_SIZE",
+    "MAX_SCHEDULE_PAIRS",
 ]
 
-SCHEDULE_KINDS = ("circle", "team")
+SCHEDULE_KINDS = ("circle", "team", "brick")
 DEFAULT_TEAM_SIZE = 64
+MAX_SCHEDULE_PAIRS = 2**31 - 1
+"""Most rotations a schedule may hold (device kernels index them with int32)."""
+_BYTES_PER_PAIR = 48  # pair_i, pair_j, angle_index, round_of_angle (int64) and build temporaries
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -53,11 +73,33 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def _check_pairs(count: int, what: str) -> None:
+    """Refuse, before allocating, a schedule of ``count`` rotations that cannot be stored."""
+    if count > MAX_SCHEDULE_PAIRS:
+        raise SizeError(
+            f"{what} needs {count} rotations; at most MAX_SCHEDULE_PAIRS = {MAX_SCHEDULE_PAIRS} are supported"
+        )
+    mem = _memory_bytes()
+    if mem is not None and count * _BYTES_PER_PAIR > mem // 2:
+        raise SizeError(
+            f"{what} needs {count} rotations (about {count * _BYTES_PER_PAIR / 2**30:.1f} GiB of index "
+            f"arrays), more than half of this machine's {mem / 2**30:.1f} GiB of memory"
+        )
+
+
 def num_angles(n: int, m: int | None = None) -> int:
     r"""Number of angles parametrizing SO(n), or the Stiefel manifold St(n, m).
 
     ``n(n-1)/2`` for SO(n); ``n*m - m(m+1)/2`` (the dimension of St(n, m), the pairs ``i < j`` with
     ``i < m``) when ``m`` is given, ``1 <= m <= n``.  ``m = n`` and ``m = n - 1`` both give SO(n).
+    (A truncated or user-built schedule may hold another number: read ``schedule.num_angles``.)
     """
     n = _check_int("n", n, 2)
     if m is None:
@@ -68,15 +110,39 @@ def num_angles(n: int, m: int | None = None) -> int:
     return n * m - m * (m + 1) // 2
 
 
-def pair_index(i, j, n: int):
-    """Public (upper-triangle, row-major) angle index of the plane ``(i, j)``, ``i < j < n``."""
+def _pair_index(i, j, n):
+    """Unchecked :func:`pair_index` (for internal callers that mask invalid entries themselves)."""
     i = np.asarray(i)
     j = np.asarray(j)
     return i * n - (i * (i + 1)) // 2 + (j - i - 1)
 
 
+def pair_index(i, j, n: int):
+    """Upper-triangle (row-major) angle index of the plane ``(i, j)``, ``0 <= i < j < n``.
+
+    ``i``, ``j``: integers or integer arrays (broadcast).  Returns an int64 array (or scalar).
+    Raises SizeError for ``n < 2``, non-integer ``i``/``j``, or pairs outside ``0 <= i < j < n``.
+    """
+    n = _check_int("n", n, 2)
+    out = []
+    for name, v in (("i", i), ("j", j)):
+        a = np.asarray(v)
+        if a.dtype == bool or a.dtype.kind not in "iu":
+            raise SizeError(f"{name} must be an integer or integer array, got dtype {a.dtype}")
+        out.append(a.astype(np.int64))
+    i, j = np.broadcast_arrays(*out)
+    bad = ~((0 <= i) & (i < j) & (j < n))
+    if bad.any():
+        k = np.flatnonzero(bad)[0]
+        raise SizeError(
+            f"pairs must satisfy 0 <= i < j < n = {n}; got i = {int(i.flat[k])}, j = {int(j.flat[k])}"
+        )
+    r = _pair_index(i, j, n)
+    return r[()] if r.ndim == 0 else r
+
+
 class Round(NamedTuple):
-    """One round of a schedule: disjoint pairs ``(i[q], j[q])`` with ``i < j``, and their angle indices."""
+    """One round of a schedule: disjoint pairs ``(i[q], j[q])`` and the index of their angles in theta."""
 
     i: np.ndarray
     j: np.ndarray
@@ -89,119 +155,235 @@ def _frozen(a) -> np.ndarray:
     return a
 
 
-class Schedule:
-    """An ordering of the Givens rotations of SO(n) (or St(n, m)) into rounds of commuting rotations.
+def _flatten_rounds(rounds, n, m, orient):
+    """Per-round (i, j) arrays -> flat (pair_i, pair_j, offsets).
 
-    Do not construct directly: use :func:`circle_schedule`, :func:`team_schedule` or
-    :func:`get_schedule`.  Instances are cached, immutable and hashable.
-
-    Attributes:
-        kind (str): ``"circle"`` or ``"team"``.
-        n (int): matrix size.
-        m (int | None): Stiefel restriction (only pairs with ``i < m`` kept), or None for all of SO(n).
-        team_size (int | None): team size ``t`` of a team schedule, None for circle.
-        padded_n (int): ``n`` plus dummy coordinates (even; a multiple of ``2*t`` for team schedules).
-        num_angles (int): number of angles, ``len(theta)``.
-        num_rounds (int): number of non-empty rounds.
-        pair_i, pair_j, angle_index (ndarray[int64]): round-major pairs and their public angle index.
-        round_offsets (ndarray[int64]): ``num_rounds + 1`` offsets into the round-major arrays.
-        max_round_size (int): the largest number of pairs in one round (<= n // 2).
+    ``orient=True`` (triangle layout): pairs become ``lo < hi``, those touching dummies (``>= n``) or,
+    with ``m``, with ``lo >= m`` are dropped, each round is sorted by ``lo``.  ``orient=False``: kept
+    as given.  Empty rounds are removed either way.
     """
-
-    __slots__ = (
-        "kind", "n", "m", "team_size", "padded_n", "num_angles", "num_rounds",
-        "pair_i", "pair_j", "angle_index", "round_offsets", "round_of_angle", "max_round_size",
-        "_rounds", "__weakref__",
-    )
-
-    def __init__(self, kind, n, m, team_size, padded_n, rounds):
-        # ``rounds``: list of (i, j) integer arrays on the padded index set, before dropping.
-        pi, pj, offsets = [], [], [0]
-        for i, j in rounds:
-            i = np.asarray(i, dtype=np.int64)
-            j = np.asarray(j, dtype=np.int64)
+    pi, pj, offsets = [], [], [0]
+    for i, j in rounds:
+        i = np.asarray(i, dtype=np.int64)
+        j = np.asarray(j, dtype=np.int64)
+        if orient:
             lo, hi = np.minimum(i, j), np.maximum(i, j)
             keep = hi < n
             if m is not None:
                 keep &= lo < m
             lo, hi = lo[keep], hi[keep]
-            if lo.size == 0:
-                continue
             order = np.argsort(lo, kind="stable")
-            pi.append(lo[order])
-            pj.append(hi[order])
-            offsets.append(offsets[-1] + lo.size)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "n", n)
-        object.__setattr__(self, "m", m)
-        object.__setattr__(self, "team_size", team_size)
-        object.__setattr__(self, "padded_n", padded_n)
-        pair_i = _frozen(np.concatenate(pi) if pi else np.zeros(0))
-        pair_j = _frozen(np.concatenate(pj) if pj else np.zeros(0))
-        angle_index = _frozen(pair_index(pair_i, pair_j, n))
-        round_offsets = _frozen(offsets)
+            i, j = lo[order], hi[order]
+        if i.size == 0:
+            continue
+        pi.append(i)
+        pj.append(j)
+        offsets.append(offsets[-1] + i.size)
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(pi), cat(pj), np.asarray(offsets, dtype=np.int64)
+
+
+class Schedule:
+    """An ordering of Givens rotations on ``n`` coordinates into rounds of commuting rotations.
+
+    Do not construct directly: use :func:`circle_schedule`, :func:`team_schedule`,
+    :func:`brick_schedule`, :func:`get_schedule`, :meth:`from_rounds`, :meth:`truncate` or
+    :meth:`restrict`.  Instances are cached, immutable, hashable and picklable, and :attr:`token`
+    names any of them as a string (:func:`from_token`), which is how schedules travel through the torch
+    and JAX adapters.
+
+    Attributes:
+        kind (str): ``"circle"``, ``"team"``, ``"brick"``, ``"rounds"`` (from user rounds) or
+            ``"truncated"``.  Only ``kind == "team"`` schedules are plain team schedules (the blocked
+            GEMM paths take those and nothing else).
+        n (int): matrix size.
+        m (int | None): Stiefel restriction St(n, m), or None.
+        team_size (int | None): team size of a team schedule, else None.
+        layout (str): ``"triangle"`` (angle of plane (i, j) at :func:`pair_index`) or ``"round"``
+            (angles in round-major order).
+        padded_n (int): ``n`` plus dummy coordinates.
+        num_angles (int): number of angles, ``len(theta)``.
+        num_rounds (int): number of non-empty rounds.
+        pair_i, pair_j, angle_index (ndarray[int64]): round-major pairs and the index of their angles.
+        round_offsets (ndarray[int64]): ``num_rounds + 1`` offsets into the round-major arrays.
+        round_of_angle (ndarray[int64]): round of each angle (indexed like theta).
+        max_round_size (int): the largest number of pairs in one round (<= n // 2).
+        base (Schedule | None): the schedule a truncation was cut from.  depth (int | None): its ``k``.
+    """
+
+    __slots__ = (
+        "kind", "n", "m", "team_size", "padded_n", "num_angles", "num_rounds", "layout",
+        "pair_i", "pair_j", "angle_index", "round_offsets", "round_of_angle", "max_round_size",
+        "base", "depth", "_key", "_rounds", "__weakref__",
+    )
+
+    def __init__(self, kind, n, m, team_size, padded_n, pair_i, pair_j, offsets, *, layout="triangle",
+                 key=None, base=None, depth=None):
+        pair_i, pair_j, offsets = _frozen(pair_i), _frozen(pair_j), _frozen(offsets)
+        if layout == "triangle":
+            angle_index = _frozen(_pair_index(pair_i, pair_j, n))
+        else:
+            angle_index = _frozen(np.arange(pair_i.size))
+        counts = np.diff(offsets)
         round_of_angle = np.empty(angle_index.size, dtype=np.int64)
-        round_of_angle[angle_index] = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-        object.__setattr__(self, "pair_i", pair_i)
-        object.__setattr__(self, "pair_j", pair_j)
-        object.__setattr__(self, "angle_index", angle_index)
-        object.__setattr__(self, "round_offsets", round_offsets)
-        object.__setattr__(self, "round_of_angle", _frozen(round_of_angle))
-        object.__setattr__(self, "num_angles", int(angle_index.size))
-        object.__setattr__(self, "num_rounds", len(offsets) - 1)
-        object.__setattr__(self, "max_round_size", int(np.diff(offsets).max(initial=0)))
-        object.__setattr__(
-            self,
-            "_rounds",
-            tuple(
-                Round(pair_i[a:b], pair_j[a:b], angle_index[a:b])
-                for a, b in zip(offsets[:-1], offsets[1:])
-            ),
+        round_of_angle[angle_index] = np.repeat(np.arange(counts.size), counts)
+        values = dict(
+            kind=kind, n=n, m=m, team_size=team_size, padded_n=padded_n, layout=layout,
+            pair_i=pair_i, pair_j=pair_j, angle_index=angle_index, round_offsets=offsets,
+            round_of_angle=_frozen(round_of_angle), num_angles=int(angle_index.size),
+            num_rounds=int(counts.size), max_round_size=int(counts.max(initial=0)),
+            base=base, depth=depth, _key=key if key is not None else (kind, n, m, team_size), _rounds=None,
         )
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
         raise AttributeError("Schedule objects are immutable")
 
     @property
     def rounds(self) -> tuple[Round, ...]:
-        """The rounds in application order (round 0 acts first), each a :class:`Round`."""
+        """The rounds in application order (round 0 acts first), each a :class:`Round` (built lazily)."""
+        if self._rounds is None:
+            off = self.round_offsets
+            object.__setattr__(self, "_rounds", tuple(
+                Round(self.pair_i[a:b], self.pair_j[a:b], self.angle_index[a:b])
+                for a, b in zip(off[:-1].tolist(), off[1:].tolist())
+            ))
         return self._rounds
 
     @property
     def key(self) -> tuple:
-        return (self.kind, self.n, self.m, self.team_size)
+        """Hashable identity: ``(kind, n, m, team_size)`` for circle, team and brick schedules,
+        ``(kind, n, m, None, recipe)`` for derived ones."""
+        return self._key
+
+    @property
+    def token(self) -> str:
+        """A string naming this schedule, accepted wherever a schedule is (``schedule=token``) and by
+        :func:`from_token`.  Built-in schedules have readable tokens (``"team:100:t=4"``,
+        ``"brick:8:m=3"``); derived ones (``from_rounds``, ``truncate``) a digest registered in this
+        process (pickle the Schedule to move those between processes)."""
+        return _token_of(self)
 
     def __eq__(self, other):
-        return isinstance(other, Schedule) and self.key == other.key
+        return isinstance(other, Schedule) and self._key == other._key
 
     def __hash__(self):
-        return hash(self.key)
+        return hash(self._key)
 
     def __repr__(self):
         extra = f", team_size={self.team_size}" if self.team_size is not None else ""
         extra += f", m={self.m}" if self.m is not None else ""
-        return f"Schedule({self.kind!r}, n={self.n}{extra}, rounds={self.num_rounds})"
+        extra += f", depth={self.depth}" if self.depth is not None else ""
+        return f"Schedule({self.kind!r}, n={self.n}{extra}, rounds={self.num_rounds}, angles={self.num_angles})"
 
     def __reduce__(self):
-        return (_rebuild, self.key)
+        return (_from_key, (self._key,))
+
+    # ------------------------------------------------------------------ derived schedules
+
+    @classmethod
+    def from_rounds(cls, n: int, rounds) -> "Schedule":
+        r"""A schedule from a user's list of rounds: ``rounds[r]`` is a sequence of pairs ``(i, j)``.
+
+        Round 0 acts first; the angle layout is round-major (angle ``q`` is the ``q``-th pair listed).
+        Pairs must be disjoint within a round, ``0 <= i, j < n``, ``i != j``; a plane may appear in
+        several rounds and need not appear at all.  **Sign rule**: the pair ``(i, j)`` rotates rows
+        ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j`` as written, so ``(j, i)`` with ``i < j`` is
+        :math:`G(i, j, -\theta)`, the rotation of ``(i, j)`` by the opposite angle.  Empty rounds are
+        allowed and dropped.
+
+        Raises:
+            SizeError: ``n`` is not an integer >= 2, an index is out of range, or the schedule is too large.
+            ScheduleError: malformed rounds, a pair ``(i, i)``, or a coordinate used twice in a round.
+        """
+        n = _check_int("n", n, 2)
+        if isinstance(rounds, (str, bytes)) or not hasattr(rounds, "__iter__"):
+            raise ScheduleError(f"rounds must be a sequence of rounds of (i, j) pairs, got {type(rounds).__name__}")
+        flat = []
+        offsets = [0]
+        total = 0
+        for r, rd in enumerate(rounds):
+            try:
+                a = np.asarray(rd)
+            except Exception as exc:  # ragged nested sequences
+                raise ScheduleError(f"rounds[{r}] must be a sequence of (i, j) pairs: {exc}") from None
+            if a.size == 0:
+                continue
+            if a.ndim != 2 or a.shape[1] != 2:
+                raise ScheduleError(f"rounds[{r}] must have shape (P, 2) (pairs (i, j)); got shape {a.shape}")
+            if a.dtype == bool or a.dtype.kind not in "iu":
+                raise ScheduleError(f"rounds[{r}] must hold integer indices, got dtype {a.dtype}")
+            a = a.astype(np.int64)
+            if (a < 0).any() or (a >= n).any():
+                bad = a[(a < 0) | (a >= n)][0]
+                raise SizeError(f"rounds[{r}] has index {int(bad)}; indices must satisfy 0 <= index < n = {n}")
+            if (a[:, 0] == a[:, 1]).any():
+                i = int(a[a[:, 0] == a[:, 1]][0, 0])
+                raise ScheduleError(f"rounds[{r}] has the pair ({i}, {i}); a pair needs two coordinates")
+            used = a.ravel()
+            if np.unique(used).size != used.size:
+                vals, counts = np.unique(used, return_counts=True)
+                raise ScheduleError(
+                    f"rounds[{r}] uses coordinate {int(vals[counts > 1][0])} twice; pairs in a round must be disjoint"
+                )
+            total += a.shape[0]
+            _check_pairs(total, f"Schedule.from_rounds(n = {n})")
+            flat.append(a)
+            offsets.append(total)
+        pairs = np.concatenate(flat) if flat else np.zeros((0, 2), dtype=np.int64)
+        recipe = (None, "rounds", (tuple(offsets), tuple(pairs.ravel().tolist())))
+        return _derived(("rounds", n, None, None, recipe))
+
+    def truncate(self, k: int) -> "Schedule":
+        """The first ``k`` rounds (``1 <= k <= num_rounds``): a depth-limited schedule.
+
+        It has as many angles as those rounds hold pairs (``k * floor(n/2)`` for a schedule whose rounds
+        are full, fewer for odd ``n`` or padded teams), in round-major order (``layout == "round"``):
+        angle ``q`` of the truncation is the ``q``-th rotation of the first ``k`` rounds.  Still
+        exactly orthogonal; applied in ``O(n k)`` per vector.
+        """
+        k = _check_int("k", k, 1)
+        if k > self.num_rounds:
+            raise SizeError(f"k must satisfy 1 <= k <= num_rounds = {self.num_rounds} of {self!r}, got k = {k}")
+        return _derived(("truncated", self.n, self.m, None, (self._key, "truncate", k)))
 
     def restrict(self, m: int) -> "Schedule":
-        """The same schedule with only the pairs ``i < m`` (the Stiefel restriction St(n, m)).
+        """The Stiefel restriction St(n, m): the rotations a frame of ``m`` columns keeps.
 
-        The kept angles are exactly the first ``num_angles(n, m)`` public angles, so
-        ``angle_index`` of the result indexes the prefix ``theta[:num_angles(n, m)]``.
+        Circle and team schedules keep the pairs ``i < m``: exactly the first ``num_angles(n, m)``
+        public angles, so ``angle_index`` of the result indexes the prefix ``theta[:num_angles(n, m)]``.
+        Brick keeps the band of slots ``-2*floor((m-1)/2) <= round - i <= 2*floor(m/2)`` (pair ``(i, i+1)``),
+        also ``num_angles(n, m)`` rotations, in round-major order (``docs/conventions.md``).  Other
+        schedules (user rounds, truncations) keep the rotations touching a coordinate ``< m``, in
+        round-major order (no coverage claim).  Built without the full schedule.
         """
         num_angles(self.n, m)  # validates m
+        m = int(m)
         if self.m is not None and m > self.m:
             raise SizeError(f"m = {m} exceeds the restriction m = {self.m} of {self!r}")
-        return _rebuild(self.kind, self.n, int(m), self.team_size)
+        if m == self.m:
+            return self
+        if len(self._key) == 4:
+            return _rebuild(self.kind, self.n, m, self.team_size)
+        return _derived((self.kind, self.n, m, None, (self._key, "restrict", m)))
+
+    def unrestricted(self) -> "Schedule":
+        """The schedule this Stiefel restriction was taken from (itself when ``m`` is None)."""
+        if self.m is None:
+            return self
+        if len(self._key) == 4:
+            return _rebuild(self.kind, self.n, None, self.team_size)
+        return _from_key(self._key[4][0])
 
     def to_round_order(self, theta):
-        """Angles in the public layout (last axis) -> round-major order (``theta[..., angle_index]``)."""
+        """Angles in theta's layout (last axis) -> round-major order (``theta[..., angle_index]``)."""
         return theta[..., self.angle_index]
 
     def from_round_order(self, values):
-        """Inverse of :meth:`to_round_order`: round-major values -> public upper-triangle layout."""
+        """Inverse of :meth:`to_round_order`: round-major values -> theta's layout."""
+        if self.layout == "round":
+            return values
         out = np.empty_like(values)
         out[..., self.angle_index] = values
         return out
@@ -321,16 +503,178 @@ def team_local_rounds(t: int):
     return rr_i, rr_j, bit_reversal(t)
 
 
+
+
+def _team_rounds_restricted(n: int, t: int, m: int):
+    """The rounds of ``team_schedule(n, t)`` restricted to pairs with ``lo < m``, generated round by
+    round touching only the teams that hold coordinates ``< m`` (``O(m + t)`` work per round)."""
+    T, _ = _team_structure(n, t)
+    tm = -(-m // t)  # teams holding coordinates < m
+    rr_i, rr_j, shifts = team_local_rounds(t)
+    base = (np.arange(tm, dtype=np.int64) * t)[:, None]
+    for li, lj in zip(rr_i, rr_j):
+        yield (base + li).ravel(), (base + lj).ravel()
+    q = np.arange(t, dtype=np.int64)
+    for i, j in _circle_rounds(T):
+        a, b = np.minimum(i, j), np.maximum(i, j)
+        keep = a < tm
+        a, b = a[keep][:, None] * t, b[keep][:, None] * t
+        for s in shifts:
+            yield (a + q).ravel(), (b + (q + s) % t).ravel()
+
+
+def _circle_restricted(n: int, m: int):
+    """Flat (pair_i, pair_j, offsets) of ``circle_schedule(n)`` restricted to ``lo < m``, vectorized
+    over rounds from the partner rule: in round ``r``, 0 meets ``1 + r`` and player ``p >= 1`` meets
+    the player ``p'`` with ``(p - 1) + (p' - 1) = 2r mod (N - 1)``."""
+    N = n + n % 2
+    M = N - 1
+    r = np.arange(M, dtype=np.int64)[None, :]
+    a = np.arange(m, dtype=np.int64)[:, None]
+    partner = np.where(a == 0, 1 + r, 1 + (2 * r - (a - 1)) % M)
+    partner = np.where((a >= 1) & ((a - 1) == r), 0, partner)
+    a, r = np.broadcast_arrays(a, r)
+    a, r, partner = a.ravel(), r.ravel(), partner.ravel()
+    keep = (partner < n) & ((a < partner) | (partner >= m))
+    a, r, partner = a[keep], r[keep], partner[keep]
+    lo, hi = np.minimum(a, partner), np.maximum(a, partner)
+    order = np.lexsort((lo, r))
+    lo, hi, r = lo[order], hi[order], r[order]
+    counts = np.bincount(r, minlength=M)
+    counts = counts[counts > 0]
+    return lo, hi, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _brick_band(m: int):
+    """Band ``(lo, hi)`` of ``round - i`` kept by the Stiefel restriction St(n, m) of brick."""
+    return -2 * ((m - 1) // 2), 2 * (m // 2)
+
+
+def _brick_flat(n: int, m):
+    """Flat round-major pairs of brick: round ``l`` (``l = 0..n-1``) pairs ``(i, i+1)``, ``i = l mod 2,
+    l mod 2 + 2, ...``; with ``m``, only the band of :func:`_brick_band`."""
+    pi, offsets = [], [0]
+    lo, hi = _brick_band(m) if m is not None else (-n, n)
+    for l in range(n):
+        first = max(l % 2, l - hi)
+        first += (first - l) % 2
+        i = np.arange(first, min(n - 2, l - lo) + 1, 2, dtype=np.int64)
+        if i.size:
+            pi.append(i)
+            offsets.append(offsets[-1] + i.size)
+    pi = np.concatenate(pi)
+    return pi, pi + 1, np.asarray(offsets, dtype=np.int64)
+
+
 @functools.lru_cache(maxsize=None)
 def _rebuild(kind: str, n: int, m, team_size):
     if kind == "circle":
         N = n + n % 2
-        return Schedule("circle", n, m, None, N, list(_circle_rounds(N)))
+        _check_pairs(num_angles(n, m), f"circle_schedule(n = {n}" + (f", m = {m})" if m else ")"))
+        if m is not None and m < n - 1:
+            return Schedule("circle", n, m, None, N, *_circle_restricted(n, m))
+        return Schedule("circle", n, m, None, N, *_flatten_rounds(_circle_rounds(N), n, m, True))
     if kind == "team":
         T, _ = _team_structure(n, team_size)
-        return Schedule("team", n, m, team_size, T * team_size, _team_rounds(n, team_size))
+        N = T * team_size
+        what = f"team_schedule(n = {n}, team_size = {team_size}" + (f", m = {m})" if m else ")")
+        if m is not None and m < n - 1:
+            _check_pairs(N * -(-m // team_size) * team_size, what)
+            rounds = _team_rounds_restricted(n, team_size, m)
+        else:
+            _check_pairs(N * (N - 1) // 2, what)
+            rounds = _team_rounds(n, team_size)
+        return Schedule("team", n, m, team_size, N, *_flatten_rounds(rounds, n, m, True))
+    if kind == "brick":
+        _check_pairs(num_angles(n, m), f"brick_schedule(n = {n}" + (f", m = {m})" if m else ")"))
+        return Schedule("brick", n, m, None, n, *_brick_flat(n, m), layout="round")
     raise ScheduleError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
 
+
+@functools.lru_cache(maxsize=256)
+def _derived(key):
+    """Build a derived schedule (``from_rounds``, ``truncate``, generic ``restrict``) from its key."""
+    kind, n, m, _, (base_key, op, arg) = key
+    if op == "rounds":
+        offsets, flat = arg
+        pairs = np.asarray(flat, dtype=np.int64).reshape(-1, 2)
+        return Schedule("rounds", n, None, None, n, pairs[:, 0], pairs[:, 1], np.asarray(offsets), layout="round",
+                        key=key)
+    base = _from_key(base_key)
+    if op == "truncate":
+        end = int(base.round_offsets[arg])
+        return Schedule("truncated", n, base.m, None, base.padded_n, base.pair_i[:end], base.pair_j[:end],
+                        base.round_offsets[: arg + 1], layout="round", key=key, base=base, depth=arg)
+    if op == "restrict":
+        keep = np.minimum(base.pair_i, base.pair_j) < arg
+        counts = np.add.reduceat(keep.astype(np.int64), base.round_offsets[:-1]) if keep.size else np.zeros(0, int)
+        counts = counts[counts > 0]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Schedule(kind, n, arg, None, base.padded_n, base.pair_i[keep], base.pair_j[keep], offsets,
+                        layout="round", key=key, base=base.base, depth=base.depth)
+    raise ScheduleError(f"unknown schedule recipe {op!r}")  # pragma: no cover
+
+
+def _from_key(key):
+    """The schedule with this :attr:`Schedule.key` (used by pickling and tokens)."""
+    if len(key) == 4:
+        return _rebuild(*key)
+    return _derived(key)
+
+
+# --------------------------------------------------------------------------- tokens
+
+_TOKENS: dict = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+def _token_of(s: Schedule) -> str:
+    key = s.key
+    if len(key) == 4:
+        kind, n, m, t = key
+        return f"{kind}:{n}" + (f":t={t}" if t is not None else "") + (f":m={m}" if m is not None else "")
+    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:20]
+    token = f"{s.kind}:{s.n}:#{digest}"
+    with _TOKENS_LOCK:
+        _TOKENS[token] = key
+    return token
+
+
+def from_token(token: str) -> Schedule:
+    """The schedule a :attr:`Schedule.token` names.
+
+    Raises:
+        ScheduleError: not a token, or a derived schedule's token not registered in this process.
+    """
+    if not isinstance(token, str):
+        raise ScheduleError(f"a schedule token must be a str, got {type(token).__name__}")
+    if token in _TOKENS:
+        return _from_key(_TOKENS[token])
+    parts = token.split(":")
+    if len(parts) < 2 or parts[0] not in SCHEDULE_KINDS or "#" in token:
+        raise ScheduleError(
+            f"schedule token {token!r} is unknown: tokens are 'kind:n[:t=T][:m=M]' (kind in {SCHEDULE_KINDS}) "
+            "or the token of a schedule derived in this process"
+        )
+    try:
+        n = int(parts[1])
+        opts = dict(p.split("=", 1) for p in parts[2:])
+        t = int(opts.pop("t")) if "t" in opts else None
+        m = int(opts.pop("m")) if "m" in opts else None
+    except ValueError:
+        raise ScheduleError(f"malformed schedule token {token!r}") from None
+    if opts:
+        raise ScheduleError(f"malformed schedule token {token!r}: unknown fields {sorted(opts)}")
+    if parts[0] == "team":
+        s = team_schedule(n, t)
+    elif t is not None:
+        raise ScheduleError(f"malformed schedule token {token!r}: only team schedules have t=")
+    else:
+        s = circle_schedule(n) if parts[0] == "circle" else brick_schedule(n)
+    return s if m is None else s.restrict(m)
+
+
+# --------------------------------------------------------------------------- constructors
 
 def circle_schedule(n: int) -> Schedule:
     """The paper's circle method: coordinate 0 fixed, the others rotate; ``n - 1`` rounds (``n`` if odd).
@@ -340,6 +684,26 @@ def circle_schedule(n: int) -> Schedule:
     """
     n = _check_int("n", n, 2)
     return _rebuild("circle", n, None, None)
+
+
+def brick_schedule(n: int) -> Schedule:
+    r"""The brick (rectangular "Clements") mesh: nearest-neighbour pairs in alternating layers.
+
+    ``n`` rounds for every ``n >= 2`` (one for ``n = 2``): round ``l`` pairs ``(i, i+1)`` for
+    ``i = l mod 2, l mod 2 + 2, ... <= n - 2``, so rounds alternate ``(0,1),(2,3),...`` and
+    ``(1,2),(3,4),...``; ``n(n-1)/2`` rotations in all, each plane ``(i, i+1)`` about ``n/2`` times,
+    so the angle layout is round-major (``layout == "round"``).  Exactly invertible by nulling
+    (:func:`cupyortho.angles_from_matrix`), with exact Haar angles (:func:`cupyortho.haar_angles`).
+    """
+    n = _check_int("n", n, 2)
+    return _rebuild("brick", n, None, None)
+
+
+def _next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
 
 
 def default_team_size(n: int) -> int:
@@ -370,7 +734,7 @@ def default_team_size(n: int) -> int:
 
 
 def team_schedule(n: int, team_size: int | None = None) -> Schedule:
-    r"""The blocked "team" schedule (DESIGN.md section 3), played recursively.
+    r"""The blocked "team" schedule (``docs/conventions.md``), played recursively.
 
     Coordinates are split into ``T`` teams of ``t = team_size`` consecutive coordinates (``T`` rounded
     up to even, padding with dummy coordinates).  First every team plays its own round robin
@@ -393,31 +757,45 @@ def team_schedule(n: int, team_size: int | None = None) -> Schedule:
     team_size = _check_int("team_size", team_size, 1)
     if team_size & (team_size - 1):
         raise SizeError(f"team_size must be a power of two, got {team_size}")
+    cap = max(DEFAULT_TEAM_SIZE, _next_pow2(n))
+    if team_size > cap:
+        raise SizeError(
+            f"team_size must be a power of two <= {cap} (max(DEFAULT_TEAM_SIZE, the smallest power of two "
+            f">= n = {n})), got {team_size}"
+        )
     return _rebuild("team", n, None, team_size)
 
 
 def get_schedule(schedule, n: int, m: int | None = None) -> Schedule:
-    """Resolve a ``schedule`` argument: a name (``"circle"``, ``"team"``), a :class:`Schedule`, or None
-    for the library default.  Checks it is built for ``n`` and restricts it to ``m`` when given."""
+    """Resolve a ``schedule`` argument: a name (``"circle"``, ``"team"``, ``"brick"``), a
+    :attr:`Schedule.token`, a :class:`Schedule`, or None for the library default.  Checks it is built
+    for ``n`` and restricts it to ``m`` when given, without building the unrestricted schedule."""
     if schedule is None:
         schedule = DEFAULT_SCHEDULE
+    n = _check_int("n", n, 2)
+    if m is not None:
+        num_angles(n, m)
     if isinstance(schedule, str):
-        if schedule == "circle":
-            s = circle_schedule(n)
-        elif schedule == "team":
-            s = team_schedule(n)
-        else:
+        if schedule in SCHEDULE_KINDS:
+            if schedule == "team":
+                s = _rebuild("team", n, m, default_team_size(n))
+            else:
+                s = _rebuild(schedule, n, m, None)
+            return s
+        if ":" not in schedule:
             raise ScheduleError(
-                f"schedule must be one of {SCHEDULE_KINDS}, a Schedule or None, got {schedule!r}"
+                f"schedule must be one of {SCHEDULE_KINDS}, a schedule token, a Schedule or None, got {schedule!r}"
             )
+        s = from_token(schedule)
     elif isinstance(schedule, Schedule):
         s = schedule
-        if s.n != n:
-            raise ScheduleError(f"schedule was built for n = {s.n} but the inputs have n = {n}")
     else:
         raise ScheduleError(
-            f"schedule must be one of {SCHEDULE_KINDS}, a Schedule or None, got {type(schedule).__name__}"
+            f"schedule must be one of {SCHEDULE_KINDS}, a schedule token, a Schedule or None, "
+            f"got {type(schedule).__name__}"
         )
+    if s.n != n:
+        raise ScheduleError(f"schedule was built for n = {s.n} but the inputs have n = {n}")
     if m is not None and m != s.m:
         s = s.restrict(m)
     return s

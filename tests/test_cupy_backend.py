@@ -1,22 +1,21 @@
 """The CuPy backend against the NumPy reference: on the CPU harness, and on a GPU when there is one.
 
-One set of test bodies runs the backend's algorithm code (``cupy_backend._impl_*``) twice:
+One set of test bodies runs the backend's algorithm code (``cupyortho.backends.cupy.so._impl_*``) twice:
 
 * ``cudasim``: with the CPU harness of ``tests/cudasim`` as the device (numpy arrays, the same
   ``.cu`` kernels compiled with g++, threads in shuffled order, real barriers).  Runs in CI.
-* ``gpu``: with the real :class:`~cupyortho.backends._device.CupyDevice` on CuPy arrays.  Skipped,
+* ``gpu``: with the real :class:`~cupyortho.backends.cupy.device.CupyDevice` on CuPy arrays.  Skipped,
   with the reason, when CuPy or a GPU is missing.
 
 Every path is exercised explicitly (``fused`` all-rounds kernels, ``rounds`` per-round launches,
-``blocked`` team stages, ``dense`` apply through U), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
+``blocked`` team stages), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
 float64 ``1e-12`` (relative to the size of the values; apply/VJP sums of ``n`` rotations each), float32
 ``2e-5`` for apply and ``1e-4`` relative for angle cotangents (sums over columns and rounds).
 GPU-only tests at the end go through the public API: dispatch, non-contiguous inputs, another device,
-a non-default stream, and mixing NumPy with CuPy arguments.
+a non-default stream, and mixing NumPy with CuPy arguments.  The devices are the ``cudasim`` and
+``gpu`` entries of the ``BACKENDS`` table of tests/conftest.py; purity (inputs not modified) is tested
+for every backend in tests/test_backends.py.
 """
-
-import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -24,125 +23,28 @@ from hypothesis import given, settings, strategies as st
 
 import cupyortho as co
 from cupyortho import schedule as S
-from cupyortho.backends import cupy_backend as cb
-from cupyortho.backends import numpy_backend as _numpy_backend
-from cupyortho.errors import BackendMismatchError
+from cupyortho.backends import team_plan
+from cupyortho.backends.cupy import so as cb
+from cupyortho.errors import BackendMismatchError, MethodError, ScheduleError
+from conftest import BACKENDS, gpu_reason
 
 
-class _Reference:
-    """numpy_backend's round-by-round reference functions (``rounds_*``; the plain names where the
-    backend has no separate round-by-round form), so these tests do not depend on its GEMM paths."""
-
-    def __getattr__(self, op):
-        return getattr(_numpy_backend, "rounds_" + op, None) or getattr(_numpy_backend, op)
-
-
-nb = _Reference()
+#: The round-by-round reference (``numpy_backend.rounds_*``), so these tests do not depend on the
+#: CPU backend's GEMM paths.
+nb = BACKENDS["reference"]()
 
 
 # ----------------------------------------------------------------------------- devices
 
-def _gpu_reason():
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        return f"no CUDA device ({type(exc).__name__}: {exc})"
-    return None if count > 0 else "no CUDA device"
-
-
-GPU_REASON = _gpu_reason()
+GPU_REASON = gpu_reason()
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU test: {GPU_REASON}")
-
-
-def _cudasim_reason():
-    if shutil.which("g++") is None:
-        return "g++ is not installed (the CPU harness compiles the kernels with it)"
-    if not (pathlib.Path(__file__).parent / "cudasim" / "__init__.py").exists():
-        return "tests/cudasim (the CPU harness) is missing"
-    return None
-
-
-class SimOps:
-    """Runs the backend algorithms on the CPU harness device, numpy in and out."""
-
-    name = "cudasim"
-
-    def __init__(self, seed=0, **attrs):
-        from cudasim import CpuDevice
-
-        self.dev = CpuDevice(seed)
-        for key, value in attrs.items():
-            setattr(self.dev, key, value)
-
-    def to(self, a):
-        return a
-
-    def back(self, a):
-        return a
-
-    def __getattr__(self, op):
-        impl = getattr(cb, "_impl_" + op)
-
-        def call(*args, **kwargs):
-            return impl(self.dev, *args, **kwargs)
-
-        return call
-
-
-class GpuOps(SimOps):
-    """Runs the same algorithms on the GPU: numpy inputs are copied to the device and results back."""
-
-    name = "gpu"
-
-    def __init__(self, seed=0, **attrs):
-        import cupy
-
-        from cupyortho.backends._device import get_device
-
-        self.cupy = cupy
-        self.dev = get_device()
-        self.attrs = attrs  # the real device's limits are kept: attrs only shape the CPU harness
-
-    def to(self, a):
-        return self.cupy.asarray(a)
-
-    def back(self, a):
-        return self.cupy.asnumpy(a)
-
-    def __getattr__(self, op):
-        impl = getattr(cb, "_impl_" + op)
-        cupy = self.cupy
-
-        def conv(a):
-            return cupy.asarray(a) if isinstance(a, np.ndarray) else a
-
-        def back(a):
-            if isinstance(a, tuple):
-                return tuple(back(v) for v in a)
-            return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else a
-
-        def call(*args, **kwargs):
-            args = [conv(a) for a in args]
-            kwargs = {k: conv(v) for k, v in kwargs.items()}
-            return back(impl(self.dev, *args, **kwargs))
-
-        return call
 
 
 @pytest.fixture(params=["cudasim", "gpu"])
 def make_ops(request):
-    if request.param == "gpu":
-        if GPU_REASON is not None:
-            pytest.skip(f"GPU test: {GPU_REASON}")
-        return GpuOps
-    reason = _cudasim_reason()
-    if reason is not None:
-        pytest.fail(f"the CPU harness cannot run: {reason}")
-    return SimOps
+    """A factory of the CuPy backend on the CPU harness or the GPU (tests/conftest.py ``BACKENDS``):
+    ``make_ops(seed=..., multiprocessor_count=...)``; NumPy arrays in and out."""
+    return BACKENDS[request.param]
 
 
 @pytest.fixture
@@ -188,24 +90,14 @@ def _schedules(n):
 @pytest.mark.parametrize("path", ["fused", "rounds"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", SIZES)
-def test_apply_matches_numpy(ops, n, k, dtype, path, rng):
-    for sched in _schedules(n)[:2]:
-        theta = _angles(rng, sched, dtype=dtype)
-        x = _rand(rng, (n, k), dtype)
-        for transpose in (False, True):
-            y = ops.apply(ops.to(theta), ops.to(x), sched, transpose, path=path)
-            assert_close(y, nb.apply(theta, x, sched, transpose), dtype, what=f"{sched} T={transpose}")
-
-
-@pytest.mark.parametrize("path", ["fused", "rounds"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k", SIZES)
-def test_apply_vjp_matches_numpy(ops, n, k, dtype, path, rng):
+def test_apply_and_apply_vjp_match_numpy(ops, n, k, dtype, path, rng):
     for sched in _schedules(n)[:2]:
         theta = _angles(rng, sched, dtype=dtype)
         x = _rand(rng, (n, k), dtype)
         g = _rand(rng, (n, k), dtype)
         for transpose in (False, True):
+            y = ops.apply(ops.to(theta), ops.to(x), sched, transpose, path=path)
+            assert_close(y, nb.apply(theta, x, sched, transpose), dtype, what=f"{sched} T={transpose}")
             d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
             e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
             assert_close(d_theta, e_theta, dtype, scale=5 * k, what=f"d_theta {sched} T={transpose}")
@@ -234,8 +126,9 @@ def test_apply_jvp_matches_numpy(ops, n, k, dtype, path, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,t", [(2, 2, None), (5, 9, 2), (17, 17, 4), (33, 40, None)])
-def test_dense_apply_path_matches_numpy(ops, n, k, t, dtype, rng):
-    # Team schedules with k >= n go through U and GEMMs by default (path=None) and with path='dense'.
+def test_team_apply_with_many_columns_matches_numpy(ops, n, k, t, dtype, rng):
+    # Team schedules with k >= n: the backend sweeps the rounds (whether to go through U instead is
+    # decided by cupyortho._strategy, not by the backend), with batch axes on either side.
     sched = S.team_schedule(n, t)
     for tb, xb in [((), ()), ((2,), ()), ((), (3,)), ((2, 1), (1, 2))]:
         theta = _angles(rng, sched, batch=tb, dtype=dtype)
@@ -245,21 +138,22 @@ def test_dense_apply_path_matches_numpy(ops, n, k, t, dtype, rng):
         for transpose in (False, True):
             e_y = nb.apply(theta, x, sched, transpose)
             e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
-            for path in (None, "dense"):
-                what = f"{sched} {tb} {xb} T={transpose} path={path}"
-                assert_close(ops.apply(theta, x, sched, transpose, path=path), e_y, dtype, what=what)
-                d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
-                assert d_theta.shape == theta.shape and d_x.shape == x.shape
-                assert_close(d_theta, e_theta, dtype, scale=5 * k, what="d_theta " + what)
-                assert_close(d_x, e_x, dtype, scale=5, what="d_x " + what)
+            what = f"{sched} {tb} {xb} T={transpose}"
+            assert_close(ops.apply(theta, x, sched, transpose), e_y, dtype, what=what)
+            d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None)
+            assert d_theta.shape == theta.shape and d_x.shape == x.shape
+            assert_close(d_theta, e_theta, dtype, scale=5 * k, what="d_theta " + what)
+            assert_close(d_x, e_x, dtype, scale=5, what="d_x " + what)
 
 
-def test_dense_path_needs_a_team_schedule(ops, rng):
+def test_unknown_paths_are_refused(ops, rng):
     sched = S.circle_schedule(4)
-    with pytest.raises(ValueError, match="team schedule"):
+    with pytest.raises(MethodError, match="path must be one of"):
         ops.apply(_angles(rng, sched), np.eye(4), sched, False, path="dense")
-    with pytest.raises(ValueError, match="path must be one of"):
+    with pytest.raises(MethodError, match="path must be one of"):
         ops.matrix(_angles(rng, sched), sched, path="dense")
+    with pytest.raises(ScheduleError, match="team schedule"):
+        ops.matrix(_angles(rng, sched), sched, path="blocked")
 
 
 @settings(deadline=None)
@@ -274,10 +168,7 @@ def test_dense_path_needs_a_team_schedule(ops, rng):
     seed=st.integers(0, 2**32 - 1),
 )
 def test_random_shapes_match_numpy(n, k, batches, kind, path, transpose, dtype, seed):
-    reason = _cudasim_reason()
-    if reason is not None:
-        pytest.fail(f"the CPU harness cannot run: {reason}")
-    ops = SimOps(seed % 1000)
+    ops = BACKENDS["cudasim"](seed % 1000)
     rng = np.random.default_rng(seed)
     sched = S.get_schedule(kind, n)
     tb, xb = batches
@@ -384,30 +275,6 @@ def test_frames_use_the_restricted_schedule(ops, path, rng):
             assert_close(d[0], nb.apply_vjp(theta, eye, g, sched)[0], np.float64, scale=20)
 
 
-def test_inputs_are_not_modified(ops, rng):
-    n, k = 9, 4
-    for sched in _schedules(n):
-        theta = _angles(rng, sched)
-        x, g, t_x = (_rand(rng, (n, k), np.float64) for _ in range(3))
-        gm = _rand(rng, (n, n), np.float64)
-        t_theta = _rand(rng, theta.shape, np.float64)
-        y = nb.apply(theta, x, sched)
-        args = [theta, x, g, t_x, gm, t_theta, y]
-        copies = [a.copy() for a in args]
-        dev_args = [ops.to(a) for a in args]
-        th, xx, gg, tx, ggm, tt, yy = dev_args
-        for path in ("fused", "rounds"):
-            ops.apply(th, xx, sched, False, path=path)
-            ops.apply_vjp(th, xx, gg, sched, False, None, path=path)
-            ops.apply_vjp(th, xx, gg, sched, True, yy, path=path)
-            ops.apply_jvp(th, xx, tt, tx, sched, False, path=path)
-        for path in _paths(sched):
-            ops.matrix(th, sched, path=path)
-            ops.matrix_vjp(th, ggm, sched, path=path)
-        for a, c in zip(dev_args, copies):
-            np.testing.assert_array_equal(ops.back(a), c)
-
-
 def test_empty_batches_and_columns(ops):
     for sched in (S.circle_schedule(6), S.team_schedule(6, 2)):
         A = sched.num_angles
@@ -453,7 +320,7 @@ def test_tile_width_limits():
     dev = Dev()
     # Too big for shared memory -> per-round path; forcing 'fused' is an error.
     assert cb._tile_width(dev, 8192, 4, 1, 1, 8) is None
-    with pytest.raises(ValueError, match="shared memory"):
+    with pytest.raises(MethodError, match="shared memory"):
         cb._tile_width(dev, 8192, 4, 1, 1, 8, path="fused")
     assert cb._tile_width(dev, 64, 4, 1, 1, 8, path="rounds") is None
     # Never wider than k or than shared memory allows.
@@ -524,7 +391,7 @@ def test_backward_is_bitwise_reproducible(make_ops, rng):
 @pytest.mark.parametrize("n,t", [(2, 1), (5, 2), (8, 4), (17, 4), (33, 8), (64, 16)])
 def test_team_block_tables_cover_every_angle_once(n, t):
     sched = S.team_schedule(n, t)
-    tab = cb.team_block_tables(sched)
+    tab = team_plan.kernel_tables(sched)
     angles = tab.block_angle[tab.block_angle >= 0]
     np.testing.assert_array_equal(np.sort(angles), np.arange(sched.num_angles))
     for s in range(tab.S):
@@ -547,7 +414,7 @@ def test_team_block_tables_follow_the_round_order():
     # order (empty rounds dropped), so the product of the blocks is the schedule's U.
     for n, t in [(9, 2), (17, 4), (33, 8)]:
         sched = S.team_schedule(n, t)
-        tab = cb.team_block_tables(sched)
+        tab = team_plan.kernel_tables(sched)
         seen = []
         for s in range(tab.S):
             for l in range(t):
@@ -562,14 +429,17 @@ def test_team_block_tables_follow_the_round_order():
 
 # ----------------------------------------------------------------------------- GPU-only (public API)
 
+def _public_inputs(rng, n, k):
+    """Angles of the default schedule for n, and x and a cotangent (n, k)."""
+    return rng.uniform(-3, 3, co.num_angles(n)), rng.standard_normal((n, k)), rng.standard_normal((n, k))
+
+
 @needs_gpu
 def test_public_api_dispatches_to_cupy(rng):
     import cupy
 
     n, k = 20, 5
-    theta = rng.uniform(-3, 3, co.num_angles(n))
-    x = rng.standard_normal((n, k))
-    g = rng.standard_normal((n, k))
+    theta, x, g = _public_inputs(rng, n, k)
     for kind in ("circle", "team"):
         u = co.matrix(cupy.asarray(theta), schedule=kind)
         assert isinstance(u, cupy.ndarray) and u.device.id == cupy.cuda.Device().id
@@ -661,9 +531,7 @@ def test_non_default_stream(rng):
     import cupy
 
     n, k = 40, 8
-    theta = rng.uniform(-3, 3, co.num_angles(n))
-    x = rng.standard_normal((n, k))
-    g = rng.standard_normal((n, k))
+    theta, x, g = _public_inputs(rng, n, k)
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         th, xx, gg = cupy.asarray(theta), cupy.asarray(x), cupy.asarray(g)

@@ -18,7 +18,7 @@ import pytest
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e '.[test]')")
 
-from cupyortho.backends import _kernels, _launch, cupy_unitary  # noqa: E402
+from cupyortho.backends.cupy import kernels as _kernels, launch as _launch  # noqa: E402
 
 ARCHS = ("70", "80", "90")
 
@@ -26,7 +26,7 @@ ARCHS = ("70", "80", "90")
 BLOCK_SIZE = {
     "cos_sin": _launch.THREADS,
     "apply_round": _launch.THREADS,
-    "apply_vjp_round": 128,
+    "apply_vjp_round": _launch.VJP_THREADS,
     "apply_jvp_round": _launch.THREADS,
     "matrix_vjp_round": _launch.THREADS,
     "reduce_partials": _launch.THREADS,
@@ -36,10 +36,10 @@ BLOCK_SIZE = {
     "matrix_vjp_fused": _launch.FUSED_THREADS,
     "build_blocks": _launch.BLOCK_THREADS,
     "block_vjp": _launch.BLOCK_THREADS,
-    "unitary_apply_round": cupy_unitary.THREADS,
-    "unitary_apply_vjp_round": cupy_unitary.VJP_THREADS,
-    "unitary_apply_jvp_round": cupy_unitary.THREADS,
-    "unitary_matrix_vjp_round": cupy_unitary.THREADS,
+    "unitary_apply_round": _launch.THREADS,
+    "unitary_apply_vjp_round": _launch.VJP_THREADS,
+    "unitary_apply_jvp_round": _launch.THREADS,
+    "unitary_matrix_vjp_round": _launch.THREADS,
 }
 REGISTERS_PER_SM = 65536
 #: Kernels allowed a (small) stack frame: cos/sin of large float32 arguments use the Payne-Hanek

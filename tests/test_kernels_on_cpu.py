@@ -1,6 +1,6 @@
 """Every CUDA kernel of the package, run on the CPU by the harness in tests/cudasim, against NumPy.
 
-The CuPy backend's algorithms (``cupy_backend._impl_*``, which take the device object first) run
+The CuPy backend's algorithms (``cupyortho.backends.cupy.so/un._impl_*``, which take the device object first) run
 unchanged with :class:`cudasim.CpuDevice`: numpy arrays, the launchers' own grid/block/shared-memory
 choices, and the same ``.cu`` text compiled with g++.  Threads of a block run as fibers in a seeded
 random order between barriers, so a missing ``__syncthreads`` shows as a mismatch.  Results are
@@ -20,22 +20,11 @@ import pytest
 
 import cudasim
 
-_kernels = pytest.importorskip(
-    "cupyortho.backends._kernels", reason="cupyortho.backends._kernels (KERNELS) is missing: no kernels to run"
-)
-from cupyortho.backends import cupy_backend as cb  # noqa: E402
-from cupyortho.backends import numpy_backend as nb  # noqa: E402
-from cupyortho.schedule import circle_schedule, team_schedule  # noqa: E402
+from cupyortho.backends import numpy_backend as nb, numpy_unitary as nu
+from cupyortho.backends.cupy import kernels as _kernels, so as cb, un as cu
+from cupyortho.schedule import circle_schedule, team_schedule
 
-try:  # U(n) kernels: their own KERNELS until merged into _kernels.KERNELS
-    from cupyortho.backends import cupy_unitary as cu  # noqa: E402
-    from cupyortho.backends import numpy_unitary as nu  # noqa: E402
-except ImportError:
-    cu = nu = None
-
-KERNELS = dict(_kernels.KERNELS)
-if cu is not None:
-    KERNELS.update(cu.KERNELS)
+KERNELS = _kernels.KERNELS
 LAUNCHED = collections.Counter()  # name expression -> launches, over the whole module
 
 NS = (2, 3, 31, 32, 33, 64, 65, 130)
@@ -144,7 +133,7 @@ def test_matrix_family(case):
             want = nb.matrix(theta, schedule)
             assert_close(cb._impl_matrix(dev, theta, schedule, path), want, dtype, n, f"matrix {label}")
             cot = rng.standard_normal(want.shape[-2:]).astype(dtype)
-            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path),
+            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path=path),
                          nb.matrix_vjp(theta, cot, schedule), dtype, n * n, f"matrix_vjp {label}")
         dt = rng.standard_normal(theta.shape).astype(dtype)
         assert_close(cb._impl_matrix_jvp(dev, theta, dt, schedule), nb.matrix_jvp(theta, dt, schedule),
@@ -201,38 +190,44 @@ def _complex_normal(rng, shape, cdtype):
     return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(cdtype)
 
 
-@pytest.mark.skipif(cu is None, reason="cupyortho.backends.cupy_unitary is missing")
 @pytest.mark.parametrize("case", range(len(UNITARY_CASES)),
                          ids=[f"n{n}-k{k}-{np.dtype(d).name}" for n, k, d in UNITARY_CASES])
 def test_unitary_family(case):
-    """U(n): unitary, unitary_apply (and adjoint), their VJPs and JVPs vs numpy_unitary."""
+    """U(n) vs numpy_unitary: unitary, its VJP (with and without ``output=U``) and JVP; unitary_apply
+    both ways, its VJP and JVP; every schedule kind; batch axes on params, on x, or on both
+    (broadcast against each other)."""
     n, k, dtype = UNITARY_CASES[case]
     rng = np.random.default_rng(2000 + case)
     cdt = nu.complex_dtype(dtype)
-    for si, schedule in enumerate(schedules(n)[:2]):
+    large = n > 65  # one direction, two schedules, unbatched params: the harness is slow there
+    for si, schedule in enumerate(schedules(n)[:2] if large else schedules(n)):
         dev = device(seed=case * 3 + si, config=case + si)
-        pshape = (2, n * n) if (case + si) % 2 else (n * n,)
+        layout = 1 if large else (case + si) % 3
+        pshape = ((2, n * n), (n * n,), (1, 2, n * n))[layout]
+        xshape = ((n, k), (2, n, k), (3, 1, n, k))[layout]
         p = rng.uniform(-np.pi, np.pi, pshape).astype(dtype)
         t = rng.standard_normal(pshape).astype(dtype)
-        x = _complex_normal(rng, (n, k), cdt)
-        tx = _complex_normal(rng, (n, k), cdt)
+        x = _complex_normal(rng, xshape, cdt)
+        tx = _complex_normal(rng, xshape, cdt)
         gu = _complex_normal(rng, pshape[:-1] + (n, n), cdt)
-        adjoint = bool((case + si) % 2)
-        label = f"{schedule!r} adjoint={adjoint}"
-        assert_close(cu._impl_unitary(dev, p, schedule, cdt), nu.unitary(p, schedule, cdt), dtype, n, "unitary")
-        assert_close(cu._impl_unitary_vjp(dev, p, gu, schedule), nu.unitary_vjp(p, gu, schedule), dtype, n * n,
-                     "unitary_vjp")
+        u = nu.unitary(p, schedule, cdt)
+        assert_close(cu._impl_unitary(dev, p, schedule, cdt), u, dtype, n, "unitary")
+        d_ref = nu.unitary_vjp(p, gu, schedule)
+        assert_close(cu._impl_unitary_vjp(dev, p, gu, schedule), d_ref, dtype, n * n, "unitary_vjp")
+        assert_close(cu._impl_unitary_vjp(dev, p, gu, schedule, u), d_ref, dtype, n * n, "unitary_vjp(output=U)")
         assert_close(cu._impl_unitary_jvp(dev, p, t, schedule, cdt), nu.unitary_jvp(p, t, schedule, cdt), dtype, n,
                      "unitary_jvp")
-        want = nu.unitary_apply(p, x, schedule, adjoint)
-        assert_close(cu._impl_unitary_apply(dev, p, x, schedule, adjoint), want, dtype, n, f"unitary_apply {label}")
-        gy = _complex_normal(rng, want.shape, cdt)
-        got = cu._impl_unitary_apply_vjp(dev, p, x, gy, schedule, adjoint)
-        ref = nu.unitary_apply_vjp(p, x, gy, schedule, adjoint)
-        assert_close(got[0], ref[0], dtype, n * k, f"unitary_apply_vjp d_params {label}")
-        assert_close(got[1], ref[1], dtype, n, f"unitary_apply_vjp d_x {label}")
-        assert_close(cu._impl_unitary_apply_jvp(dev, p, x, t, tx, schedule, adjoint),
-                     nu.unitary_apply_jvp(p, x, t, tx, schedule, adjoint), dtype, n, f"unitary_apply_jvp {label}")
+        for adjoint in ((bool(case % 2),) if large else (False, True)):
+            label = f"{schedule!r} layout={layout} adjoint={adjoint}"
+            want = nu.unitary_apply(p, x, schedule, adjoint)
+            assert_close(cu._impl_unitary_apply(dev, p, x, schedule, adjoint), want, dtype, n, f"unitary_apply {label}")
+            gy = _complex_normal(rng, want.shape, cdt)
+            got = cu._impl_unitary_apply_vjp(dev, p, x, gy, schedule, adjoint)
+            ref = nu.unitary_apply_vjp(p, x, gy, schedule, adjoint)
+            assert_close(got[0], ref[0], dtype, n * k, f"unitary_apply_vjp d_params {label}")
+            assert_close(got[1], ref[1], dtype, n, f"unitary_apply_vjp d_x {label}")
+            assert_close(cu._impl_unitary_apply_jvp(dev, p, x, t, tx, schedule, adjoint),
+                         nu.unitary_apply_jvp(p, x, t, tx, schedule, adjoint), dtype, n, f"unitary_apply_jvp {label}")
 
 
 # ----------------------------------------------------------------- mutation: remove each barrier
@@ -309,8 +304,8 @@ def test_removing_any_barrier_is_caught(filename):
 # ---------------------------------------------------------------------------------- coverage
 
 def test_every_kernel_was_launched():
-    """Runs last in this module (pytest keeps file order): the union of launches covers KERNELS
-    (``_kernels.KERNELS`` plus ``cupy_unitary.KERNELS`` while those are kept apart)."""
+    """Runs last in this module (pytest keeps file order): the union of launches covers the
+    registry (``cupyortho.backends.cupy.kernels.KERNELS``)."""
     if not LAUNCHED:
         pytest.skip("no kernel tests ran in this session (deselected)")
     missing = sorted(set(KERNELS) - set(LAUNCHED))

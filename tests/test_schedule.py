@@ -133,3 +133,68 @@ def test_schedule_errors(call, exc, text):
     with pytest.raises(exc, match=None) as info:
         call()
     assert text in str(info.value)
+
+
+# --------------------------------------------------------------------------- sizes, restrictions, pair_index
+
+def _full_then_restrict(kind, n, m, t):
+    from cupyortho import schedule as S
+
+    full = S._rebuild(kind, n, None, t)
+    pi, pj, off = S._flatten_rounds(((r.i, r.j) for r in full.rounds), n, m, True)
+    return S.Schedule(kind, n, m, t, full.padded_n, pi, pj, off)
+
+
+@pytest.mark.parametrize("n", [3, 4, 9, 16, 21, 34])
+def test_restricted_schedules_equal_the_restricted_full_schedule(n):
+    from cupyortho import schedule as S
+
+    for m in range(1, n - 1):
+        for kind, t in [("circle", None), ("team", 1), ("team", 2), ("team", 4), ("team", 8)]:
+            a, b = S._rebuild(kind, n, m, t), _full_then_restrict(kind, n, m, t)
+            assert np.array_equal(a.round_offsets, b.round_offsets), (kind, n, m, t)
+            assert np.array_equal(a.pair_i, b.pair_i) and np.array_equal(a.pair_j, b.pair_j)
+            assert np.array_equal(a.angle_index, b.angle_index)
+            check_factorization(a, n)
+
+
+def test_frames_never_build_the_full_schedule(monkeypatch, rng):
+    from cupyortho import schedule as S
+
+    def refuse(*args):
+        raise AssertionError("the full schedule was built")
+
+    monkeypatch.setattr(S, "_team_rounds", refuse)
+    n = 10**4
+    for kind in (None, "circle", "brick"):
+        s = co.get_schedule(kind, n, 1)
+        assert s.num_angles == n - 1 and s.m == 1
+        q = co.frame(rng.normal(size=n - 1), n, 1, schedule=kind)
+        assert q.shape == (n, 1) and abs(float(q[:, 0] @ q[:, 0]) - 1) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "call, text",
+    [
+        (lambda: co.circle_schedule(10**6), "MAX_SCHEDULE_PAIRS"),
+        (lambda: co.brick_schedule(2**17), "MAX_SCHEDULE_PAIRS"),
+        (lambda: co.get_schedule("circle", 10**12, 2), "MAX_SCHEDULE_PAIRS"),
+        (lambda: co.team_schedule(8, 2**40), "team_size must be a power of two <= 64"),
+        (lambda: co.team_schedule(1000, 2048), "<= 1024"),
+        (lambda: co.Schedule.from_rounds(3, [[(0, 1)]] * 10).truncate(0), "k must be an integer >= 1"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_allocating(call, text):
+    with pytest.raises(SizeError) as info:
+        call()
+    assert text in str(info.value)
+
+
+def test_pair_index_checks_its_arguments():
+    assert co.pair_index(0, 1, 4) == 0 and co.pair_index(2, 3, 4) == 5
+    np.testing.assert_array_equal(co.pair_index([0, 1], [3, 2], 4), [2, 3])
+    for args, text in [((1, 1, 4), "0 <= i < j < n"), ((2, 1, 4), "i = 2, j = 1"), ((0, 4, 4), "j = 4"),
+                       ((-1, 2, 4), "i = -1"), ((0.5, 1, 4), "integer"), ((0, 1, 1), "n must be")]:
+        with pytest.raises(SizeError) as info:
+            co.pair_index(*args)
+        assert text in str(info.value)

@@ -1,15 +1,13 @@
 r"""Backends: one protocol, SO(n) and U(n) together, one module per array library.
 
 A backend is a module chosen by the type of the arrays (:mod:`cupyortho.backends.cpu` for NumPy
-arrays, :mod:`cupyortho.backends.cupy_backend` / :mod:`cupyortho.backends.cupy_unitary` for CuPy
-arrays).  The public layer (:mod:`cupyortho._api`, :mod:`cupyortho._unitary`) validates, casts and
+arrays, the package :mod:`cupyortho.backends.cupy` for CuPy arrays; the protocol page is
+``docs/backends.md``).  The public layer (:mod:`cupyortho._api`, :mod:`cupyortho._unitary`) validates, casts and
 resolves everything, then calls the functions below.  How a backend carries out a pass (compiled
 engine, blocked GEMM stages, round-by-round reference) is decided in :mod:`cupyortho._strategy`.
 
 Attributes
 ----------
-``name`` (str)
-    ``"numpy"`` or ``"cupy"``.
 ``xp`` (module)
     The array library (``numpy``, ``cupy``): the public layer converts with ``xp.asarray`` and
     multiplies with ``xp.matmul``.

@@ -1,7 +1,7 @@
 r"""NumPy reference backend: the readable specification every other backend is tested against.
 
-Design rule: the ``rounds_*`` functions are the reference: one function per public operation, each taking arrays that the public layer in
-:mod:`cupyortho._api` has already validated and cast (same floating dtype, angles on the last axis,
+Design rule: the ``rounds_*`` functions are the reference: one function per public operation, each
+taking arrays that the public layer in :mod:`cupyortho._api` has already validated and cast (same floating dtype, angles on the last axis,
 ``x`` as ``(..., n, k)``) and a resolved :class:`~cupyortho.schedule.Schedule`.  Every round is one
 vectorized step over its disjoint pairs; the only Python loop is over rounds.  Nothing the caller
 passed is written to: every sweep works on its own copy.
@@ -29,40 +29,54 @@ __all__ = [
     "rounds_apply_jvp",
 ]
 
-name = "numpy"
-xp = np
+# --------------------------------------------------------------------------- the round walker
+# Shared by the SO(n) reference below, the U(n) reference (numpy_unitary) and the inverse map.
+
+def round_order(values, schedule, ndim):
+    """``values`` (..., A) in round-major order, shaped ``(..., A, 1)`` with ``ndim`` batch axes (leading
+    axes of size 1 added), ready to broadcast against the rows of a round."""
+    t = schedule.to_round_order(values)
+    return t.reshape((1,) * (ndim - (t.ndim - 1)) + t.shape)[..., None]
 
 
-def all_finite(a) -> bool:
-    """True when every entry of ``a`` is finite."""
-    return bool(np.isfinite(a).all())
+def rotate(y, i, j, c, s, u=None, axis=-2):
+    r"""In place: the rows (``axis=-2``) or columns (``axis=-1``) ``i`` and ``j`` of y become
+    :math:`(c\,y_i - s\,ar u\,y_j,\; s\,u\,y_i + c\,y_j)`: one round of disjoint pairs at once.
+
+    ``u`` (the phase :math:`e^{i\phi}` of U(n)) is None for real rotations.  ``c``, ``s``, ``u``
+    broadcast against ``y[..., i, :]`` (rows: shaped ``(..., P, 1)``) or ``y[..., :, i]`` (columns:
+    ``(..., 1, P)`` or ``(P,)``).
+    """
+    at = (lambda k: (Ellipsis, k, slice(None))) if axis == -2 else (lambda k: (Ellipsis, k))
+    yi = y[at(i)]
+    yj = y[at(j)]
+    if u is None:
+        y[at(i)] = c * yi - s * yj
+        y[at(j)] = s * yi + c * yj
+    else:
+        y[at(i)] = c * yi - s * np.conj(u) * yj
+        y[at(j)] = s * u * yi + c * yj
+
+
+def walk(schedule, reverse=False):
+    """``(slice into round-major arrays, i, j)`` of every round in application order, or backwards."""
+    off = schedule.round_offsets
+    items = [(slice(off[r], off[r + 1]), rd.i, rd.j) for r, rd in enumerate(schedule.rounds)]
+    return items[::-1] if reverse else items
+
+
+def work(x, batch, dtype):
+    """A private, writable copy of x broadcast to ``batch + x.shape[-2:]``."""
+    return np.array(np.broadcast_to(x, batch + x.shape[-2:]), dtype=dtype, copy=True, order="C")
 
 
 def _round_cos_sin(theta, schedule, ndim):
     """cos and sin of the angles in round-major order, shaped ``(..., A, 1)`` with ``ndim`` batch axes."""
-    t = schedule.to_round_order(theta)
-    t = t.reshape((1,) * (ndim - (t.ndim - 1)) + t.shape)
-    return np.cos(t)[..., None], np.sin(t)[..., None]
+    t = round_order(theta, schedule, ndim)
+    return np.cos(t), np.sin(t)
 
 
-def _rotate_rows(y, i, j, c, s):
-    """In place: rows i, j of y <- (c y_i - s y_j, s y_i + c y_j)."""
-    yi = y[..., i, :]
-    yj = y[..., j, :]
-    y[..., i, :] = c * yi - s * yj
-    y[..., j, :] = s * yi + c * yj
-
-
-def _rounds(schedule, transpose):
-    """(slice into round-major arrays, i, j) in application order; transpose runs them backwards."""
-    off = schedule.round_offsets
-    items = [(slice(off[r], off[r + 1]), rd.i, rd.j) for r, rd in enumerate(schedule.rounds)]
-    return items[::-1] if transpose else items
-
-
-def _work(x, batch, dtype):
-    """A private, writable copy of x broadcast to ``batch + x.shape[-2:]``."""
-    return np.array(np.broadcast_to(x, batch + x.shape[-2:]), dtype=dtype, copy=True, order="C")
+# --------------------------------------------------------------------------- SO(n) reference
 
 
 def rounds_apply(theta, x, schedule, transpose=False):
@@ -71,11 +85,11 @@ def rounds_apply(theta, x, schedule, transpose=False):
     theta: ``(..., A)``; x: ``(..., n, k)``; batch axes broadcast.  Returns ``(..., n, k)``.
     """
     batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
-    y = _work(x, batch, x.dtype)
+    y = work(x, batch, x.dtype)
     c, s = _round_cos_sin(theta, schedule, len(batch))
     sign = -1 if transpose else 1
-    for sl, i, j in _rounds(schedule, transpose):
-        _rotate_rows(y, i, j, c[..., sl, :], sign * s[..., sl, :])
+    for sl, i, j in walk(schedule, transpose):
+        rotate(y, i, j, c[..., sl, :], sign * s[..., sl, :])
     return y
 
 
@@ -95,16 +109,16 @@ def rounds_apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None
     """
     y = rounds_apply(theta, x, schedule, transpose) if output is None else output
     batch = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
-    y = _work(y, batch, x.dtype)
-    g = _work(cotangent, batch, x.dtype)
+    y = work(y, batch, x.dtype)
+    g = work(cotangent, batch, x.dtype)
     c, s = _round_cos_sin(theta, schedule, len(batch))
     d_round = np.empty(batch + (schedule.num_angles,), dtype=x.dtype)
     # Forward applied B_r (sign +1) or B_r^T (sign -1); undoing it applies the opposite sign.
     sign = 1 if transpose else -1
-    for sl, i, j in reversed(_rounds(schedule, transpose)):
+    for sl, i, j in reversed(walk(schedule, transpose)):
         cr, sr = c[..., sl, :], sign * s[..., sl, :]
-        _rotate_rows(y, i, j, cr, sr)
-        _rotate_rows(g, i, j, cr, sr)
+        rotate(y, i, j, cr, sr)
+        rotate(g, i, j, cr, sr)
         d_round[..., sl] = np.sum(y[..., i, :] * g[..., j, :] - y[..., j, :] * g[..., i, :], axis=-1)
     if transpose:
         d_round = -d_round
@@ -124,20 +138,20 @@ def rounds_matrix_vjp(theta, cotangent, schedule, output=None):
     u = rounds_matrix(theta, schedule) if output is None else output
     batch = np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2])
     w = np.matmul(cotangent, np.swapaxes(u, -1, -2))
-    w = _work(w, batch, u.dtype)
+    w = work(w, batch, u.dtype)
     c, s = _round_cos_sin(theta, schedule, len(batch))
     d_round = np.empty(batch + (schedule.num_angles,), dtype=u.dtype)
     # Column rotations are strided gathers; instead rotate rows, transpose, rotate rows again:
     # B^T (B^T X)^T = (B^T X B)^T, so ``w`` alternately holds W_r and W_r^T (``flip``), and the
     # gradient read from W^T changes sign.
     flip = False
-    for sl, i, j in reversed(_rounds(schedule, False)):
+    for sl, i, j in reversed(walk(schedule, False)):
         d = w[..., j, i] - w[..., i, j]
         d_round[..., sl] = -d if flip else d
         cr, sr = c[..., sl, :], -s[..., sl, :]
-        _rotate_rows(w, i, j, cr, sr)
+        rotate(w, i, j, cr, sr)
         w = np.ascontiguousarray(np.swapaxes(w, -1, -2))
-        _rotate_rows(w, i, j, cr, sr)
+        rotate(w, i, j, cr, sr)
         flip = not flip
     return _sum_to(schedule.from_round_order(d_round), theta.shape)
 
@@ -151,19 +165,18 @@ def rounds_apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=Fal
     if x_tangent is not None:
         shapes.append(x_tangent.shape[:-2])
     batch = np.broadcast_shapes(*shapes)
-    y = _work(x, batch, x.dtype)
+    y = work(x, batch, x.dtype)
     if x_tangent is None:
         dy = np.zeros(batch + x.shape[-2:], dtype=x.dtype)
     else:
-        dy = _work(x_tangent, batch, x.dtype)
+        dy = work(x_tangent, batch, x.dtype)
     c, s = _round_cos_sin(theta, schedule, len(batch))
-    dt = schedule.to_round_order(theta_tangent)
-    dt = dt.reshape((1,) * (len(batch) - (dt.ndim - 1)) + dt.shape)[..., None]
+    dt = round_order(theta_tangent, schedule, len(batch))
     sign = -1 if transpose else 1
-    for sl, i, j in _rounds(schedule, transpose):
+    for sl, i, j in walk(schedule, transpose):
         cr, sr, dr = c[..., sl, :], sign * s[..., sl, :], sign * dt[..., sl, :]
-        _rotate_rows(y, i, j, cr, sr)
-        _rotate_rows(dy, i, j, cr, sr)
+        rotate(y, i, j, cr, sr)
+        rotate(dy, i, j, cr, sr)
         dy[..., i, :] -= dr * y[..., j, :]
         dy[..., j, :] += dr * y[..., i, :]
     return dy

@@ -31,29 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import sum_to as _sum_to
+from ._common import U_FUNCTIONS, complex_dtype, sum_to as _sum_to
+from .numpy_backend import round_order, rotate, walk, work
 
-__all__ = [
-    "unitary",
-    "unitary_apply",
-    "unitary_vjp",
-    "unitary_apply_vjp",
-    "unitary_jvp",
-    "unitary_apply_jvp",
-]
-
-name = "numpy"
-xp = np
-
-
-def all_finite(a) -> bool:
-    """True when every entry of ``a`` is finite."""
-    return bool(np.isfinite(a).all())
-
-
-def complex_dtype(real_dtype):
-    """complex64 for float32, complex128 for float64."""
-    return np.result_type(np.dtype(real_dtype), np.complex64)
+__all__ = list(U_FUNCTIONS)
 
 
 # --------------------------------------------------------------------------- coefficients
@@ -73,14 +54,12 @@ class _Coefficients:
     def __init__(self, params, schedule, ndim, cdtype):
         n = schedule.n
         a = n * (n - 1) // 2
-        theta = schedule.to_round_order(params[..., :a])
-        phi = schedule.to_round_order(params[..., a:2 * a])
+        theta = round_order(params[..., :a], schedule, ndim)
+        self.c = np.cos(theta)
+        self.s = np.sin(theta)
+        self.u = _cis(round_order(params[..., a:2 * a], schedule, ndim), cdtype)
         delta = params[..., 2 * a:]
-        lead = (1,) * (ndim - (params.ndim - 1))
-        self.c = np.cos(theta).reshape(lead + theta.shape)[..., None]
-        self.s = np.sin(theta).reshape(lead + theta.shape)[..., None]
-        self.u = _cis(phi, cdtype).reshape(lead + phi.shape)[..., None]
-        self.d = _cis(delta, cdtype).reshape(lead + delta.shape)[..., None]
+        self.d = _cis(delta, cdtype).reshape((1,) * (ndim - (params.ndim - 1)) + delta.shape)[..., None]
 
 
 def _ops(schedule, adjoint):
@@ -88,36 +67,13 @@ def _ops(schedule, adjoint):
 
     ``kind`` is ``"round"`` (with the round-major slice and pair rows) or ``"diag"``.
     """
-    off = schedule.round_offsets
-    rounds = [("round", 1, slice(off[r], off[r + 1]), rd.i, rd.j) for r, rd in enumerate(schedule.rounds)]
-    ops = rounds + [("diag", 1, None, None, None)]
+    ops = [("round", 1, sl, i, j) for sl, i, j in walk(schedule)] + [("diag", 1, None, None, None)]
     if adjoint:
         ops = [(k, -1, sl, i, j) for k, _, sl, i, j in reversed(ops)]
     return ops
 
 
-# --------------------------------------------------------------------------- row and column steps
-
-def _rotate_rows(y, i, j, c, s, u):
-    r"""In place: rows i, j of y <- (c y_i - s conj(u) y_j, s u y_i + c y_j), i.e. y <- G y."""
-    yi = y[..., i, :]
-    yj = y[..., j, :]
-    y[..., i, :] = c * yi - s * np.conj(u) * yj
-    y[..., j, :] = s * u * yi + c * yj
-
-
-def _rotate_cols(y, i, j, c, s, u):
-    r"""In place: columns i, j of y <- (c y_i - s conj(u) y_j, s u y_i + c y_j) (c, s, u shaped (..., 1, P))."""
-    yi = y[..., :, i]
-    yj = y[..., :, j]
-    y[..., :, i] = c * yi - s * np.conj(u) * yj
-    y[..., :, j] = s * u * yi + c * yj
-
-
-def _work(x, batch, dtype):
-    """A private, writable copy of x broadcast to ``batch + x.shape[-2:]``."""
-    return np.array(np.broadcast_to(x, batch + x.shape[-2:]), dtype=dtype, copy=True, order="C")
-
+# --------------------------------------------------------------------------- helpers
 
 def _eye(schedule, cdtype):
     return np.eye(schedule.n, dtype=cdtype)
@@ -132,11 +88,11 @@ def unitary_apply(params, x, schedule, adjoint=False):
     broadcast.  Returns ``(..., n, k)`` complex.
     """
     batch = np.broadcast_shapes(params.shape[:-1], x.shape[:-2])
-    y = _work(x, batch, x.dtype)
+    y = work(x, batch, x.dtype)
     k = _Coefficients(params, schedule, len(batch), x.dtype)
     for kind, sign, sl, i, j in _ops(schedule, adjoint):
         if kind == "round":
-            _rotate_rows(y, i, j, k.c[..., sl, :], sign * k.s[..., sl, :], k.u[..., sl, :])
+            rotate(y, i, j, k.c[..., sl, :], sign * k.s[..., sl, :], k.u[..., sl, :])
         else:
             y *= k.d if sign > 0 else np.conj(k.d)
     return y
@@ -168,8 +124,8 @@ def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None
     a = n * (n - 1) // 2
     y = unitary_apply(params, x, schedule, adjoint) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
-    y = _work(y, batch, x.dtype)
-    g = _work(cotangent, batch, x.dtype)
+    y = work(y, batch, x.dtype)
+    g = work(cotangent, batch, x.dtype)
     k = _Coefficients(params, schedule, len(batch), x.dtype)
     d_theta = np.empty(batch + (a,), dtype=params.dtype)
     d_phi = np.empty(batch + (a,), dtype=params.dtype)
@@ -184,9 +140,9 @@ def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None
         c, s, u = k.c[..., sl, :], sign * k.s[..., sl, :], k.u[..., sl, :]
         gi, gj = np.conj(g[..., i, :]), np.conj(g[..., j, :])
         d_theta[..., sl] = sign * np.sum(u * gj * y[..., i, :] - np.conj(u) * gi * y[..., j, :], axis=-1).real
-        _rotate_rows(y, i, j, c, -s, u)  # y is now the op's input x
+        rotate(y, i, j, c, -s, u)  # y is now the op's input x
         d_phi[..., sl] = -(s[..., 0] * np.sum(np.conj(u) * gi * y[..., j, :] + u * gj * y[..., i, :], axis=-1).imag)
-        _rotate_rows(g, i, j, c, -s, u)
+        rotate(g, i, j, c, -s, u)
     d_round = np.concatenate([d_theta, d_phi], axis=-1)
     d_full = np.concatenate(
         [schedule.from_round_order(d_round[..., :a]), schedule.from_round_order(d_round[..., a:]), d_delta],
@@ -195,7 +151,7 @@ def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None
     return _sum_to(d_full, params.shape), _sum_to(g, x.shape)
 
 
-def unitary_vjp(params, cotangent, schedule):
+def unitary_vjp(params, cotangent, schedule, output=None):
     r"""``d_params`` of ``U = unitary(params)`` for ``cotangent = dL/dRe U + i dL/dIm U``, reduction-free.
 
     :math:`W = \bar G U^H` gives :math:`\partial L/\partial\delta_k = \mathrm{Im}\,W_{kk}`; then
@@ -209,12 +165,13 @@ def unitary_vjp(params, cotangent, schedule):
     (The first is :math:`\mathrm{Re}\,\mathrm{tr}(W^H K_p)`; the second is
     :math:`\mathrm{Im}\,W_{jj} - \mathrm{Im}\,(B_r^H W B_r)_{jj}`, from
     :math:`\partial G/\partial\phi = i(E_j G - G E_j)`.)  Every gradient is a few entries of W: no sums.
+    ``output`` may pass ``U`` to skip recomputing it.
     """
     n = schedule.n
     a = n * (n - 1) // 2
-    u_mat = unitary(params, schedule, cotangent.dtype)
+    u_mat = unitary(params, schedule, cotangent.dtype) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], cotangent.shape[:-2])
-    w = _work(np.matmul(cotangent, np.conj(np.swapaxes(u_mat, -1, -2))), batch, cotangent.dtype)
+    w = work(np.matmul(cotangent, np.conj(np.swapaxes(u_mat, -1, -2))), batch, cotangent.dtype)
     k = _Coefficients(params, schedule, len(batch), cotangent.dtype)
     d_delta = np.diagonal(w, axis1=-2, axis2=-1).imag.astype(params.dtype)
     dcol = np.swapaxes(k.d, -1, -2)
@@ -231,8 +188,8 @@ def unitary_vjp(params, cotangent, schedule):
         d_theta[..., sl] = (np.conj(u) * wji - u * wij).real
         d_phi[..., sl] = (s * s * (wjj - wii) + s * c * (u * wij + np.conj(u) * wji)).imag
         # W <- B^H W B: rows by G^H = G(-theta, phi); columns by G.
-        _rotate_rows(w, i, j, c[..., None], -s[..., None], u[..., None])
-        _rotate_cols(w, i, j, c[..., None, :], -s[..., None, :], np.conj(u)[..., None, :])
+        rotate(w, i, j, c[..., None], -s[..., None], u[..., None])
+        rotate(w, i, j, c[..., None, :], -s[..., None, :], np.conj(u)[..., None, :], axis=-1)
     d_full = np.concatenate(
         [schedule.from_round_order(d_theta), schedule.from_round_order(d_phi), d_delta], axis=-1
     )
@@ -255,8 +212,8 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent, schedule, adjoint=Fa
     if x_tangent is not None:
         shapes.append(x_tangent.shape[:-2])
     batch = np.broadcast_shapes(*shapes)
-    y = _work(x, batch, x.dtype)
-    dy = np.zeros(batch + x.shape[-2:], dtype=x.dtype) if x_tangent is None else _work(x_tangent, batch, x.dtype)
+    y = work(x, batch, x.dtype)
+    dy = np.zeros(batch + x.shape[-2:], dtype=x.dtype) if x_tangent is None else work(x_tangent, batch, x.dtype)
     k = _Coefficients(params, schedule, len(batch), x.dtype)
     t = params_tangent.reshape((1,) * (len(batch) - (params_tangent.ndim - 1)) + params_tangent.shape)
     dtheta = schedule.to_round_order(t[..., :a])[..., None]
@@ -271,8 +228,8 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent, schedule, adjoint=Fa
             continue
         c, s, u = k.c[..., sl, :], sign * k.s[..., sl, :], k.u[..., sl, :]
         xi, xj = y[..., i, :], y[..., j, :]  # copies: the op's input rows
-        _rotate_rows(y, i, j, c, s, u)
-        _rotate_rows(dy, i, j, c, s, u)
+        rotate(y, i, j, c, s, u)
+        rotate(dy, i, j, c, s, u)
         dt, dp = sign * dtheta[..., sl, :], dphi[..., sl, :]
         dy[..., i, :] += -dt * np.conj(u) * y[..., j, :] + 1j * s * dp * np.conj(u) * xj
         dy[..., j, :] += dt * u * y[..., i, :] + 1j * s * dp * u * xi

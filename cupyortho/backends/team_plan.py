@@ -165,7 +165,7 @@ class TeamPlan:
         valid = j < n
         if m is not None:
             valid &= i < m
-        idx = _sched.pair_index(i, np.where(valid, j, i + 1), n)
+        idx = _sched._pair_index(i, np.where(valid, j, i + 1), n)
         return np.where(valid, idx, self.A).astype(np.int32 if self.A < 2**31 - 1 else np.int64)
 
     @property
@@ -328,7 +328,7 @@ class KernelTables:
         if m is not None:
             valid &= gi < m
         valid[0, :, t - 1] = False
-        angle = np.where(valid, _sched.pair_index(gi, np.where(valid, gj, gi + 1), n), -1)
+        angle = np.where(valid, _sched._pair_index(gi, np.where(valid, gj, gi + 1), n), -1)
         self.t, self.L, self.N, self.S, self.NB = t, L, N, S, NB
         self.coords = _frozen(coords)
         self.local_i = _frozen(li)

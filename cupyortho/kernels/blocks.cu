@@ -1,4 +1,4 @@
-// The blocked (team) path, DESIGN.md section 3: every stage of a team schedule is block-diagonal
+// The blocked (team) path (docs/backends.md): every stage of a team schedule is block-diagonal
 // (after a permutation of coordinates) with NB dense L x L blocks, L = 2t.  Stage 0 pairs the teams
 // 2a, 2a+1 into one block holding both teams' own round robins; stage s >= 1 is team round s - 1,
 // one block per meeting.  Each stage has t local rounds of t disjoint local pairs covering all L
@@ -7,7 +7,7 @@
 //
 // Tables (C-contiguous int32), indexed by (stage s, block nb, local round l, pair p):
 //   local_i, local_j : (S, NB, t, t)  local pair, local_i < local_j (derived from the schedule's
-//                                     own rounds by cupy_backend.team_block_tables).
+//                                     own rounds by cupyortho.backends.cupy.data.team_block_tables).
 //   block_angle      : (S, NB, t, t)  public angle index of that pair, or -1.
 // cs: (Bc, A, 2) cos/sin in the PUBLIC angle order, batch stride cs_bstride.
 // These kernels work in place on global memory; one thread block per L x L block, its t rounds
@@ -47,7 +47,7 @@ __global__ void build_blocks(T* __restrict__ blocks, const T* __restrict__ cs,
     }
 }
 
-// Block cotangent -> angle cotangents for stage s (the reduction-free formula of section 2 inside
+// Block cotangent -> angle cotangents for stage s (the reduction-free formula inside
 // one block).  w[b, nb] = W restricted to the block's coordinates, W = (dL/dY_s) Y_s^T taken at the
 // stage's output (for the materialized VJP, W_s of the outer sweep).  For l = t-1 .. 0:
 //   d[b, q] = w[j, i] - w[i, j] for the round's pairs (read before the update); w <- G_l^T w G_l.

@@ -32,6 +32,25 @@ __device__ inline void store_tile(T* __restrict__ dst, const T* sh, const int n,
     }
 }
 
+// Runs body(q, c) for every item (round-major pair q, tile column c) of every round, the items of a
+// round spread over the block's threads, rounds in application order (reverse = 1: backwards) with
+// a barrier after each: the next round pairs rows written by other threads.
+template <typename Body>
+__device__ inline void for_each_round_item(const int* __restrict__ round_offsets, const int R, const int reverse,
+                                           const int TK, Body body)
+{
+    for (int step = 0; step < R; ++step) {
+        const int r = reverse ? R - 1 - step : step;
+        const int q0 = round_offsets[r];
+        const int items = (round_offsets[r + 1] - q0) * TK;
+        for (int it = threadIdx.x; it < items; it += blockDim.x) {
+            const int p = it / TK;
+            body(q0 + p, it - p * TK);
+        }
+        __syncthreads();
+    }
+}
+
 // y <- B_{R-1} ... B_0 y (or its transpose), in place.  Shared memory: n * TK * sizeof(T).
 template <typename T>
 __global__ void apply_fused(T* __restrict__ y, const T* __restrict__ cs, const int* __restrict__ pair_i,
@@ -47,20 +66,11 @@ __global__ void apply_fused(T* __restrict__ y, const T* __restrict__ cs, const i
     const T* csb = cs + b * cs_bstride;
     load_tile(sh, yb, n, k, TK, col0);
     __syncthreads();
-    for (int step = 0; step < R; ++step) {
-        const int r = reverse ? R - 1 - step : step;
-        const int q0 = round_offsets[r];
-        const int items = (round_offsets[r + 1] - q0) * TK;
-        for (int it = threadIdx.x; it < items; it += blockDim.x) {
-            const int p = it / TK;
-            const int c = it - p * TK;
-            const int q = q0 + p;
-            T cq, sq;
-            load_cos_sin(csb, q, sign, cq, sq);
-            givens_rotate(sh[pair_i[q] * TK + c], sh[pair_j[q] * TK + c], cq, sq);
-        }
-        __syncthreads();
-    }
+    for_each_round_item(round_offsets, R, reverse, TK, [&](const int q, const int c) {
+        T cq, sq;
+        load_cos_sin(csb, q, sign, cq, sq);
+        givens_rotate(sh[pair_i[q] * TK + c], sh[pair_j[q] * TK + c], cq, sq);
+    });
     store_tile(yb, sh, n, k, TK, col0);
 }
 
@@ -134,35 +144,19 @@ __global__ void apply_jvp_fused(T* __restrict__ y, T* __restrict__ dy, const T* 
     load_tile(shy, y + b * (long long)n * k, n, k, TK, col0);
     load_tile(shd, dy + b * (long long)n * k, n, k, TK, col0);
     __syncthreads();
-    for (int step = 0; step < R; ++step) {
-        const int r = reverse ? R - 1 - step : step;
-        const int q0 = round_offsets[r];
-        const int items = (round_offsets[r + 1] - q0) * TK;
-        for (int it = threadIdx.x; it < items; it += blockDim.x) {
-            const int p = it / TK;
-            const int c = it - p * TK;
-            const int q = q0 + p;
-            T cq, sq;
-            load_cos_sin(csb, q, sign, cq, sq);
-            const T w = sign * dtb[q];
-            const int oi = pair_i[q] * TK + c;
-            const int oj = pair_j[q] * TK + c;
-            T ui = shy[oi], uj = shy[oj], vi = shd[oi], vj = shd[oj];
-            givens_rotate(ui, uj, cq, sq);
-            givens_rotate(vi, vj, cq, sq);
-            shy[oi] = ui;
-            shy[oj] = uj;
-            shd[oi] = vi - w * uj;
-            shd[oj] = vj + w * ui;
-        }
-        __syncthreads();
-    }
+    for_each_round_item(round_offsets, R, reverse, TK, [&](const int q, const int c) {
+        T cq, sq;
+        load_cos_sin(csb, q, sign, cq, sq);
+        const int oi = pair_i[q] * TK + c;
+        const int oj = pair_j[q] * TK + c;
+        givens_rotate_tangent(shy[oi], shy[oj], shd[oi], shd[oj], cq, sq, sign * dtb[q]);
+    });
     store_tile(y + b * (long long)n * k, shy, n, k, TK, col0);
     store_tile(dy + b * (long long)n * k, shd, n, k, TK, col0);
 }
 
-// Reduction-free materialized VJP (DESIGN.md section 2) with W in shared memory, all rounds in one
-// launch: one thread block per batch entry owns W[b] (n x n) for the whole backward sweep.  For
+// Reduction-free materialized VJP (docs/conventions.md, Derivatives) with W in shared memory, all
+// rounds in one launch: one thread block per batch entry owns W[b] (n x n) for the whole backward sweep.  For
 // r = R-1 .. 0: d[b, q_p] = W[j_p, i_p] - W[i_p, j_p] for the round's pairs, then W <- B_r^T W B_r,
 // one thread per (slot a, slot e) 2 x 2 sub-block as in matrix_vjp_round; __syncthreads between
 // rounds.  slot_offsets: (R + 1,).  d: (B, A) round-major.  Shared memory: n * n * sizeof(T).
@@ -186,23 +180,12 @@ __global__ void matrix_vjp_fused(const T* __restrict__ w, T* __restrict__ d, con
         for (int it = threadIdx.x; it < S * S; it += blockDim.x) {
             const int a = s0 + it / S;
             const int e = s0 + it % S;
-            const int ri = slot_i[a], rj = slot_j[a], ci = slot_i[e], cj = slot_j[e];
-            T rc = T(1), rs = T(0), cc = T(1), cn = T(0);
-            if (slot_q[a] >= 0) load_cos_sin(csb, slot_q[a], T(1), rc, rs);
-            if (slot_q[e] >= 0) load_cos_sin(csb, slot_q[e], T(1), cc, cn);
+            const int ri = slot_i[a], rj = slot_j[a];
             if (a == e && slot_q[a] >= 0) db[slot_q[a]] = m[rj * n + ri] - m[ri * n + rj];
-            T m00 = m[ri * n + ci];
-            T m01 = cj >= 0 ? m[ri * n + cj] : T(0);
-            T m10 = rj >= 0 ? m[rj * n + ci] : T(0);
-            T m11 = (rj >= 0 && cj >= 0) ? m[rj * n + cj] : T(0);
-            givens_rotate(m00, m10, rc, -rs);
-            givens_rotate(m01, m11, rc, -rs);
-            givens_rotate(m00, m01, cc, -cn);
-            givens_rotate(m10, m11, cc, -cn);
-            m[ri * n + ci] = m00;
-            if (cj >= 0) m[ri * n + cj] = m01;
-            if (rj >= 0) m[rj * n + ci] = m10;
-            if (rj >= 0 && cj >= 0) m[rj * n + cj] = m11;
+            T rc, rs, cc, cn;
+            load_slot_cos_sin(csb, slot_q[a], rc, rs);
+            load_slot_cos_sin(csb, slot_q[e], cc, cn);
+            slot_rotate(m, n, ri, rj, slot_i[e], slot_j[e], rc, rs, cc, cn);
         }
         __syncthreads();
     }

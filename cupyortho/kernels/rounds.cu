@@ -14,7 +14,7 @@ template <typename T>
 __global__ void cos_sin(const T* __restrict__ theta, const int* __restrict__ angle_index,
                         T* __restrict__ cs, const int A, const int A_theta, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long t = flat_thread_index();
     if (t >= total) return;
     const long long b = t / A;
     const int q = (int)(t - b * A);
@@ -30,18 +30,13 @@ __global__ void apply_round(T* __restrict__ y, const T* __restrict__ cs, const i
                             const int* __restrict__ pair_j, const int q0, const int P, const int n,
                             const int k, const long long cs_bstride, const T sign, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= total) return;
-    const long long per_batch = (long long)P * k;
-    const long long b = t / per_batch;
-    const long long r = t - b * per_batch;
-    const int p = (int)(r / k);
-    const int col = (int)(r - (long long)p * k);
-    const int q = q0 + p;
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
+    const int q = q0 + it.u;
     T c, s;
-    load_cos_sin(cs + b * cs_bstride, q, sign, c, s);
-    T* yb = y + b * (long long)n * k;
-    givens_rotate(yb[(long long)pair_i[q] * k + col], yb[(long long)pair_j[q] * k + col], c, s);
+    load_cos_sin(cs + it.b * cs_bstride, q, sign, c, s);
+    T* yb = y + it.b * (long long)n * k;
+    givens_rotate(yb[(long long)pair_i[q] * k + it.v], yb[(long long)pair_j[q] * k + it.v], c, s);
 }
 
 // Backward step of one round: undo the round on y (its output -> its input) and rotate the cotangent
@@ -55,11 +50,10 @@ __global__ void apply_vjp_round(T* __restrict__ y, T* __restrict__ g, T* __restr
                                 const int k, const int A, const long long cs_bstride, const T sign,
                                 const T dsign, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long t = flat_thread_index();
     if (t >= total) return;
     const long long b = t / P;
-    const int p = (int)(t - b * P);
-    const int q = q0 + p;
+    const int q = q0 + (int)(t - b * P);
     T c, s;
     load_cos_sin(cs + b * cs_bstride, q, sign, c, s);
     T* yi = y + b * (long long)n * k + (long long)pair_i[q] * k;
@@ -84,29 +78,18 @@ __global__ void apply_jvp_round(T* __restrict__ y, T* __restrict__ dy, const T* 
                                 const int k, const long long cs_bstride, const long long dt_bstride,
                                 const T sign, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= total) return;
-    const long long per_batch = (long long)P * k;
-    const long long b = t / per_batch;
-    const long long r = t - b * per_batch;
-    const int p = (int)(r / k);
-    const int col = (int)(r - (long long)p * k);
-    const int q = q0 + p;
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
+    const int q = q0 + it.u;
     T c, s;
-    load_cos_sin(cs + b * cs_bstride, q, sign, c, s);
-    const T w = sign * dt[b * dt_bstride + q];
-    const long long oi = b * (long long)n * k + (long long)pair_i[q] * k + col;
-    const long long oj = b * (long long)n * k + (long long)pair_j[q] * k + col;
-    T ui = y[oi], uj = y[oj], vi = dy[oi], vj = dy[oj];
-    givens_rotate(ui, uj, c, s);
-    givens_rotate(vi, vj, c, s);
-    y[oi] = ui;
-    y[oj] = uj;
-    dy[oi] = vi - w * uj;
-    dy[oj] = vj + w * ui;
+    load_cos_sin(cs + it.b * cs_bstride, q, sign, c, s);
+    const long long base = it.b * (long long)n * k + it.v;
+    const long long oi = base + (long long)pair_i[q] * k;
+    const long long oj = base + (long long)pair_j[q] * k;
+    givens_rotate_tangent(y[oi], y[oj], dy[oi], dy[oj], c, s, sign * dt[it.b * dt_bstride + q]);
 }
 
-// One backward step of the reduction-free materialized VJP (DESIGN.md section 2) for round r:
+// One backward step, for round r, of the reduction-free materialized VJP (docs/conventions.md):
 //   d[b, q_p] = W[j_p, i_p] - W[i_p, j_p]   (read before the update), then W <- B_r^T W B_r.
 // A round is a set of slots: pairs (i, j, q) and, for coordinates the round leaves alone, singletons
 // (i, -1, -1).  B_r^T W B_r acts on the sub-block rows(slot a) x cols(slot e) independently of every
@@ -118,37 +101,19 @@ __global__ void matrix_vjp_round(T* __restrict__ w, T* __restrict__ d, const T* 
                                  const int* __restrict__ slot_q, const int s0, const int S, const int n,
                                  const int A, const long long cs_bstride, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= total) return;
-    const long long per_batch = (long long)S * S;
-    const long long b = t / per_batch;
-    const long long r = t - b * per_batch;
-    const int a = (int)(r / S) + s0;
-    const int e = (int)(r - (long long)(a - s0) * S) + s0;
-    T* wb = w + b * (long long)n * n;
-    const T* csb = cs + b * cs_bstride;
-    const int ri = slot_i[a], rj = slot_j[a], ci = slot_i[e], cj = slot_j[e];
-    T rc = T(1), rs = T(0), cc = T(1), cn = T(0);
-    if (slot_q[a] >= 0) load_cos_sin(csb, slot_q[a], T(1), rc, rs);
-    if (slot_q[e] >= 0) load_cos_sin(csb, slot_q[e], T(1), cc, cn);
+    grid_item it;  // (b, row slot, column slot)
+    if (!flat_item(total, S, S, it)) return;
+    const int a = s0 + it.u, e = s0 + it.v;
+    T* wb = w + it.b * (long long)n * n;
+    const T* csb = cs + it.b * cs_bstride;
+    const int ri = slot_i[a], rj = slot_j[a];
     if (a == e && slot_q[a] >= 0) {
-        d[b * A + slot_q[a]] = wb[(long long)rj * n + ri] - wb[(long long)ri * n + rj];
+        d[it.b * A + slot_q[a]] = wb[(long long)rj * n + ri] - wb[(long long)ri * n + rj];
     }
-    // Entries of the sub-block; a missing row/column (singleton) is a zero placeholder.
-    T m00 = wb[(long long)ri * n + ci];
-    T m01 = cj >= 0 ? wb[(long long)ri * n + cj] : T(0);
-    T m10 = rj >= 0 ? wb[(long long)rj * n + ci] : T(0);
-    T m11 = (rj >= 0 && cj >= 0) ? wb[(long long)rj * n + cj] : T(0);
-    // Left: G^T on rows (x_i <- c x_i + s x_j, x_j <- -s x_i + c x_j).
-    givens_rotate(m00, m10, rc, -rs);
-    givens_rotate(m01, m11, rc, -rs);
-    // Right: W G on columns (w_i <- c w_i + s w_j, w_j <- -s w_i + c w_j).
-    givens_rotate(m00, m01, cc, -cn);
-    givens_rotate(m10, m11, cc, -cn);
-    wb[(long long)ri * n + ci] = m00;
-    if (cj >= 0) wb[(long long)ri * n + cj] = m01;
-    if (rj >= 0) wb[(long long)rj * n + ci] = m10;
-    if (rj >= 0 && cj >= 0) wb[(long long)rj * n + cj] = m11;
+    T rc, rs, cc, cn;
+    load_slot_cos_sin(csb, slot_q[a], rc, rs);
+    load_slot_cos_sin(csb, slot_q[e], cc, cn);
+    slot_rotate(wb, n, ri, rj, slot_i[e], slot_j[e], rc, rs, cc, cn);
 }
 
 // d[b, angle_index[q]] = dsign * sum_{tile < ntiles} partial[b, tile, q], summed in tile order:
@@ -158,7 +123,7 @@ __global__ void reduce_partials(const T* __restrict__ partial, T* __restrict__ d
                                 const int* __restrict__ angle_index, const int ntiles, const int A,
                                 const T dsign, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long t = flat_thread_index();
     if (t >= total) return;
     const long long b = t / A;
     const int q = (int)(t - b * A);

@@ -19,6 +19,7 @@
 // The diagonal phases are applied by the caller (element-wise array operations).
 // Every kernel uses a flat 1-D grid over its work items and no shared memory, atomics or warp
 // intrinsics; results are deterministic (sums over columns run in order in one thread).
+#include "givens.cuh"
 
 template <typename T>
 struct unitary_coef {
@@ -56,18 +57,13 @@ __global__ void unitary_apply_round(T* __restrict__ y, const T* __restrict__ coe
                                     const int k, const long long coef_bstride, const T sign,
                                     const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= total) return;
-    const long long per_batch = (long long)P * k;
-    const long long b = t / per_batch;
-    const long long r = t - b * per_batch;
-    const int p = (int)(r / k);
-    const int col = (int)(r - (long long)p * k);
-    const int q = q0 + p;
-    const unitary_coef<T> K = unitary_load(coef + b * coef_bstride, q, sign);
-    T* yb = y + 2 * b * (long long)n * k;
-    const long long oi = 2 * ((long long)pair_i[q] * k + col);
-    const long long oj = 2 * ((long long)pair_j[q] * k + col);
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
+    const int q = q0 + it.u;
+    const unitary_coef<T> K = unitary_load(coef + it.b * coef_bstride, q, sign);
+    T* yb = y + 2 * it.b * (long long)n * k;
+    const long long oi = 2 * ((long long)pair_i[q] * k + it.v);
+    const long long oj = 2 * ((long long)pair_j[q] * k + it.v);
     unitary_rotate(yb[oi], yb[oi + 1], yb[oj], yb[oj + 1], K.c, K.s, K.ur, K.ui);
 }
 
@@ -84,11 +80,10 @@ __global__ void unitary_apply_vjp_round(T* __restrict__ y, T* __restrict__ g, T*
                                         const int k, const int A, const long long coef_bstride, const T sign,
                                         const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long t = flat_thread_index();
     if (t >= total) return;
     const long long b = t / P;
-    const int p = (int)(t - b * P);
-    const int q = q0 + p;
+    const int q = q0 + (int)(t - b * P);
     const unitary_coef<T> K = unitary_load(coef + b * coef_bstride, q, sign);  // K.s = sigma s
     const long long base = 2 * b * (long long)n * k;
     T* yi = y + base + 2 * (long long)pair_i[q] * k;
@@ -137,20 +132,16 @@ __global__ void unitary_apply_jvp_round(T* __restrict__ y, T* __restrict__ dy, c
                                         const int k, const int A, const long long coef_bstride,
                                         const long long dt_bstride, const T sign, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= total) return;
-    const long long per_batch = (long long)P * k;
-    const long long b = t / per_batch;
-    const long long r = t - b * per_batch;
-    const int p = (int)(r / k);
-    const int col = (int)(r - (long long)p * k);
-    const int q = q0 + p;
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
+    const long long b = it.b;
+    const int q = q0 + it.u;
     const unitary_coef<T> K = unitary_load(coef + b * coef_bstride, q, sign);  // K.s = sigma s
     const T wt = sign * dt[b * dt_bstride + q];
     const T wp = K.s * dt[b * dt_bstride + A + q];
     const long long base = 2 * b * (long long)n * k;
-    const long long oi = base + 2 * ((long long)pair_i[q] * k + col);
-    const long long oj = base + 2 * ((long long)pair_j[q] * k + col);
+    const long long oi = base + 2 * ((long long)pair_i[q] * k + it.v);
+    const long long oj = base + 2 * ((long long)pair_j[q] * k + it.v);
     const T xir = y[oi], xii = y[oi + 1], xjr = y[oj], xji = y[oj + 1];
     T air = xir, aii = xii, ajr = xjr, aji = xji;
     T vir = dy[oi], vii = dy[oi + 1], vjr = dy[oj], vji = dy[oj + 1];
@@ -184,13 +175,10 @@ __global__ void unitary_matrix_vjp_round(T* __restrict__ w, T* __restrict__ d, c
                                          const int* __restrict__ slot_q, const int s0, const int S, const int n,
                                          const int A, const long long coef_bstride, const long long total)
 {
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= total) return;
-    const long long per_batch = (long long)S * S;
-    const long long b = t / per_batch;
-    const long long r = t - b * per_batch;
-    const int a = (int)(r / S) + s0;
-    const int e = (int)(r - (long long)(a - s0) * S) + s0;
+    grid_item it;  // (b, row slot, column slot)
+    if (!flat_item(total, S, S, it)) return;
+    const long long b = it.b;
+    const int a = s0 + it.u, e = s0 + it.v;
     T* wb = w + 2 * b * (long long)n * n;
     const T* cb = coef + b * coef_bstride;
     const int ri = slot_i[a], rj = slot_j[a], ci = slot_i[e], cj = slot_j[e];

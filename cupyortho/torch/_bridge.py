@@ -12,6 +12,7 @@ until the GPU suite has run it.
 import numpy as np
 import torch
 
+from .. import _threads
 from ..errors import BackendMismatchError, BackendUnavailableError
 
 
@@ -65,7 +66,8 @@ def same_device(**tensors) -> torch.device:
 def _call(fn, *tensors: torch.Tensor):
     """Run ``fn`` (a cupyortho function of arrays) on tensors; returns a tensor or a tuple of tensors.
 
-    CPU: NumPy views in, ``torch.from_numpy`` out.  CUDA: CuPy views through DLPack, on torch's
+    CPU: NumPy views in, ``torch.from_numpy`` out, the work on torch's thread budget
+    (``torch.get_num_threads()``, :func:`cupyortho._threads.budget`).  CUDA: CuPy views through DLPack, on torch's
     current stream of the tensors' device.
     """
     device = tensors[0].device
@@ -74,7 +76,9 @@ def _call(fn, *tensors: torch.Tensor):
             raise BackendMismatchError(f"all tensors must be on one device; got {device} and {t.device}")
     if device.type == "cpu":
         arrays = [_to_numpy(t) for t in tensors]
-        out = _unaliased(np, fn(*arrays), arrays)
+        # cupyortho's CPU pools run on torch's thread budget, one pool at a time (docs/threads.md).
+        with _threads.budget(torch.get_num_threads()):
+            out = _unaliased(np, fn(*arrays), arrays)
         return tuple(_from_numpy(o) for o in out) if isinstance(out, tuple) else _from_numpy(out)
     if device.type == "cuda":
         try:

@@ -53,21 +53,22 @@ _LIB = "cupyortho"
 # _SCHEDULE_SCHEMA and every public function passes ``*schedule_args(schedule)``.
 
 _SCHEDULE_SCHEMA = "str? kind, int? team_size"
-_SCHEDULE_ARITY = 2
 
 
 def schedule_args(schedule) -> Tuple[Optional[str], Optional[int]]:
-    """A ``schedule`` argument (None, a kind name or a Schedule) -> the trailing op arguments."""
+    """A ``schedule`` argument (None, a kind name, a token or a Schedule) -> the trailing op arguments
+    ``(kind or token, team_size)``; a Schedule travels as its token, which carries its restriction."""
     if schedule is None:
         return None, None
     if isinstance(schedule, str):
-        if schedule not in _sched.SCHEDULE_KINDS:
+        if schedule not in _sched.SCHEDULE_KINDS and ":" not in schedule:
             raise ScheduleError(
-                f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {schedule!r}"
+                f"schedule must be one of {_sched.SCHEDULE_KINDS}, a schedule token, a Schedule or None, "
+                f"got {schedule!r}"
             )
         return schedule, None
     if isinstance(schedule, _sched.Schedule):
-        return schedule.kind, schedule.team_size
+        return schedule.token, None  # the one way any Schedule travels: its token (cupyortho.schedule)
     raise ScheduleError(
         f"schedule must be one of {_sched.SCHEDULE_KINDS}, a Schedule or None, got {type(schedule).__name__}"
     )
@@ -87,7 +88,7 @@ def _schedule(n: int, kind: Optional[str], team_size: Optional[int]):
 # --------------------------------------------------------------------------- the table
 
 def _complex_of(dtype):
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
+    return torch.complex128 if dtype == torch.float64 else torch.complex64  # bf16/fp16: complex64
 
 
 def _apply_shape(theta, x):
@@ -110,6 +111,10 @@ class _Op:
     @property
     def n_tensors(self) -> int:
         return len(self.core)
+
+    @property
+    def n_args(self) -> int:
+        return len(self.args.split(", "))
 
     @property
     def tensor_names(self) -> Tuple[str, ...]:
@@ -179,11 +184,16 @@ _TABLE = (
 
 def _kernel(spec: _Op):
     """The op's implementation: the tensors go through the bridge, the rest is passed on."""
-    k, a = spec.n_tensors, _SCHEDULE_ARITY
+    k, f = spec.n_tensors, spec.n_args  # the schedule's arguments follow the first f (defaults may be left out)
 
     def kernel(*args):
-        tensors, scalars, sched = args[:k], args[k:len(args) - a], args[len(args) - a:]
-        schedule = _schedule(spec.n(*args[:len(args) - a]), *sched)
+        tensors, scalars, sched = args[:k], args[k:f], args[f:]
+        if any(t.numel() == 0 for t in tensors):
+            # An empty batch (or k = 0 columns): every output is a sum over nothing -- zeros of the
+            # shape the fake kernel states, without calling cupyortho.
+            out = spec.fake(*args[:f])
+            return tuple(torch.zeros_like(o) for o in out) if isinstance(out, tuple) else torch.zeros_like(out)
+        schedule = _schedule(spec.n(*args[:f]), *sched)
         return _call(lambda *arrays: spec.impl(*arrays, *scalars, schedule), *tensors)
 
     return kernel
@@ -191,7 +201,7 @@ def _kernel(spec: _Op):
 
 def _fake(spec: _Op):
     def fake(*args):
-        return spec.fake(*args[:len(args) - _SCHEDULE_ARITY])
+        return spec.fake(*args[:spec.n_args])
 
     return fake
 
@@ -278,6 +288,34 @@ def _build():
 
 OPS = _build()
 
+
+# --------------------------------------------------------------------------- bfloat16 / float16
+# The one place low precision is handled: a cast at the op boundary.  The ops compute in float32
+# and float64 only; a forward op called with bfloat16/float16 tensors gets float32 copies and its
+# result is cast back (complex64 for the unitary ops: torch has no bfloat16 complex).  The casts are
+# ordinary differentiable torch ops outside the custom op, so autograd saves float32 tensors for the
+# backward, runs the VJP op in float32 and casts the gradients back to each input's dtype.  Each
+# output entry is therefore the float32 result rounded once: within u |entry| (u = 2**-8 for
+# bfloat16, 2**-11 for float16) of the exact map at the (low-precision) inputs, plus float32's own
+# O(n eps32) error (docs/adapters.md; tests/test_torch_lowp.py).
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _low_precision_boundary(op, n_tensors: int):
+    def call(*args):
+        tensors = args[:n_tensors]
+        low = next((t.dtype for t in tensors if t.dtype in LOW_PRECISION), None)
+        if low is None:
+            return op(*args)
+        wide = tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
+        out = op(*wide, *args[n_tensors:])
+        return out if out.is_complex() else out.to(low)
+
+    call.op = op
+    return call
+
+
 _matrix_op = OPS["matrix"]
 _matrix_vjp_op = OPS["matrix_vjp"]
 _frame_op = OPS["frame"]
@@ -288,3 +326,10 @@ _unitary_op = OPS["unitary"]
 _unitary_vjp_op = OPS["unitary_vjp"]
 _unitary_apply_op = OPS["unitary_apply"]
 _unitary_apply_vjp_op = OPS["unitary_apply_vjp"]
+
+# What the public functions call: the forward ops behind the low-precision boundary.
+matrix_op = _low_precision_boundary(_matrix_op, 1)
+frame_op = _low_precision_boundary(_frame_op, 1)
+apply_op = _low_precision_boundary(_apply_op, 2)
+unitary_op = _low_precision_boundary(_unitary_op, 1)
+unitary_apply_op = _low_precision_boundary(_unitary_apply_op, 2)

@@ -527,9 +527,9 @@ class CpuDevice:
     Args:
         seed (int): thread- and block-order seed; each launch derives its own from it.
         kernels (dict, optional): name expression -> .cu file name; default
-            ``cupyortho.backends._kernels.KERNELS``.
+            ``cupyortho.backends.cupy.kernels.KERNELS``.
         kernel_dir (path, optional): where the sources are (also the include directory); default
-            ``cupyortho.backends._kernels.kernel_dir()``.
+            ``cupyortho.backends.cupy.kernels.kernel_dir()``.
         mode (str): ``"fast"`` (default), ``"ucontext"`` or ``"asan"`` (see :data:`MODES`).
         launched (Counter, optional): name expression -> number of launches, updated on each launch.
         max_shared_memory (int): the opt-in dynamic shared memory per block the launchers may plan
@@ -538,7 +538,7 @@ class CpuDevice:
         source_transform (callable, optional): ``(filename, text) -> text`` applied to each .cu
             before compiling (mutation tests: remove a barrier and watch the comparison fail).
 
-    The device protocol of ``cupyortho/backends/_device.py``: ``xp``, ``get_function``, ``key``,
+    The device protocol of ``cupyortho/backends/cupy/device.py``: ``xp``, ``get_function``, ``key``,
     ``max_shared_memory``, ``multiprocessor_count``.
     """
 
@@ -549,7 +549,7 @@ class CpuDevice:
                  max_shared_memory: int = MAX_SHARED, multiprocessor_count: int = 132,
                  source_transform=None):
         if kernels is None or kernel_dir is None:
-            from cupyortho.backends import _kernels
+            from cupyortho.backends.cupy import kernels as _kernels
 
             kernels = _kernels.KERNELS if kernels is None else kernels
             kernel_dir = _kernels.kernel_dir() if kernel_dir is None else kernel_dir

@@ -1,6 +1,6 @@
 """The device the CuPy backend's algorithms run against: compiled kernels plus an array module.
 
-Design rule: algorithm code (:mod:`.cupy_backend`, :mod:`._launch`) never touches CuPy's
+Design rule: algorithm code (:mod:`.so`, :mod:`.un`, :mod:`.launch`) never touches CuPy's
 ``RawModule`` directly; it sees a *device object* ``dev`` with
 
 * ``dev.xp`` -- the array module (``cupy`` here; ``numpy`` in the CPU harness of ``tests/cudasim``),
@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from ._kernels import KERNELS, files, kernel_dir, read_source
+from ...errors import BackendUnavailableError
+from .kernels import KERNELS, files, kernel_dir, read_source
 
 __all__ = ["CupyDevice", "get_device"]
 
@@ -97,7 +98,9 @@ class CupyDevice:
         function = self._functions.get(name_expression)
         if function is None:
             if name_expression not in KERNELS:
-                raise KeyError(f"unknown kernel {name_expression!r}; known: {sorted(KERNELS)}")
+                raise BackendUnavailableError(
+                    f"kernel {name_expression!r} is not in the registry (cupyortho.backends.cupy.kernels); "
+                    f"known: {sorted(KERNELS)}")
             with self._lock:
                 function = self._functions.get(name_expression)
                 if function is None:

@@ -1,7 +1,7 @@
-"""Where the CUDA sources live and which template instantiations exist.
+"""The kernel registry: where the CUDA sources live and which template instantiations exist.
 
 Design rule: the ``.cu``/``.cuh`` files under ``cupyortho/kernels`` are package data, read as text
-(``importlib.resources``) and compiled by whoever runs them: :mod:`._device` with NVRTC on a GPU,
+(``importlib.resources``) and compiled by whoever runs them: :mod:`.device` with NVRTC on a GPU,
 the CPU harness in ``tests/cudasim`` with g++, and ``tests/test_kernels_compile.py`` with NVRTC
 without a GPU.  Kernels include each other only as ``#include "x.cuh"``, with the kernel directory
 on the include path.  This module imports nothing but the standard library.
@@ -23,8 +23,7 @@ _TEMPLATES = {
                   "reduce_partials"),
     "fused.cu": ("apply_fused", "apply_vjp_fused", "apply_jvp_fused", "matrix_vjp_fused"),
     "blocks.cu": ("build_blocks", "block_vjp"),
-    # U(n): complex rotations over interleaved complex data, templated on the real type
-    # (launched by cupyortho.backends.cupy_unitary).
+    # U(n): complex rotations over interleaved complex data, templated on the real type.
     "unitary.cu": ("unitary_apply_round", "unitary_apply_vjp_round", "unitary_apply_jvp_round",
                    "unitary_matrix_vjp_round"),
 }

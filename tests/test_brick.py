@@ -1,0 +1,530 @@
+"""The brick (Clements) schedule, its exact inverse and Haar angles, user rounds and truncations.
+
+Every matrix is checked against a dense product of explicit Givens matrices written here from the
+schedule's *definition* (not read from the Schedule object): brick round ``l`` pairs ``(i, i+1)`` for
+``i = l mod 2, l mod 2 + 2, ...``; the paper's reference code and the D-Wave layer from their stated
+conventions (``docs/conventions.md``, "Loading other libraries' angles").
+"""
+
+import pickle
+from collections import deque
+
+import numpy as np
+import pytest
+import scipy.optimize
+from scipy import stats
+from scipy.stats import special_ortho_group, unitary_group
+
+import cupyortho as co
+from cupyortho import schedule as S
+from cupyortho.backends import numpy_backend as nb
+from cupyortho.backends import numpy_unitary as nu
+from cupyortho.errors import AngleCountError, NotOrthogonalError, ScheduleError, SizeError
+from oracle import central_gradient, givens
+
+
+# ----------------------------------------------------------------------------- dense oracles
+
+def brick_slots(n):
+    """(round, i) of every brick rotation, round-major, from the definition."""
+    return [(l, i) for l in range(n) for i in range(l % 2, n - 1, 2)]
+
+
+def brick_dense(theta, n, slots=None):
+    u = np.eye(n)
+    for (l, i), t in zip(brick_slots(n) if slots is None else slots, theta):
+        u = givens(n, i, i + 1, t) @ u
+    return u
+
+
+def cgivens(n, i, j, t, p):
+    g = np.eye(n, dtype=complex)
+    g[i, i] = g[j, j] = np.cos(t)
+    g[i, j] = -np.sin(t) * np.exp(-1j * p)
+    g[j, i] = np.sin(t) * np.exp(1j * p)
+    return g
+
+
+def brick_unitary_dense(params, n):
+    a = n * (n - 1) // 2
+    u = np.eye(n, dtype=complex)
+    for (l, i), t, p in zip(brick_slots(n), params[:a], params[a:2 * a]):
+        u = cgivens(n, i, i + 1, t, p) @ u
+    return np.diag(np.exp(1j * params[2 * a:])) @ u
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 9])
+def test_brick_layout(n):
+    s = co.brick_schedule(n)
+    assert s is co.get_schedule("brick", n) and s.kind == "brick" and s.layout == "round"
+    assert s.n == n and s.num_angles == n * (n - 1) // 2 == co.num_angles(n)
+    assert s.num_rounds == (1 if n == 2 else n)
+    got = [(r, int(i)) for r, rd in enumerate(s.rounds) for i in rd.i]
+    assert got == brick_slots(n)
+    assert np.array_equal(s.pair_j, s.pair_i + 1) and np.array_equal(s.angle_index, np.arange(s.num_angles))
+    for rd in s.rounds:  # disjoint pairs
+        assert np.unique(np.concatenate([rd.i, rd.j])).size == 2 * rd.i.size
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 8])
+def test_brick_matrix_apply_and_derivatives(n, rng):
+    theta = rng.uniform(-np.pi, np.pi, co.num_angles(n))
+    U = co.matrix(theta, schedule="brick")
+    np.testing.assert_allclose(U, brick_dense(theta, n), atol=1e-14)
+    s = co.brick_schedule(n)
+    np.testing.assert_allclose(co.matrix(theta, schedule=s), U, atol=0)  # n inferred from S
+    x = rng.normal(size=(n, 3))
+    np.testing.assert_allclose(co.apply(theta, x, schedule="brick"), U @ x, atol=1e-13)
+    np.testing.assert_allclose(co.apply(theta, x, schedule=s, transpose=True), U.T @ x, atol=1e-13)
+    g = rng.normal(size=(n, n))
+    d = co.matrix_vjp(theta, g, schedule=s)
+    np.testing.assert_allclose(d, central_gradient(lambda t: np.sum(g * brick_dense(t, n)), theta), atol=1e-8)
+    t = rng.normal(size=theta.shape)
+    assert abs(np.sum(co.matrix_jvp(theta, t, schedule=s) * g) - np.sum(d * t)) < 1e-12
+    gy = rng.normal(size=(n, 3))
+    dth, dx = co.apply_vjp(theta, x, gy, schedule=s)
+    assert abs(np.sum(co.apply_jvp(theta, x, t, None, schedule=s) * gy) - np.sum(dth * t)) < 1e-12
+    np.testing.assert_allclose(dx, U.T @ gy, atol=1e-13)
+
+
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_brick_unitary(n, rng):
+    p = rng.uniform(-np.pi, np.pi, n * n)
+    np.testing.assert_allclose(co.unitary(p, schedule="brick"), brick_unitary_dense(p, n), atol=1e-14)
+    g = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+    d = co.unitary_vjp(p, g, schedule="brick")
+    fd = central_gradient(lambda q: np.real(np.sum(np.conj(g) * brick_unitary_dense(q, n))), p)
+    np.testing.assert_allclose(d, fd, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- exact inverse
+
+def _roundtrip_error(n, seed):
+    U = special_ortho_group.rvs(n, random_state=seed)
+    th = co.angles_from_matrix(U, schedule="brick")
+    assert th.shape == (co.num_angles(n),) and np.all(np.abs(th) <= np.pi)
+    return float(np.abs(nb.rounds_matrix(th, co.brick_schedule(n)) - U).max())
+
+
+@pytest.mark.parametrize("n", list(range(2, 13)) + [16, 31, 64])
+def test_brick_inverse_is_exact(n):
+    for seed in range(6 if n <= 12 else 1):
+        assert _roundtrip_error(n, 1000 * n + seed) <= 1e-12
+
+
+def test_brick_inverse_at_1024():
+    U = co.haar_matrix(1024, rng=7)
+    th = co.angles_from_matrix(U, schedule="brick")
+    assert float(np.abs(nb.rounds_matrix(th, co.brick_schedule(1024)) - U).max()) <= 1e-10
+
+
+def test_brick_inverse_batched_float32_and_sign_patterns(rng):
+    # diagonal sign patterns (every det +1 pattern for n = 4) exercise the final absorption of D
+    for signs in [(1, 1, 1, 1), (-1, -1, 1, 1), (1, -1, -1, 1), (1, 1, -1, -1), (-1, 1, -1, 1),
+                  (-1, 1, 1, -1), (1, -1, 1, -1), (-1, -1, -1, -1)]:
+        U = np.diag(np.asarray(signs, dtype=float))
+        th = co.angles_from_matrix(U, schedule="brick")
+        np.testing.assert_allclose(co.matrix(th, schedule="brick"), U, atol=1e-15)
+    U = co.haar_matrix(5, shape=(2, 3), rng=rng)
+    th = co.angles_from_matrix(U, schedule="brick")
+    assert th.shape == (2, 3, 10)
+    np.testing.assert_allclose(co.matrix(th, schedule="brick"), U, atol=1e-13)
+    th32 = co.angles_from_matrix(U.astype(np.float32), schedule="brick")
+    assert th32.dtype == np.float32
+    np.testing.assert_allclose(co.matrix(th32.astype(float), schedule="brick"), U, atol=1e-5)
+
+
+def test_brick_inverse_refuses_reflections():
+    U = np.diag([1.0, 1.0, -1.0])
+    with pytest.raises(NotOrthogonalError, match="det"):
+        co.angles_from_matrix(U, schedule="brick")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 33])
+def test_brick_unitary_inverse_is_exact(n):
+    U = unitary_group.rvs(n, random_state=n)
+    p = co.params_from_unitary(U, schedule="brick")
+    assert p.shape == (n * n,)
+    assert np.abs(co.unitary(p, schedule="brick") - U).max() <= 1e-12
+
+
+def test_brick_unitary_inverse_at_256():
+    U = co.haar_unitary_matrix(256, rng=3)
+    assert np.abs(co.unitary(co.params_from_unitary(U, schedule="brick"), schedule="brick") - U).max() <= 1e-11
+
+
+# ----------------------------------------------------------------------------- Haar angles
+
+def _ks(a, b):
+    return stats.ks_2samp(a, b).pvalue
+
+
+def _law_checks(ours, ref, uniform):
+    """Per slot, two-sample KS of |angle|: haar samples agree with the reference on every slot
+    (Bonferroni over slots), and uniform angles are rejected on some slot (the statistic separates)."""
+    A = ours.shape[-1]
+    agree = min(_ks(np.abs(ours[:, q]), np.abs(ref[:, q])) for q in range(A))
+    reject = min(_ks(np.abs(uniform[:, q]), np.abs(ref[:, q])) for q in range(A))
+    assert agree > 1e-3 / A
+    assert reject < 1e-8
+
+
+def test_brick_haar_angles_against_scipy():
+    """The laws of the brick angles: haar_angles against the angles of scipy's special_ortho_group
+    samples, and the same statistic rejecting uniform angles."""
+    n, count = 6, 1500
+    ours = co.haar_angles(n, schedule="brick", shape=count, rng=1)
+    ref = co.angles_from_matrix(special_ortho_group.rvs(n, size=count, random_state=2), schedule="brick")
+    _law_checks(ours, ref, np.random.default_rng(3).uniform(-np.pi, np.pi, ours.shape))
+    u = co.matrix(ours, schedule="brick")  # and the matrices: |U[0, 0]|^2 against scipy's
+    assert _ks(u[:, 0, 0] ** 2, special_ortho_group.rvs(n, size=count, random_state=4)[:, 0, 0] ** 2) > 1e-3
+
+
+def test_brick_haar_unitary_params_against_scipy():
+    n, count = 4, 1200
+    ours = co.haar_unitary_params(n, schedule="brick", shape=count, rng=5)
+    ref = co.params_from_unitary(unitary_group.rvs(n, size=count, random_state=6), schedule="brick")
+    a = co.num_angles(n)  # the rotation angles theta (phases are uniform for Haar)
+    _law_checks(ours[:, :a], ref[:, :a], np.random.default_rng(7).uniform(-np.pi, np.pi, (count, a)))
+
+
+def test_haar_angles_at_large_n():
+    th = co.haar_angles(200, schedule="brick", rng=0)
+    U = co.haar_matrix(200, rng=0)
+    assert np.abs(co.matrix(th, schedule="brick") - U).max() < 1e-12
+
+
+# ----------------------------------------------------------------------------- Stiefel restriction
+
+def band_slots(n, m):
+    lo, hi = -2 * ((m - 1) // 2), 2 * (m // 2)
+    return [(l, i) for (l, i) in brick_slots(n) if lo <= l - i <= hi]
+
+
+@pytest.mark.parametrize("n,m", [(2, 1), (3, 1), (3, 2), (5, 2), (6, 3), (8, 1), (8, 4), (9, 5), (9, 8), (17, 6)])
+def test_brick_frame_is_the_band(n, m, rng):
+    s = co.get_schedule("brick", n, m)
+    assert s.m == m and s.num_angles == co.num_angles(n, m)
+    slots = band_slots(n, m)
+    assert [(r, int(i)) for r, rd in enumerate(co.brick_schedule(n).rounds) for i in rd.i
+            if (r, int(i)) in set(slots)] == slots
+    theta = rng.uniform(-np.pi, np.pi, s.num_angles)
+    q = co.frame(theta, n, m, schedule="brick")
+    np.testing.assert_allclose(q, brick_dense(theta, n, slots)[:, :m], atol=1e-13)
+    g = rng.normal(size=(n, m))
+    d = co.frame_vjp(theta, g, n, m, schedule="brick")
+    np.testing.assert_allclose(
+        d, central_gradient(lambda t: np.sum(g * brick_dense(t, n, slots)[:, :m]), theta), atol=1e-8)
+
+
+def _fit_frame(n, m, target, rng, tries=12):
+    s = co.get_schedule("brick", n, m)
+    eye = np.eye(s.num_angles)
+    res = lambda t: (co.frame(t, n, m, schedule=s) - target).ravel()  # noqa: E731
+    jac = lambda t: np.stack([co.frame_jvp(t, e, n, m, schedule=s).ravel() for e in eye], axis=1)  # noqa: E731
+    best = np.inf
+    for _ in range(tries):
+        r = scipy.optimize.least_squares(res, rng.uniform(-np.pi, np.pi, s.num_angles), jac=jac,
+                                         xtol=1e-15, ftol=1e-15, gtol=1e-15, method="lm")
+        best = min(best, np.abs(r.fun).max())
+        if best < 1e-10:
+            break
+    return best
+
+
+@pytest.mark.parametrize("n,m", [(3, 1), (4, 1), (4, 2), (5, 2), (5, 3), (6, 2), (6, 3), (6, 4)])
+def test_brick_band_covers_stiefel(n, m, rng):
+    for seed in range(2):
+        target = special_ortho_group.rvs(n, random_state=100 * n + 10 * m + seed)[:, :m]
+        assert _fit_frame(n, m, target, rng) < 1e-10
+
+
+@pytest.mark.parametrize("n", [3, 6, 9])
+def test_brick_frame_inverse(n):
+    Q = special_ortho_group.rvs(n, random_state=n)[:, : n - 1]
+    Q[:, 0] *= -1  # any orthonormal frame, no determinant condition
+    th = co.angles_from_frame(Q, n - 1, schedule="brick")
+    assert np.abs(co.frame(th, n, n - 1, schedule="brick") - Q).max() <= 1e-12
+    Q = special_ortho_group.rvs(5, random_state=1)[:, :2]
+    th = co.angles_from_frame(Q, 2, schedule="brick")  # the band: numerical solve at small n
+    assert np.abs(co.frame(th, 5, 2, schedule="brick") - Q).max() <= 1e-9
+
+
+# ----------------------------------------------------------------------------- user rounds
+
+def test_from_rounds_sign_rule_and_repeats(rng):
+    rounds = [[(0, 1), (3, 2)], [(2, 1)], [(0, 1), (2, 3)], []]
+    s = co.Schedule.from_rounds(4, rounds)
+    assert s.kind == "rounds" and s.layout == "round" and s.num_angles == 5 and s.num_rounds == 3
+    theta = rng.uniform(-np.pi, np.pi, 5)
+    pairs = [p for rd in rounds for p in rd]
+    u = np.eye(4)
+    for (i, j), t in zip(pairs, theta):
+        u = givens(4, i, j, t) @ u  # (i, j) as written
+    np.testing.assert_allclose(co.matrix(theta, schedule=s), u, atol=1e-15)
+    # sign rule: (j, i) is the rotation of (i, j) by -theta
+    flipped = co.Schedule.from_rounds(4, [[(0, 1), (2, 3)], [(1, 2)], [(0, 1), (2, 3)]])
+    t2 = theta.copy()
+    t2[[1, 2]] *= -1
+    np.testing.assert_allclose(co.matrix(t2, schedule=flipped), u, atol=1e-15)
+    assert co.Schedule.from_rounds(4, rounds) is s and pickle.loads(pickle.dumps(s)) == s
+    with pytest.raises(AngleCountError):
+        co.matrix(np.zeros(6), schedule=s)
+
+
+@pytest.mark.parametrize(
+    "rounds, exc, text",
+    [
+        ([[(0, 1), (1, 2)]], ScheduleError, "coordinate 1 twice"),
+        ([[(0, 4)]], SizeError, "index 4"),
+        ([[(-1, 2)]], SizeError, "index -1"),
+        ([[(2, 2)]], ScheduleError, "(2, 2)"),
+        ([[(0, 1, 2)]], ScheduleError, "shape (1, 3)"),
+        ([[(0.0, 1.0)]], ScheduleError, "integer"),
+        ("01", ScheduleError, "sequence"),
+        (5, ScheduleError, "sequence"),
+    ],
+)
+def test_from_rounds_validation(rounds, exc, text):
+    with pytest.raises(exc) as info:
+        co.Schedule.from_rounds(4, rounds)
+    assert text in str(info.value)
+
+
+def paper_rounds(N):
+    """The paper's reference code (Hamze 2021, microsoft/Givens-Orthogonal-Backprop, circle method):
+    tournament step s pairs block b = 0..Nt/2-1 as i = 0 (b = 0) or b + s, j = Nt - 1 - b + s, both
+    reduced by Nt - 1 when >= Nt (Nt = N rounded up to even), sorted, dropping j >= N; the steps run
+    s = Nt-2 down to 0, the first acting first."""
+    Nt = N + N % 2
+    out = []
+    for s in range(Nt - 2, -1, -1):
+        pairs = []
+        for b in range(Nt // 2):
+            i = 0 if b == 0 else b + s
+            j = Nt - 1 - b + s
+            i, j = (i - (Nt - 1) if i >= Nt else i), (j - (Nt - 1) if j >= Nt else j)
+            i, j = min(i, j), max(i, j)
+            if j < N:
+                pairs.append((i, j))
+        out.append(pairs)
+    return out
+
+
+def paper_dense(thetas, N):
+    """The reference code's forward as stated: for s = Nt-2..0, U <- G_s U, G rotating rows
+    (U_i, U_j) -> (c U_i - s U_j, s U_i + c U_j) with theta at i*N - (i+2)(i+1)/2 + j."""
+    u = np.eye(N)
+    for rd in paper_rounds(N):
+        for i, j in rd:
+            u = givens(N, i, j, thetas[i * N - (i + 2) * (i + 1) // 2 + j]) @ u
+    return u
+
+
+def dwave_blocks(n):
+    """The D-Wave layer's circle method: N = n rounded up to even, sequence 0..N-1; a block zips the
+    first half with the reversed second half; then the sequence's tail rotates right by one; N - 1
+    blocks, pairs with the dummy N - 1 (odd n) dropped, kept in the written (i, j) order."""
+    N = n + n % 2
+    seq = list(range(N))
+    tail = deque(seq[1:])
+    blocks = []
+    for _ in range(N - 1):
+        pairs = list(zip(seq[: N // 2], seq[N // 2:][::-1]))
+        blocks.append([p for p in pairs if N - 1 not in p] if n % 2 else pairs)
+        tail.rotate(1)
+        seq[1:] = list(tail)
+    return blocks
+
+
+def dwave_dense(angles, n):
+    """The D-Wave forward as stated: U = I; for block b, columns (U_i, U_j) <- (c U_i + s U_j,
+    -s U_i + c U_j) with the angles of block b at b*(n//2) + k: U = R_0 R_1 ... (block 0 acts last)."""
+    u = np.eye(n)
+    for b, block in enumerate(dwave_blocks(n)):
+        for k, (i, j) in enumerate(block):
+            t = angles[b * (n // 2) + k]
+            c, s = np.cos(t), np.sin(t)
+            ui, uj = u[:, i].copy(), u[:, j].copy()
+            u[:, i], u[:, j] = c * ui + s * uj, -s * ui + c * uj
+    return u
+
+
+@pytest.mark.parametrize("n", [4, 5, 8, 13, 32, 64])
+def test_load_paper_reference_angles(n, rng):
+    thetas = rng.uniform(-np.pi, np.pi, co.num_angles(n))
+    s = co.Schedule.from_rounds(n, paper_rounds(n))  # the recipe of docs/conventions.md
+    ours = thetas[co.pair_index(s.pair_i, s.pair_j, n)]
+    assert np.abs(co.matrix(ours, schedule=s) - paper_dense(thetas, n)).max() <= 1e-15
+
+
+@pytest.mark.parametrize("n", [4, 5, 8, 13, 32, 64])
+def test_load_dwave_angles(n, rng):
+    angles = rng.uniform(-np.pi, np.pi, co.num_angles(n))
+    blocks = dwave_blocks(n)
+    s = co.Schedule.from_rounds(n, blocks[::-1])  # the recipe of docs/conventions.md
+    ours = angles.reshape(len(blocks), n // 2)[::-1].reshape(-1)
+    assert np.abs(co.matrix(ours, schedule=s) - dwave_dense(angles, n)).max() <= 1e-15
+
+
+# ----------------------------------------------------------------------------- truncations
+
+@pytest.mark.parametrize("kind,n,k", [("circle", 8, 1), ("circle", 9, 3), ("team", 16, 5), ("brick", 7, 4),
+                                      ("team", 12, 11)])
+def test_truncate(kind, n, k, rng):
+    base = co.get_schedule(kind, n)
+    s = base.truncate(k)
+    assert s.kind == "truncated" and s.base is base and s.depth == k and s.num_rounds == k
+    assert s.num_angles == int(base.round_offsets[k]) <= k * (n // 2)
+    if kind == "circle" and n % 2 == 0:
+        assert s.num_angles == k * (n // 2)
+    theta = rng.uniform(-np.pi, np.pi, s.num_angles)
+    u = np.eye(n)
+    for (i, j), t in zip(zip(base.pair_i[: s.num_angles], base.pair_j[: s.num_angles]), theta):
+        u = givens(n, int(i), int(j), t) @ u
+    np.testing.assert_allclose(co.matrix(theta, schedule=s), u, atol=1e-14)
+    x = rng.normal(size=(2, n, 3))
+    np.testing.assert_allclose(co.apply(theta, x, schedule=s, method="rounds"), u @ x, atol=1e-13)
+    g = rng.normal(size=(n, n))
+    np.testing.assert_allclose(co.matrix_vjp(theta, g, schedule=s),
+                               central_gradient(lambda t: np.sum(g * co.matrix(t, schedule=s)), theta), atol=1e-8)
+    if s.num_angles < co.num_angles(n):  # U(n) needs a full parametrization (cupyortho._validate.resolve_u)
+        with pytest.raises(ScheduleError, match="pairs of U"):
+            co.unitary(np.zeros(2 * s.num_angles + n), schedule=s)
+    with pytest.raises(SizeError, match="num_rounds"):
+        base.truncate(base.num_rounds + 1)
+    with pytest.raises(AngleCountError, match="angles"):
+        co.matrix(np.zeros(s.num_angles + 1), schedule=s)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def test_tokens_name_every_schedule():
+    many = [co.circle_schedule(7), co.team_schedule(12, 2), co.brick_schedule(6), co.get_schedule("brick", 6, 2),
+            co.get_schedule("team", 100, 3), co.team_schedule(16, 4).truncate(3),
+            co.Schedule.from_rounds(5, [[(4, 0)], [(1, 2), (3, 4)]]), co.brick_schedule(9).truncate(2).restrict(3)]
+    for s in many:
+        assert co.from_token(s.token) is s
+        assert co.get_schedule(s.token, s.n) is s
+    assert co.brick_schedule(6).token == "brick:6" and co.team_schedule(12, 2).token == "team:12:t=2"
+    for bad in ["brick", "brick:x", "spiral:4", "team:8:q=2", "circle:8:t=2", "rounds:4:#0000"]:
+        with pytest.raises(ScheduleError):
+            co.from_token(bad)
+
+
+def test_truncated_theta_applies_through_tokens(rng):
+    s = co.circle_schedule(10).truncate(4)
+    theta = rng.uniform(-1, 1, s.num_angles)
+    np.testing.assert_array_equal(co.matrix(theta, schedule=s.token), co.matrix(theta, schedule=s))
+
+
+# ----------------------------------------------------------------------------- every backend
+
+def _new_schedules():
+    return [co.brick_schedule(9), co.brick_schedule(34), co.circle_schedule(33).truncate(5),
+            co.team_schedule(40, 4).truncate(9), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]])]
+
+
+def _close(a, b, scale=1.0):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max(initial=0.0) <= 1e-12 * scale * max(1.0, np.abs(b).max(initial=0.0))
+
+
+def test_every_backend_runs_the_new_schedules(backend, rng):
+    """brick, truncations and user rounds on every backend of tests/conftest.py (the CuPy kernels on
+    the CPU harness included) against the NumPy reference, every internal path."""
+    for s in _new_schedules():
+        n = s.n
+        theta = rng.uniform(-np.pi, np.pi, (2, s.num_angles))
+        x, g = rng.normal(size=(2, n, 5)), rng.normal(size=(2, n, 5))
+        t, gu = rng.normal(size=theta.shape), rng.normal(size=(2, n, n))
+        checks = {
+            "apply": lambda kw: [(backend.apply(theta, x, s, tr, **kw), nb.rounds_apply(theta, x, s, tr))
+                                 for tr in (False, True)],
+            "apply_vjp": lambda kw: list(zip(backend.apply_vjp(theta, x, g, s, True, **kw),
+                                             nb.rounds_apply_vjp(theta, x, g, s, True))),
+            "apply_jvp": lambda kw: [(backend.apply_jvp(theta, x, t, None, s, **kw),
+                                      nb.rounds_apply_jvp(theta, x, t, None, s))],
+            "matrix": lambda kw: [(backend.matrix(theta, s, **kw), nb.rounds_matrix(theta, s))],
+            "matrix_vjp": lambda kw: [(backend.matrix_vjp(theta, gu, s, **kw), nb.rounds_matrix_vjp(theta, gu, s))],
+        }
+        ran = 0
+        for op, check in checks.items():
+            if not backend.supports(op, s):
+                continue
+            for kw in backend.variants(op, s):
+                for a, b in check(kw):
+                    _close(a, b, scale=n)
+                ran += 1
+        assert ran > 0 or backend.name == "blocked"  # the blocked path takes plain team schedules only
+        if backend.name == "blocked":
+            assert not any(backend.supports(op, s) for op in checks)
+
+
+def test_every_backend_runs_unitary_brick(backend, rng):
+    for n in (5, 8):
+        s = co.brick_schedule(n)
+        if not backend.supports("unitary_apply_vjp", s):
+            continue
+        p, t = rng.uniform(-np.pi, np.pi, n * n), rng.standard_normal(n * n)
+        z = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
+        g = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+        _close(backend.unitary_apply(p, z, s), nu.unitary_apply(p, z, s))
+        _close(backend.unitary_vjp(p, g, s), nu.unitary_vjp(p, g, s), scale=n)
+        for a, b in zip(backend.unitary_apply_vjp(p, z, z, s, True), nu.unitary_apply_vjp(p, z, z, s, True)):
+            _close(a, b, scale=n)
+        _close(backend.unitary_apply_jvp(p, z, t, z, s), nu.unitary_apply_jvp(p, z, t, z, s), scale=n)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+def _adapter_schedules():
+    return [co.brick_schedule(5), co.circle_schedule(6).truncate(2),
+            co.Schedule.from_rounds(4, [[(3, 0), (1, 2)], [(0, 1)], [(2, 3)]])]
+
+
+def test_torch_ops_carry_any_schedule(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    for s in _adapter_schedules():
+        theta = rng.uniform(-np.pi, np.pi, s.num_angles)
+        t = torch.tensor(theta, requires_grad=True)
+        u = ct.matrix(t, schedule=s)
+        np.testing.assert_allclose(u.detach().numpy(), co.matrix(theta, schedule=s), atol=1e-14)
+        g = rng.normal(size=(s.n, s.n))
+        (u * torch.tensor(g)).sum().backward()
+        np.testing.assert_allclose(t.grad.numpy(), co.matrix_vjp(theta, g, schedule=s), atol=1e-12)
+        x = torch.tensor(rng.normal(size=(s.n, 3)))
+        np.testing.assert_allclose(ct.apply(t.detach(), x, schedule=s.token).numpy(),
+                                   co.apply(theta, x.numpy(), schedule=s), atol=1e-13)
+
+
+def test_jax_carries_any_schedule(rng):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import cupyortho.jax as cj
+
+    for s in _adapter_schedules():
+        theta = rng.uniform(-np.pi, np.pi, s.num_angles)
+        np.testing.assert_allclose(np.asarray(cj.matrix(jax.numpy.asarray(theta), schedule=s)),
+                                   co.matrix(theta, schedule=s), atol=1e-14)
+        g = rng.normal(size=(s.n, s.n))
+        d = jax.grad(lambda t: (cj.matrix(t, schedule=s) * g).sum())(jax.numpy.asarray(theta))
+        np.testing.assert_allclose(np.asarray(d), co.matrix_vjp(theta, g, schedule=s), atol=1e-12)
+
+
+def test_torch_layer_with_a_truncated_schedule(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    s = co.get_schedule(None, 64).truncate(4)
+    layer = ct.Orthogonal(64, schedule=s)
+    assert layer.theta.shape == (s.num_angles,) == (4 * 32,)
+    with torch.no_grad():
+        layer.theta.copy_(torch.tensor(rng.uniform(-1, 1, s.num_angles)))
+    u = layer.matrix().detach().double().numpy()
+    np.testing.assert_allclose(u, co.matrix(layer.theta.detach().double().numpy(), schedule=s), atol=1e-6)
