@@ -611,11 +611,11 @@ def _stage_blocks(th2, pl, k):
     NB = pl.meet_teams.shape[1]
     perms, inv = _kernel_perms(pl.u)
     out = np.empty((th2.shape[0], NB, 2 * pl.u, 2 * pl.u), dtype=th2.dtype)
-    _engine().meet_blocks(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, out, _threads())
+    _engine().meet_blocks(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, out, _numba_threads())
     return out
 
 
-def _threads():
+def _numba_threads():
     import numba
 
     return numba.get_num_threads()
@@ -711,7 +711,7 @@ def _matrix_vjp_fast(theta, cotangent, pl, output):
     d = np.zeros((Bt, A + 1), dtype=dt)
     perms, inv = _kernel_perms(t)
     ar = np.arange(NB)
-    parts = _threads()
+    parts = _numba_threads()
     blk = np.empty((Bt, NB, L, L), dtype=dt)
     for k in range(K - 1, -1, -1):
         diag = np.ascontiguousarray(np.moveaxis(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :], 0, 1))
