@@ -614,14 +614,15 @@ def _specs():
 
 
 SPECS = _specs()
-IDS = [name for name, _ in SPECS]
+SLOW = {"angles_from_matrix", "angles_from_frame", "params_from_unitary"} | {n for n, _ in SPECS if n.startswith("jax.")}
+"""Specs whose calls cost milliseconds to seconds (solves, JAX dispatch): a third of the examples."""
+FAST_SPECS = [(n, s) for n, s in SPECS if n not in SLOW]
+SLOW_SPECS = [(n, s) for n, s in SPECS if n in SLOW]
+_SLOW_EXAMPLES = max(5, (_EXTRA.get("max_examples") or settings().max_examples) // 3)
+FUZZ_SLOW = settings(FUZZ, max_examples=_SLOW_EXAMPLES)
 
 
-@pytest.mark.filterwarnings("ignore:.*jax_enable_x64 is off:UserWarning")
-@pytest.mark.parametrize("name,spec", SPECS, ids=IDS)
-@FUZZ
-@given(data=st.data())
-def test_valid_and_edge_calls_give_correct_results(name, spec, data):
+def _valid_call(name, spec, data):
     ctx = Ctx(data, spec.n_max)
     pos, kw = spec.build(ctx)
     out, peak = _call(spec, pos, kw)
@@ -636,11 +637,7 @@ def test_valid_and_edge_calls_give_correct_results(name, spec, data):
             assert not np.any(np.asarray(o)), "empty input must give zeros"
 
 
-@pytest.mark.filterwarnings("ignore:.*jax_enable_x64 is off:UserWarning")
-@pytest.mark.parametrize("name,spec", SPECS, ids=IDS)
-@FUZZ
-@given(data=st.data())
-def test_hostile_calls_raise_library_errors(name, spec, data):
+def _hostile_call(name, spec, data):
     ctx = Ctx(data, spec.n_max)
     pos, kw = spec.build(ctx)
     roles = spec.roles()
@@ -691,6 +688,41 @@ def test_hostile_calls_raise_library_errors(name, spec, data):
         _same(out, spec.fn(*pos, **kw))
         return
     _legitimately_accepted(ctx, spec, name, argname, role, which, bad, out)
+
+
+_JAX_X64 = pytest.mark.filterwarnings("ignore:.*jax_enable_x64 is off:UserWarning")
+
+
+@_JAX_X64
+@pytest.mark.parametrize("name,spec", FAST_SPECS, ids=[n for n, _ in FAST_SPECS])
+@FUZZ
+@given(data=st.data())
+def test_valid_and_edge_calls_give_correct_results(name, spec, data):
+    _valid_call(name, spec, data)
+
+
+@_JAX_X64
+@pytest.mark.parametrize("name,spec", SLOW_SPECS, ids=[n for n, _ in SLOW_SPECS])
+@FUZZ_SLOW
+@given(data=st.data())
+def test_valid_and_edge_calls_give_correct_results_slow(name, spec, data):
+    _valid_call(name, spec, data)
+
+
+@_JAX_X64
+@pytest.mark.parametrize("name,spec", FAST_SPECS, ids=[n for n, _ in FAST_SPECS])
+@FUZZ
+@given(data=st.data())
+def test_hostile_calls_raise_library_errors(name, spec, data):
+    _hostile_call(name, spec, data)
+
+
+@_JAX_X64
+@pytest.mark.parametrize("name,spec", SLOW_SPECS, ids=[n for n, _ in SLOW_SPECS])
+@FUZZ_SLOW
+@given(data=st.data())
+def test_hostile_calls_raise_library_errors_slow(name, spec, data):
+    _hostile_call(name, spec, data)
 
 
 def _legitimately_accepted(ctx, spec, name, argname, role, which, bad, out):
