@@ -27,7 +27,8 @@ identically) and sees the same batches (seeded per iteration).  The variants are
 (iteration i of every variant, then i + 1), so load changes on a shared machine hit all alike.
 
 Reports per n: median seconds per iteration (after ``--warmup`` iterations), the ratio to the faster
-of geotorch and torch and to one n x n float32 matmul measured in the same run, the final loss and
+of geotorch and torch and to one n x n float32 matmul measured in the same run, the median CPU
+seconds per iteration (all threads: idle pools that spin show up here), the final loss and
 ``max |W^T W - I|``; the load average at start and end.  Writes ``rnn_copying[_TAG].csv`` (every
 iteration's loss and time), ``rnn_copying[_TAG].md`` and ``rnn_copying[_TAG].png`` (loss curves and
 s/iter) under ``--out``.  ``--profile`` adds a torch-profiler table of one step of each cupyortho
@@ -42,6 +43,7 @@ import csv
 import math
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -184,6 +186,13 @@ def step(model, opt, cache, seed, it):
     return loss.item()
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads, user + system): spinning idle pools show up here
+    even when a loaded machine blurs the wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def matmul_time(n: int, reps: int = 20) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
@@ -203,18 +212,20 @@ def run_size(n, args, rows, profile_lines):
     w0 = ct.matrix(theta0).detach()
     models = {v: build(v, n, args.seed, theta0, w0) for v in args.variants}
     times = {v: [] for v in args.variants}
+    cpu = {v: [] for v in args.variants}
     losses = {v: [] for v in args.variants}
     mm = [matmul_time(n)]
     for it in range(args.iters):
         for v in args.variants:
             model, opt, cache, step_ctx = models[v]
             with step_ctx():
-                t0 = time.perf_counter()
+                c0, t0 = cpu_seconds(), time.perf_counter()
                 loss = step(model, opt, cache, args.seed, it)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
             times[v].append(dt)
+            cpu[v].append(dc)
             losses[v].append(loss)
-            rows.append({"n": n, "variant": v, "iteration": it, "loss": loss, "seconds": dt})
+            rows.append({"n": n, "variant": v, "iteration": it, "loss": loss, "seconds": dt, "cpu_seconds": dc})
         if it % 4 == 3:
             mm.append(matmul_time(n))
     first = [losses[v][0] for v in args.variants]
@@ -228,8 +239,9 @@ def run_size(n, args, rows, profile_lines):
             w = weight_of(model).double()
             orth = (w.T @ w - torch.eye(n, dtype=torch.float64)).abs().max().item()
         timed = times[v][args.warmup:] or times[v]
-        summary[v] = {"s_iter": statistics.median(timed), "loss": losses[v][-1], "orth": orth,
-                      "matmul": mm_t}
+        used = cpu[v][args.warmup:] or cpu[v]
+        summary[v] = {"s_iter": statistics.median(timed), "cpu_iter": statistics.median(used),
+                      "loss": losses[v][-1], "orth": orth, "matmul": mm_t}
     if args.profile:
         for v in args.variants:
             if not v.startswith("cupyortho"):
@@ -250,14 +262,15 @@ def markdown(results, args, load0, load1):
            f"median after {args.warmup} warm-up)\n",
            f"torch threads {torch.get_num_threads()}; load average at start {load0}, at end {load1}; "
            f"command: `python bench/rnn_copying.py {' '.join(sys.argv[1:])}`\n"]
-    out.append("| n | variant | s/iter | / best of geotorch, torch | / one n x n matmul | final loss | max abs(W^T W - I) |")
-    out.append("|---|---|---|---|---|---|---|")
+    out.append("| n | variant | s/iter | / best of geotorch, torch | / one n x n matmul | CPU s/iter | final loss "
+               "| max abs(W^T W - I) |")
+    out.append("|---|---|---|---|---|---|---|---|")
     for n, summary in results.items():
         base = [summary[v]["s_iter"] for v in ("geotorch", "torch") if v in summary]
         best = min(base) if base else float("nan")
         for v, s in summary.items():
             out.append(f"| {n} | {v} | {s['s_iter']:.4f} | {s['s_iter'] / best:.2f} | "
-                       f"{s['s_iter'] / s['matmul']:.0f} | {s['loss']:.4f} | {s['orth']:.1e} |")
+                       f"{s['s_iter'] / s['matmul']:.0f} | {s['cpu_iter']:.4f} | {s['loss']:.4f} | {s['orth']:.1e} |")
     return "\n".join(out) + "\n"
 
 
@@ -313,13 +326,13 @@ def main(argv=None):
     for n in args.sizes:
         results[n], all_losses[n] = run_size(n, args, rows, profile_lines)
         for v, s in results[n].items():
-            print(f"n={n:5d} {v:20s} {s['s_iter']:.4f} s/iter  loss {s['loss']:.4f}  orth {s['orth']:.1e}  "
+            print(f"n={n:5d} {v:20s} {s['s_iter']:.4f} s/iter  cpu {s['cpu_iter']:.4f} s/iter  loss {s['loss']:.4f}  orth {s['orth']:.1e}  "
                   f"load {tuple(round(x, 2) for x in os.getloadavg())}", flush=True)
     load1 = tuple(round(x, 2) for x in os.getloadavg())
     md = markdown(results, args, load0, load1)
     print(md)
     with open(out / f"rnn_copying{suffix}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["n", "variant", "iteration", "loss", "seconds"])
+        w = csv.DictWriter(f, fieldnames=["n", "variant", "iteration", "loss", "seconds", "cpu_seconds"])
         w.writeheader()
         w.writerows(rows)
     (out / f"rnn_copying{suffix}.md").write_text(md)

@@ -1,20 +1,23 @@
 r"""One place for every strategy decision: how a validated call is carried out.
 
 Design rule: the public layer and the adapters never decide how to compute; they ask this module.
-Today it decides whether ``apply``/``apply_vjp``/``apply_jvp`` materialize ``U`` and multiply, or
-sweep the rounds over ``x`` (``method=``).  Which CPU implementation runs a pass (compiled engine,
-blocked GEMM stages, or the round-by-round reference) is decided here too as those land.
+It decides whether ``apply``/``apply_vjp``/``apply_jvp`` materialize ``U`` and multiply, or sweep
+the rounds over ``x`` (:func:`apply_method`, ``method=`` overrides it), and which CPU implementation
+runs a pass (:func:`cpu_impl`: compiled engine, blocked GEMM stages, or the round-by-round
+reference).  The measured crossovers behind both are in ``docs/engine.md``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import numpy as np
 
 from .errors import MethodError
 
-__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "cpu_impl"]
+__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "FORCE", "cpu_impl", "engine_available", "cupy_impl"]
 
 METHODS = ("auto", "materialize", "rounds")
 
@@ -42,18 +45,61 @@ def apply_method(method, theta, x2):
 
 CPU_IMPLS = ("reference", "blocked", "engine")
 
+FORCE = None
+"""Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
+implementation has; None (default) lets :func:`cpu_impl` decide."""
+
+ENGINE_TEAM_APPLY_MAX_K = 1.0
+"""Team schedules: sweeps over ``x`` run on the engine while ``k < ENGINE_TEAM_APPLY_MAX_K * n``,
+on the blocked GEMM stages beyond (measured crossover, ``docs/engine.md``)."""
+
+
+@functools.lru_cache(maxsize=None)
+def engine_available() -> bool:
+    """True when Numba can be imported (checked without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
 
 def cpu_impl(op, schedule, dtype=None, k=None):
     """Which CPU implementation runs pass ``op`` of :mod:`cupyortho.backends.cpu` on NumPy arrays.
 
     ``op`` is a protocol function name (``"matrix"``, ``"apply_vjp"``, ``"unitary_apply"``, ...);
     ``k`` the number of columns of ``x`` for the apply passes.  Returns one of :data:`CPU_IMPLS`:
-    ``"blocked"`` (the block-diagonal GEMM stages of :mod:`cupyortho.backends.blocked`, team
-    schedules, SO(n) only), ``"reference"`` (the round-by-round NumPy functions).
+
+    * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): forming ``U``
+      and its derivatives for team schedules (GEMMs beat rotations once ``U`` is wanted), and team
+      sweeps over ``k >= ENGINE_TEAM_APPLY_MAX_K * n`` columns;
+    * ``"engine"`` (:mod:`cupyortho.backends.engine`): every other pass, SO(n) and U(n), every
+      schedule, while Numba is importable;
+    * ``"reference"`` (round-by-round NumPy): without Numba.
+
+    The measurements behind the rule are in ``docs/engine.md``.
     """
+    unitary = op.startswith("unitary")
     # Plain team schedules only; a narrow Stiefel restriction (8m < n) sweeps its O(nm) rotations,
     # since the block plan would build every stage of the full n x n schedule.
     narrow = schedule.m is not None and 8 * schedule.m < schedule.n
-    if not op.startswith("unitary") and schedule.kind == "team" and not narrow:
-        return "blocked"
-    return "reference"
+    blocked_ok = not unitary and schedule.kind == "team" and not narrow
+    if FORCE == "reference" or (FORCE == "blocked" and blocked_ok):
+        return FORCE
+    if FORCE == "engine" and engine_available():
+        return "engine"
+    if blocked_ok:
+        if op.startswith("matrix"):
+            return "blocked"
+        if k is not None and k >= ENGINE_TEAM_APPLY_MAX_K * schedule.n:
+            return "blocked"
+    if engine_available():
+        return "engine"
+    return "blocked" if blocked_ok else "reference"
+
+
+# --------------------------------------------------------------------------- CuPy implementation
+
+def cupy_impl(op, schedule):
+    """Which implementation of :mod:`cupyortho.backends.cupy` forms ``U`` and its VJP (``op`` is
+    ``"matrix"`` or ``"matrix_vjp"``): ``"blocked"`` (block-diagonal stages built by a kernel and
+    multiplied by batched GEMMs) for team schedules, ``"rounds"`` (the rounds swept over the identity;
+    fused or per-round launches as shared memory allows) otherwise.  The sweeps over ``x`` and the
+    JVPs always run the rounds."""
+    return "blocked" if op in ("matrix", "matrix_vjp") and schedule.kind == "team" else "rounds"

@@ -324,7 +324,7 @@ def _jax_array(name, a, allowed=_v.REAL):
 
 def _full_schedule(sched):
     """The hashable, unrestricted Schedule the cores take (frames pass n and m separately)."""
-    return sched if sched.m is None else _sched._rebuild(sched.kind, sched.n, None, sched.team_size)
+    return sched.unrestricted()  # also for brick, truncated and user-built schedules
 
 
 def _pad_batch(a, b, core_a, core_b):

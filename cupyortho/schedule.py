@@ -376,6 +376,14 @@ class Schedule:
             return _rebuild(self.kind, self.n, m, self.team_size)
         return _derived((self.kind, self.n, m, None, (self._key, "restrict", m)))
 
+    def unrestricted(self) -> "Schedule":
+        """The schedule this Stiefel restriction was taken from (itself when ``m`` is None)."""
+        if self.m is None:
+            return self
+        if len(self._key) == 4:
+            return _rebuild(self.kind, self.n, None, self.team_size)
+        return _from_key(self._key[4][0])
+
     def to_round_order(self, theta):
         """Angles in theta's layout (last axis) -> round-major order (``theta[..., angle_index]``)."""
         return theta[..., self.angle_index]

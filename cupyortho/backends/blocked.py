@@ -289,10 +289,6 @@ def build_meet(ang, levels, dang=None, keep=None):
     return out
 
 
-def build_meet_jvp(ang, dang, levels):
-    """Meeting blocks and their tangents along ``dang``."""
-    return build_meet(ang, levels, dang)
-
 
 _YORDER = np.array([0, 3, 1, 2])
 
@@ -442,7 +438,7 @@ def build_rr_jvp(ang, dang, v):
     am, ac = _rr_split(ang, v)
     dam, dac = _rr_split(dang, v)
     lev = w.bit_length() - 1
-    m, dm = build_meet_jvp(_to_layout(am, lev), _to_layout(dam, lev), lev)
+    m, dm = build_meet(_to_layout(am, lev), lev, _to_layout(dam, lev))
     m, dm = _natural(m[..., 0, :, :], w), _natural(dm[..., 0, :, :], w)
     r, dr = build_rr_jvp(ac, dac, w)
     blk = np.concatenate([m[..., :, :w] @ r[..., 0, :, :], m[..., :, w:] @ r[..., 1, :, :]], axis=-1)
@@ -501,7 +497,7 @@ def _blocks_jvp(theta, tangent, pl):
         out.append(b)
         dout.append(db)
     if pl.num_meet:
-        mb, dmb = build_meet_jvp(ext[..., pl.meet_slots], dext[..., pl.meet_slots], pl.levels)
+        mb, dmb = build_meet(ext[..., pl.meet_slots], pl.levels, dext[..., pl.meet_slots])
         shape = mb.shape[:-3] + (pl.num_meet, -1) + mb.shape[-2:]
         mb, dmb = mb.reshape(shape), dmb.reshape(shape)
         out += [mb[..., k, :, :, :] for k in range(pl.num_meet)]
