@@ -16,6 +16,7 @@ from cupyortho.errors import (  # noqa: E402
     BackendMismatchError,
     CupyorthoError,
     DtypeError,
+    NonFiniteError,
     ScheduleError,
     SettingError,
     ShapeError,
@@ -543,6 +544,13 @@ def test_none_and_bad_tensors_raise_cupyortho_errors():
         ct.OrthogonalParametrization(4, init=3)
     with pytest.raises(DtypeError, match="right_inverse"):
         ct.OrthogonalParametrization(3).right_inverse(None)
+    with pytest.raises(NonFiniteError, match="right_inverse"):
+        ct.OrthogonalParametrization(3).right_inverse(torch.full((3, 3), float("nan")))
+    for bad in (lambda: ct.Unitary(4, special="x"), lambda: ct.Orthogonal(4, use_base="no")):
+        with pytest.raises(SettingError):
+            bad()
+    with pytest.raises(ShapeError, match="_extra_state"):
+        ct.Orthogonal(3).load_state_dict({"theta": torch.zeros(3), "base": torch.eye(3), "_extra_state": "junk"})
 
 
 def test_meta_angles_with_cpu_data_are_refused():
