@@ -4,13 +4,15 @@ The test starts two gloo processes on the CPU itself (this file, run as a script
 each with half of a global batch, and compares the all-reduced gradients they write with the
 gradients of one process on the whole batch, to 1e-12 in float64.  Models: the
 ``cupyortho.torch.Orthogonal`` layer, and ``nn.Linear`` layers whose weight is parametrized by
-``OrthogonalParametrization`` (square, and wide: a frame).  The processes are bounded in time
+``OrthogonalParametrization`` (square, and wide: a frame), with a random stored base ``B`` when
+the parametrization has one.  The processes are bounded in time
 (a process-group timeout, and the test kills them when they overrun).
 """
 
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import socket
 import subprocess
@@ -39,9 +41,19 @@ def build_models(torch):
         head.weight.copy_(torch.randn(head.weight.shape, generator=gen, dtype=torch.float64))
         head.bias.copy_(torch.randn(head.bias.shape, generator=gen, dtype=torch.float64))
     models["orthogonal"] = torch.nn.Sequential(layer, head)
+    # With a stored base (W = B U(theta)), registration keeps the QR factor of the module's weight in
+    # the buffer B, here a random one, so DDP must also broadcast that buffer; without one, start
+    # from the identity (registration would otherwise solve an inverse map).
+    has_base = "use_base" in inspect.signature(ct.OrthogonalParametrization).parameters
     for name, (rows, cols) in {"linear_square": (N, N), "linear_wide": (3, N)}.items():
         lin = torch.nn.Linear(cols, rows, dtype=torch.float64)
-        parametrize.register_parametrization(lin, "weight", ct.OrthogonalParametrization(rows, cols, init="identity"))
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64))
+        param = ct.OrthogonalParametrization(rows, cols) if has_base else \
+            ct.OrthogonalParametrization(rows, cols, init="identity")
+        parametrize.register_parametrization(lin, "weight", param)
+        if has_base:
+            assert (param.base - torch.eye(max(rows, cols), dtype=param.base.dtype)).abs().max() > 0.1
         with torch.no_grad():
             original = lin.parametrizations.weight.original
             original.copy_(0.7 * torch.randn(original.shape, generator=gen, dtype=torch.float64))
