@@ -12,11 +12,11 @@ from collections import deque
 import numpy as np
 import pytest
 import scipy.optimize
+from hypothesis import given, strategies as st
 from scipy import stats
 from scipy.stats import special_ortho_group, unitary_group
 
 import cupyortho as co
-from cupyortho import schedule as S
 from cupyortho.backends import numpy_backend as nb
 from cupyortho.backends import numpy_unitary as nu
 from cupyortho.errors import AngleCountError, NotOrthogonalError, ScheduleError, SizeError
@@ -528,3 +528,48 @@ def test_torch_layer_with_a_truncated_schedule(rng):
         layer.theta.copy_(torch.tensor(rng.uniform(-1, 1, s.num_angles)))
     u = layer.matrix().detach().double().numpy()
     np.testing.assert_allclose(u, co.matrix(layer.theta.detach().double().numpy(), schedule=s), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- properties
+
+@st.composite
+def user_rounds(draw):
+    n = draw(st.integers(2, 7))
+    rounds = []
+    for _ in range(draw(st.integers(1, 6))):
+        perm = draw(st.permutations(list(range(n))))
+        P = draw(st.integers(0, n // 2))
+        rounds.append([(perm[2 * q], perm[2 * q + 1]) for q in range(P)])  # any orientation
+    return n, rounds
+
+
+@given(user_rounds(), st.integers(0, 2**31 - 1))
+def test_from_rounds_matches_the_dense_product(nr, seed):
+    n, rounds = nr
+    pairs = [p for rd in rounds for p in rd]
+    if not pairs:
+        with pytest.raises(AngleCountError):
+            co.matrix(np.zeros(1), schedule=co.Schedule.from_rounds(n, rounds))
+        return
+    s = co.Schedule.from_rounds(n, rounds)
+    theta = np.random.default_rng(seed).uniform(-np.pi, np.pi, len(pairs))
+    u = np.eye(n)
+    for (i, j), t in zip(pairs, theta):
+        u = givens(n, i, j, t) @ u
+    np.testing.assert_allclose(co.matrix(theta, schedule=s), u, atol=1e-14)
+    assert co.from_token(s.token) is s and pickle.loads(pickle.dumps(s)) is s
+    k = max(1, s.num_rounds // 2)
+    tr = s.truncate(k)
+    v = np.eye(n)
+    for (i, j), t in zip(pairs[: tr.num_angles], theta[: tr.num_angles]):
+        v = givens(n, i, j, t) @ v
+    np.testing.assert_allclose(co.matrix(theta[: tr.num_angles], schedule=tr), v, atol=1e-14)
+
+
+@given(st.integers(2, 24), st.integers(0, 2**31 - 1))
+def test_brick_nulling_round_trip_property(n, seed):
+    U = co.haar_matrix(n, rng=seed)
+    th = co.angles_from_matrix(U, schedule="brick")
+    assert np.abs(co.matrix(th, schedule="brick") - U).max() <= 1e-12
+    V = co.haar_unitary_matrix(n, rng=seed)
+    assert np.abs(co.unitary(co.params_from_unitary(V, schedule="brick"), schedule="brick") - V).max() <= 1e-12
