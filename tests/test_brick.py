@@ -219,6 +219,14 @@ def test_brick_frame_is_the_band(n, m, rng):
         d, central_gradient(lambda t: np.sum(g * brick_dense(t, n, slots)[:, :m]), theta), atol=1e-8)
 
 
+def test_brick_band_has_dim_stiefel_rotations():
+    for n in range(2, 13):
+        for m in range(1, n + 1):
+            s = co.get_schedule("brick", n, m)
+            assert s.num_angles == len(band_slots(n, m)) == co.num_angles(n, m), (n, m)
+            assert [(int(i), int(j)) for i, j in zip(s.pair_i, s.pair_j)] == [(i, i + 1) for _, i in band_slots(n, m)]
+
+
 def _fit_frame(n, m, target, rng, tries=12):
     s = co.get_schedule("brick", n, m)
     eye = np.eye(s.num_angles)
@@ -234,7 +242,7 @@ def _fit_frame(n, m, target, rng, tries=12):
     return best
 
 
-@pytest.mark.parametrize("n,m", [(3, 1), (4, 1), (4, 2), (5, 2), (5, 3), (6, 2), (6, 3), (6, 4)])
+@pytest.mark.parametrize("n,m", [(3, 1), (4, 1), (4, 2), (5, 1), (5, 2), (5, 3), (6, 1), (6, 2), (6, 3), (6, 4)])
 def test_brick_band_covers_stiefel(n, m, rng):
     for seed in range(2):
         target = special_ortho_group.rvs(n, random_state=100 * n + 10 * m + seed)[:, :m]
@@ -573,3 +581,16 @@ def test_brick_nulling_round_trip_property(n, seed):
     assert np.abs(co.matrix(th, schedule="brick") - U).max() <= 1e-12
     V = co.haar_unitary_matrix(n, rng=seed)
     assert np.abs(co.unitary(co.params_from_unitary(V, schedule="brick"), schedule="brick") - V).max() <= 1e-12
+
+
+def test_torch_state_dict_of_a_derived_schedule_refuses_another(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+    from cupyortho.errors import CupyorthoError
+
+    a = ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2))
+    b = ct.Orthogonal(16, schedule=co.team_schedule(16, 4).truncate(2))  # same angle count, another U
+    assert a.theta.shape == b.theta.shape
+    ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2)).load_state_dict(a.state_dict())
+    with pytest.raises(CupyorthoError, match="schedule"):
+        b.load_state_dict(a.state_dict())
