@@ -52,6 +52,7 @@ from .init import (
     identity_unitary_params,
     haar_unitary_matrix,
     haar_unitary_params,
+    torus_angles,
 )
 
 __all__ = [
@@ -101,4 +102,5 @@ __all__ = [
     "identity_unitary_params",
     "haar_unitary_matrix",
     "haar_unitary_params",
+    "torus_angles",
 ]

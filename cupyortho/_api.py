@@ -118,7 +118,7 @@ def matrix(theta, *, n=None, schedule=None, check_finite=True):
 
     Raises:
         ArrayTypeError, DtypeError, ShapeError, AngleCountError, SizeError, ScheduleError,
-        NonFiniteError, BackendMismatchError (all :mod:`cupyortho.errors`).
+            NonFiniteError, BackendMismatchError (all :mod:`cupyortho.errors`).
     """
     backend = _dispatch.so_backend(theta=theta)
     (theta,) = _arrays(backend, check_finite, theta=theta)
@@ -163,6 +163,9 @@ def apply(theta, x, *, transpose=False, schedule=None, check_finite=True, method
         as :func:`matrix`, and MethodError for an unknown ``method``, ShapeError when the batch axes
         do not broadcast.
     """
+    dask_fn = _dispatch.dask_function("apply", theta, x)
+    if dask_fn is not None:
+        return dask_fn(theta, x, transpose=transpose, schedule=schedule, check_finite=check_finite, method=method)
     backend = _dispatch.so_backend(theta=theta, x=x)
     theta, x = _arrays(backend, check_finite, theta=theta, x=x)
     transpose = _v.flag("transpose", transpose)
@@ -260,6 +263,10 @@ def apply_vjp(theta, x, cotangent, *, transpose=False, schedule=None, output=Non
         ``(d_theta, d_x)`` shaped and typed like theta and x (summed over broadcast batch axes; zeros
         when the batch is empty or ``k = 0``).
     """
+    dask_fn = _dispatch.dask_function("apply_vjp", theta, x, cotangent, output)
+    if dask_fn is not None:
+        return dask_fn(theta, x, cotangent, transpose=transpose, schedule=schedule, output=output,
+                       check_finite=check_finite, method=method)
     backend = _dispatch.so_backend(theta=theta, x=x, cotangent=cotangent, output=output)
     theta, x, cotangent, output = _arrays(backend, check_finite, theta=theta, x=x, cotangent=cotangent,
                                           output=output)
@@ -356,6 +363,10 @@ def apply_jvp(theta, x, theta_tangent, x_tangent=None, *, transpose=False, sched
     Returns:
         ndarray shaped like ``apply(theta, x)``, dtype ``result_type`` of all four inputs.
     """
+    dask_fn = _dispatch.dask_function("apply_jvp", theta, x, theta_tangent, x_tangent)
+    if dask_fn is not None:
+        return dask_fn(theta, x, theta_tangent, x_tangent, transpose=transpose, schedule=schedule,
+                       check_finite=check_finite, method=method)
     backend = _dispatch.so_backend(theta=theta, x=x, theta_tangent=theta_tangent, x_tangent=x_tangent)
     theta, x, theta_tangent, x_tangent = _arrays(
         backend, check_finite, theta=theta, x=x, theta_tangent=theta_tangent, x_tangent=x_tangent)

@@ -18,7 +18,7 @@ import inspect
 
 from .errors import BackendMismatchError, BackendUnavailableError
 
-__all__ = ["library", "is_cupy", "so_backend", "u_backend", "accepts"]
+__all__ = ["library", "is_cupy", "so_backend", "u_backend", "accepts", "dask_function"]
 
 
 def is_cupy(a) -> bool:
@@ -37,6 +37,19 @@ def library(**arrays) -> str:
         desc = ", ".join(f"{k} is a {v} array" for k, v in kinds.items())
         raise BackendMismatchError(f"all array arguments must live in the same library (all NumPy or all CuPy); got {desc}")
     return found.pop() if found else "numpy"
+
+
+def dask_function(name, *arrays):
+    """The :mod:`cupyortho.dask` function ``name`` when one of ``arrays`` is a Dask array, else None.
+
+    Checked by type name, so Dask (and cupyortho.dask) is imported only when a Dask array arrives;
+    the Dask layer then runs the chunks on the backend of their library (``docs/design.md`` §10).
+    """
+    if any(type(a).__module__.split(".")[0] == "dask" for a in arrays if a is not None):
+        from . import dask
+
+        return getattr(dask, name)
+    return None
 
 
 @functools.lru_cache(maxsize=None)

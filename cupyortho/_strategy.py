@@ -17,7 +17,10 @@ import numpy as np
 
 from .errors import MethodError
 
-__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "FORCE", "cpu_impl", "engine_available"]
+__all__ = [
+    "METHODS", "apply_method", "CPU_IMPLS", "FORCE", "ENGINE_MATRIX_MAX_N", "cpu_impl", "engine_available",
+    "team_blocks_pay", "cupy_impl",
+]
 
 METHODS = ("auto", "materialize", "rounds")
 
@@ -62,6 +65,15 @@ def engine_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def team_blocks_pay(schedule) -> bool:
+    """Whether the block-diagonal team paths (CPU blocked stages, CuPy block kernels) may take
+    ``schedule``: plain team schedules only (not truncations or user rounds), and not a narrow
+    Stiefel restriction (8m < n), which sweeps its O(nm) rotations instead, since a block plan builds
+    every stage of the full n x n schedule."""
+    narrow = schedule.m is not None and 8 * schedule.m < schedule.n
+    return schedule.kind == "team" and not narrow
+
+
 def cpu_impl(op, schedule, dtype=None, k=None):
     """Which CPU implementation runs pass ``op`` of :mod:`cupyortho.backends.cpu` on NumPy arrays.
 
@@ -79,10 +91,7 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     The measurements behind the rule are in ``docs/engine.md``.
     """
     unitary = op.startswith("unitary")
-    # Plain team schedules only; a narrow Stiefel restriction (8m < n) sweeps its O(nm) rotations,
-    # since the block plan would build every stage of the full n x n schedule.
-    narrow = schedule.m is not None and 8 * schedule.m < schedule.n
-    blocked_ok = not unitary and schedule.kind == "team" and not narrow
+    blocked_ok = not unitary and team_blocks_pay(schedule)
     if FORCE == "reference" or (FORCE == "blocked" and blocked_ok):
         return FORCE
     if not engine_available():
@@ -92,3 +101,14 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     if blocked_ok and op in ENGINE_MATRIX_MAX_N and schedule.n > ENGINE_MATRIX_MAX_N[op]:
         return "blocked"
     return "engine"
+
+
+# --------------------------------------------------------------------------- CuPy implementation
+
+def cupy_impl(op, schedule):
+    """Which implementation of :mod:`cupyortho.backends.cupy` forms ``U`` and its VJP (``op`` is
+    ``"matrix"`` or ``"matrix_vjp"``): ``"blocked"`` (block-diagonal stages built by a kernel and
+    multiplied by batched GEMMs) for team schedules, ``"rounds"`` (the rounds swept over the identity;
+    fused or per-round launches as shared memory allows) otherwise.  The sweeps over ``x`` and the
+    JVPs always run the rounds."""
+    return "blocked" if op in ("matrix", "matrix_vjp") and team_blocks_pay(schedule) else "rounds"

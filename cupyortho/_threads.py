@@ -30,6 +30,7 @@ __all__ = ["set_num_threads", "get_num_threads", "threads"]
 _lock = threading.RLock()
 _setting: Optional[int] = None  # set_num_threads(n); None: every pool keeps its default
 _blas_saved = None  # [(lib controller, its count before cupyortho changed it)] while a setting holds
+_numba_saved = None  # numba's count (in the thread that first set one) before cupyortho changed it
 _local = threading.local()  # .budgets: stack of framework budgets entered in this thread
 _scope = {"depth": 0, "saved": None}  # BLAS override shared by the budgets of all threads
 _controller = {"key": None, "libs": None}
@@ -124,11 +125,11 @@ def apply_to_numba() -> Optional[int]:
 
 @contextlib.contextmanager
 def numba_threads() -> Iterator[Optional[int]]:
-    """Context for one engine call: numba runs on the current setting in the calling thread and gets
-    its previous count back on exit.  Yields the count (None: nothing set, numba's default applies;
-    nothing is touched then)."""
+    """Context for one compiled call: numba runs on the current setting in the calling thread and
+    gets its previous count back on exit.  Yields the count (None: nothing set, or numba not imported
+    yet; nothing is touched then, numba's default applies)."""
     n = _requested()
-    if n is None:
+    if n is None or "numba" not in sys.modules:
         yield None
         return
     import numba
@@ -143,6 +144,20 @@ def numba_threads() -> Iterator[Optional[int]]:
         yield n
     finally:
         numba.set_num_threads(prev)
+
+
+def with_numba_threads(fn, load: bool = False):
+    """``fn`` wrapped so that each call runs inside :func:`numba_threads` (what
+    :mod:`cupyortho.backends.cpu` does for the compiled implementations).  ``load``: import numba
+    first (the engine needs it anyway), so the very first call is covered too."""
+
+    def call(*args, **kwargs):
+        if load and _requested() is not None:
+            import numba  # noqa: F401
+        with numba_threads():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def pool_size(limit: int) -> int:
@@ -168,14 +183,15 @@ def set_num_threads(n: Optional[int]) -> None:
     ``docs/threads.md``).
 
     Args:
-        n (int | None): threads, ``>= 1``; None undoes the setting: BLAS gets back the counts it had
-            before the first :func:`set_num_threads`, numba and the worker threads their defaults.
+        n (int | None): threads, ``>= 1``; None undoes the setting: BLAS (and numba, in the calling
+            thread) get back the counts they had before the first :func:`set_num_threads`, the worker
+            threads their default.
 
     Raises:
         cupyortho.errors.SizeError: ``n`` is not an integer >= 1 or None.
         cupyortho.errors.BackendUnavailableError: threadpoolctl cannot be imported.
     """
-    global _setting, _blas_saved
+    global _setting, _blas_saved, _numba_saved
     if n is not None:
         n = _check_count(n)
     with _lock:
@@ -193,7 +209,14 @@ def set_num_threads(n: Optional[int]) -> None:
         if "numba" in sys.modules:
             import numba
 
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if n is None else _numba_count(n))
+            if n is None:
+                if _numba_saved is not None:
+                    numba.set_num_threads(_numba_saved)
+                _numba_saved = None
+            else:
+                if _numba_saved is None:
+                    _numba_saved = numba.get_num_threads()
+                numba.set_num_threads(_numba_count(n))
 
 
 def get_num_threads() -> int:
@@ -259,11 +282,11 @@ def budget(n: int) -> Iterator[int]:
     stack = getattr(_local, "budgets", None)
     if stack is None:
         stack = _local.budgets = []
-    stack.append(n)
     with _lock:
         if _scope["depth"] == 0:
             _scope["saved"] = _set_blas(_budget_blas(n))
         _scope["depth"] += 1
+    stack.append(n)
     try:
         yield n
     finally:

@@ -163,3 +163,46 @@ def haar_unitary_params(n, *, special=False, schedule=None, rng=None, shape=(), 
         U = U / np.exp(1j * np.angle(det) / U.shape[-1])[..., None, None]
     p = params_from_unitary(U, schedule=schedule, **solver)
     return (p[..., :-1] if special else p).astype(dtype)
+
+
+def torus_angles(n, m=None, *, low=-np.pi, high=np.pi, shape=(), rng=None, dtype=np.float64):
+    r"""A torus (block-diagonal) start, as geotorch's ``torus`` initialization: the angles of the
+    planes ``(2i, 2i+1)`` drawn i.i.d. from :math:`\mathrm{Uniform}(\mathrm{low}, \mathrm{high})`
+    (default :math:`(-\pi, \pi)`), every other angle zero.
+
+    The planes ``(0, 1), (2, 3), ...`` are disjoint, so their rotations commute and the matrix is the
+    same for every schedule: ``matrix(theta)`` is block diagonal with blocks
+    :math:`\begin{pmatrix}\cos\theta_i & -\sin\theta_i\\ \sin\theta_i & \cos\theta_i\end{pmatrix}`
+    (and a trailing 1 for odd ``n``).  geotorch samples the skew block :math:`\begin{pmatrix}0 & b\\
+    -b & 0\end{pmatrix}` with :math:`b` from the same symmetric law, i.e. the rotation by
+    :math:`-b`; the two laws coincide.  With ``m`` (a frame, ``frame(theta, n, m)``) only the planes
+    with ``2i < m`` are in the Stiefel layout, and the frame is the first ``m`` columns of that block
+    matrix.
+
+    Args:
+        n (int): size, ``n >= 2``.  m (int, optional): frame columns, ``1 <= m <= n``.
+        low, high (float): bounds of the uniform law, ``low <= high``.
+        shape: batch shape.  rng: None, int seed or ``numpy.random.Generator``.  dtype: of the result.
+
+    Returns:
+        ndarray ``(*shape, num_angles(n, m))``.
+
+    Raises:
+        cupyortho.errors.SizeError: bad ``n`` or ``m``.  cupyortho.errors.SettingError: non-finite
+        bounds or ``low > high``, a bad ``shape`` or ``rng``.  cupyortho.errors.DtypeError: bad ``dtype``.
+    """
+    count = _count(n, m)
+    n = int(n)
+    low = _v.real("low", low, strict=False)
+    high = _v.real("high", high, minimum=low, strict=False)
+    dtype = _v.dtype_setting("dtype", dtype)
+    rows = np.arange(0, n - 1, 2)
+    if m is not None:
+        rows = rows[rows < int(m)]
+    index = _sched.pair_index(rows, rows + 1, n)
+    out = np.zeros(_shape(shape) + (count,), dtype=np.float64)
+    out[..., index] = _rng(rng).uniform(low, high, _shape(shape) + (rows.size,))
+    return out.astype(dtype)
+
+
+__all__ += ["torus_angles"]

@@ -37,8 +37,9 @@ class Backend:
     the keyword arguments that force each of its internal paths (``[{}]`` when it has one).
     """
 
-    def __init__(self, name, ops, to=None, back=None, kinds=None, variants=None):
+    def __init__(self, name, ops, to=None, back=None, kinds=None, variants=None, dev=None):
         self.name = name
+        self.dev = dev  # the device object of the CuPy backend's algorithms (None for the others)
         self._ops = ops
         self.to = to or (lambda a: a)
         self.back = back or (lambda a: a)
@@ -123,14 +124,17 @@ def _device_ops(dev):
     return ops
 
 
-def _cudasim_backend():
+def _cudasim_backend(seed=0, **device_settings):
+    """The CuPy backend's algorithms on the CPU harness; ``seed`` orders the threads, and settings such
+    as ``multiprocessor_count`` or ``max_shared_memory`` shape the device the launchers plan for."""
     import shutil
 
     if shutil.which("g++") is None:
         pytest.fail("the CPU harness cannot run: g++ is not installed (it compiles the kernels)")
     from cudasim import CpuDevice
 
-    return Backend("cudasim", _device_ops(CpuDevice(0)), variants=_device_paths)
+    dev = CpuDevice(seed, **device_settings)
+    return Backend("cudasim", _device_ops(dev), variants=_device_paths, dev=dev)
 
 
 def gpu_reason():
@@ -146,7 +150,9 @@ def gpu_reason():
     return None if count > 0 else "no CUDA device"
 
 
-def _gpu_backend():
+def _gpu_backend(seed=0, **device_settings):
+    """The CuPy backend's algorithms on the current GPU (the settings of the CPU harness do not apply:
+    the real device keeps its limits)."""
     reason = gpu_reason()
     if reason is not None:
         pytest.skip(f"GPU backend: {reason}")
@@ -154,8 +160,10 @@ def _gpu_backend():
 
     from cupyortho.backends.cupy.device import get_device
 
-    return Backend("gpu", _device_ops(get_device()), to=cupy.asarray,
-                   back=lambda a: cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else a, variants=_device_paths)
+    dev = get_device()
+    return Backend("gpu", _device_ops(dev), to=cupy.asarray,
+                   back=lambda a: cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else a, variants=_device_paths,
+                   dev=dev)
 
 
 #: Every backend the ``backend`` fixture runs, by name.  A new backend joins with one line here.

@@ -26,24 +26,25 @@ def givens(n, i, j, theta):
     return g
 
 
-def dense_matrix(theta, schedule):
-    """U = B_{R-1} ... B_0 as a product of n(n-1)/2 explicit n x n Givens matrices (float64)."""
+def _product(theta, schedule, factor):
+    """U = B_{R-1} ... B_0 as a product of one explicit n x n matrix ``factor(n, i, j, angle)`` per
+    rotation, in round order (float64)."""
     n = schedule.n
     u = np.eye(n)
     for rd in schedule.rounds:
         for i, j, a in zip(rd.i, rd.j, rd.angle):
-            u = givens(n, i, j, float(theta[a])) @ u
+            u = factor(n, i, j, float(theta[a])) @ u
     return u
+
+
+def dense_matrix(theta, schedule):
+    """U as a product of n(n-1)/2 explicit Givens matrices."""
+    return _product(theta, schedule, givens)
 
 
 def dense_matrix_expm(theta, schedule):
     """The same product, every factor from scipy.linalg.expm of its generator."""
-    n = schedule.n
-    u = np.eye(n)
-    for rd in schedule.rounds:
-        for i, j, a in zip(rd.i, rd.j, rd.angle):
-            u = scipy.linalg.expm(float(theta[a]) * generator(n, i, j)) @ u
-    return u
+    return _product(theta, schedule, lambda n, i, j, angle: scipy.linalg.expm(angle * generator(n, i, j)))
 
 
 def central_gradient(f, theta, h=1e-6):
@@ -57,3 +58,18 @@ def central_gradient(f, theta, h=1e-6):
         e[p] = h
         gflat[p] = (f((flat + e).reshape(theta.shape)) - f((flat - e).reshape(theta.shape))) / (2 * h)
     return g
+
+
+def multistart_least_squares(residual, jac, size, rng, tries=10):
+    """The smallest max-abs residual that scipy's Levenberg-Marquardt reaches from up to ``tries``
+    uniform random starts in [-pi, pi]^size (stopping early below 1e-10): a reachability check."""
+    import scipy.optimize
+
+    best = np.inf
+    for _ in range(tries):
+        r = scipy.optimize.least_squares(residual, rng.uniform(-np.pi, np.pi, size), jac=jac,
+                                         xtol=1e-15, ftol=1e-15, gtol=1e-15, method="lm")
+        best = min(best, np.abs(r.fun).max())
+        if best < 1e-10:
+            break
+    return best

@@ -139,8 +139,10 @@ def test_inputs_are_not_modified(backend, sched):
     every internal path of the backend (moved here from test_cupy_backend.py and test_blocked.py)."""
     rng = np.random.default_rng(11)
     calls = _so_calls(sched, rng, np.float64) + _u_calls(sched, rng, np.float64)
-    y = _reference().apply(*calls[0][1])
-    calls.append(("apply_vjp", (calls[2][1][0], calls[2][1][1], calls[2][1][2], sched, False, y)))
+    theta, x, g = calls[2][1][:3]
+    gm = next(args[1] for op, args in calls if op == "matrix_vjp")
+    calls += [("apply_vjp", (theta, x, g, sched, False, _reference().apply(theta, x, sched, False))),
+              ("matrix_vjp", (theta, gm, sched, _reference().matrix(theta, sched)))]
     ran = 0
     for op, args in calls:
         if not backend.supports(op, sched):

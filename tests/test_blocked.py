@@ -197,7 +197,7 @@ def test_block_jvp_matches_difference_quotient(u, rng):
     lev = u.bit_length() - 1
     ang = rng.uniform(-np.pi, np.pi, (u * u, 2))
     dang = rng.standard_normal(ang.shape)
-    blk, dblk = bl.build_meet_jvp(ang, dang, lev)
+    blk, dblk = bl.build_meet(ang, lev, dang)
     np.testing.assert_allclose(blk, bl.build_meet(ang, lev), atol=1e-14)
     eps = 1e-6
     fd = (bl.build_meet(ang + eps * dang, lev) - bl.build_meet(ang - eps * dang, lev)) / (2 * eps)
@@ -382,29 +382,6 @@ def test_threaded_block_work_equals_serial(rng, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-def test_inputs_are_not_modified(rng):
-    n, t = 13, 4
-    s = S.team_schedule(n, t)
-    th = _theta(rng, s.num_angles, np.float64, (2,))
-    x = rng.standard_normal((2, n, 3))
-    g = rng.standard_normal((2, n, 3))
-    gm = rng.standard_normal((2, n, n))
-    tt = rng.standard_normal(th.shape)
-    y = bl.apply(th, x, s)
-    u = bl.matrix(th, s)
-    copies = [a.copy() for a in (th, x, g, gm, tt, y, u)]
-    for uu in (1, 4):
-        bl.matrix(th, s, u=uu)
-        bl.apply(th, x, s, True, u=uu)
-        bl.apply_vjp(th, x, g, s, False, output=y, u=uu)
-        bl.apply_vjp(th, x, g, s, True, u=uu)
-        bl.matrix_vjp(th, gm, s, output=u, u=uu)
-        bl.apply_jvp(th, x, tt, g, s, True, u=uu)
-        bl.matrix_jvp(th, tt, s, u=uu)
-    for a, c in zip((th, x, g, gm, tt, y, u), copies):
-        np.testing.assert_array_equal(a, c)
-
-
 # ----------------------------------------------------------------------------- strategy (method=)
 
 @pytest.mark.parametrize("kind", ["circle", "team"])
@@ -508,3 +485,147 @@ def test_plan_bad_input():
     for u in (0, 3, 8):
         with pytest.raises(SizeError, match="u must be a power of two"):
             tp.plan(s, u)
+
+
+# ----------------------------------------------------------------------------- compiled materialize (u = t)
+
+def _eb():
+    return bl._engine()
+
+
+@pytest.mark.parametrize("u", [2, 4, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_blocks_and_block_vjp_match_numpy(u, dtype, rng):
+    """engine.blocks.meet_blocks / meet_blocks_vjp against the NumPy block recursion."""
+    R, Bt = 3, 2
+    lev = u.bit_length() - 1
+    A = 5 * u * u
+    theta = rng.uniform(-np.pi, np.pi, (Bt, A)).astype(dtype)
+    slots = rng.permutation(A + 1)[: u * u * (R + 2)].reshape(u * u, R + 2).astype(np.int32)
+    slots[0, 1] = A  # a dropped pair: angle 0
+    r0 = 1
+    ext = np.concatenate([theta, np.zeros((Bt, 1), dtype)], axis=-1)
+    ang = ext[:, slots[:, r0: r0 + R]]  # (Bt, u*u, R)
+    ref = bl._natural(bl.build_meet(ang, lev), u)
+    perms, inv = bl._kernel_perms(u)
+    out = np.empty((Bt, R, 2 * u, 2 * u), dtype=dtype)
+    _eb().meet_blocks(theta, slots, r0, lev, perms, inv, out, 2)
+    _close(out, ref, dtype)
+    g = rng.standard_normal((Bt, R, 2 * u, 2 * u))
+    w = g @ np.swapaxes(ref.astype(np.float64), -1, -2)
+    a = (w - np.swapaxes(w, -1, -2)).astype(dtype)
+    order, _ = bl._storage(u)
+    a_st = a[..., order, :][..., order]
+    dref = bl.meet_vjp(ang.astype(np.float64), a_st.astype(np.float64), lev)
+    d = np.empty((Bt, u * u, R), dtype=dtype)
+    blocks = np.empty_like(out)
+    _eb().meet_blocks_vjp(theta, slots, r0, lev, perms, inv, a, d, blocks, 2)
+    _close(d, dref, dtype, 4 * u)
+    np.testing.assert_array_equal(blocks, out)
+
+
+def _fast_sizes():
+    t = bl.FAST_MIN_TEAM
+    return [(n, t) for n in (t + 1, 2 * t + 1, 3 * t + 3)] + [(33, 16)]
+
+
+@pytest.mark.parametrize("n,t", _fast_sizes())
+def test_compiled_matrix_path_is_taken_and_matches_reference(n, t, rng, monkeypatch):
+    s = S.team_schedule(n, t)
+    assert bl._fast(bl.plan(s, t))
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    g = rng.standard_normal((2, n, n))
+    ref, dref = nb.rounds_matrix(th, s), nb.rounds_matrix_vjp(th, g, s)
+    _close(bl.matrix(th, s), ref, np.float64, 10)
+    _close(bl.matrix_vjp(th, g, s), dref, np.float64, 100)
+    _close(bl.matrix_vjp(th, g, s, output=ref), dref, np.float64, 100)
+    for m in (1, n // 2):
+        sm = s.restrict(m)
+        thm = th[:, : sm.num_angles]
+        _close(bl.matrix_vjp(thm, g, sm), nb.rounds_matrix_vjp(thm, g, sm), np.float64, 100)
+    th32, g32 = th.astype(np.float32), g.astype(np.float32)
+    _close(bl.matrix(th32, s), ref, np.float32, 10)
+    _close(bl.matrix_vjp(th32, g32, s), dref, np.float32, 100)
+    # and the NumPy stages give the same numbers
+    slow = (bl.matrix(th, s), bl.matrix_vjp(th, g, s))
+    monkeypatch.setattr(bl, "FAST_MIN_TEAM", 10**9)
+    assert not bl._fast(bl.plan(s, t))
+    _close(slow[0], bl.matrix(th, s), np.float64, 10)
+    _close(slow[1], bl.matrix_vjp(th, g, s), np.float64, 100)
+
+
+def test_antisymmetric_half_sweep_equals_full_conjugation(rng):
+    """One step of the two-sided sweep from the upper block triangle only equals S^T A S."""
+    n, t = 64, 8
+    s = S.team_schedule(n, t)
+    pl = bl.plan(s, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    N, L, T = pl.N, 2 * t, pl.N // t
+    k = 3
+    blk = bl._stage_blocks(th[None], pl, k)[0]
+    lay, nxt_lay = pl.meet_teams[k].reshape(-1), pl.meet_teams[k - 1].reshape(-1)
+    w = rng.standard_normal((N, N))
+    a = w - w.T
+    out = np.full((N, N), np.nan)
+    a_in = a.copy()
+    a_in[np.tril_indices(N, -L)] = np.nan  # the strict lower block triangle must not be read
+    for I in range(N // L):
+        a_in[I * L:(I + 1) * L, I * L:(I + 1) * L] = a[I * L:(I + 1) * L, I * L:(I + 1) * L]
+    bl._conjugate(a_in, blk, bl._inverse(nxt_lay)[lay], t, out)
+    S_ = np.zeros((N, N))
+    for j in range(N // L):
+        S_[j * L:(j + 1) * L, j * L:(j + 1) * L] = blk[j]
+    full = S_.T @ a @ S_  # in the current layout
+    rows_cur = (lay[:, None] * t + np.arange(t)).reshape(-1)
+    rows_nxt = (nxt_lay[:, None] * t + np.arange(t)).reshape(-1)
+    pos = np.empty(N, dtype=int)
+    pos[rows_cur] = np.arange(N)
+    expect = full[np.ix_(pos[rows_nxt], pos[rows_nxt])]
+    upper = np.zeros((N, N), dtype=bool)
+    for I in range(N // L):
+        upper[I * L:(I + 1) * L, I * L:] = True
+    np.testing.assert_allclose(out[upper], expect[upper], atol=1e-12)
+    diag = np.concatenate([out[I * L:(I + 1) * L, I * L:(I + 1) * L] for I in range(N // L)])
+    np.testing.assert_array_equal(diag, -np.concatenate(
+        [out[I * L:(I + 1) * L, I * L:(I + 1) * L].T for I in range(N // L)]))  # exactly antisymmetric
+
+
+def test_compiled_matrix_vjp_finite_differences_and_dot(rng):
+    """float64 central differences along random directions and along single angles (one per
+    stage kind), and <d_theta, v> = <G, dU[v]> against the JVP."""
+    n, t = 17, 8
+    s = S.team_schedule(n, t)
+    assert bl._fast(bl.plan(s, t))
+    th = _theta(rng, s.num_angles, np.float64)
+    g = rng.standard_normal((n, n))
+    d = bl.matrix_vjp(th, g, s)
+    eps = 1e-6
+    dirs = list(rng.standard_normal((6, th.size))) + [np.eye(th.size)[q] for q in (0, 1, 20, th.size - 1)]
+    for v in dirs:
+        fd = (np.sum(g * bl.matrix(th + eps * v, s)) - np.sum(g * bl.matrix(th - eps * v, s))) / (2 * eps)
+        np.testing.assert_allclose(d @ v, fd, atol=1e-7 * max(1.0, np.abs(v).sum()))
+    v = rng.standard_normal(th.shape)
+    np.testing.assert_allclose(d @ v, np.sum(g * bl.matrix_jvp(th, v, s)), rtol=1e-10)
+
+
+def test_compiled_matrix_path_is_thread_count_invariant_and_pure(rng):
+    import numba
+
+    n, t = 40, 8
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64, (2,))
+    g = rng.standard_normal((2, n, n))
+    u = bl.matrix(th, s)
+    copies = [a.copy() for a in (th, g, u)]
+    old = numba.get_num_threads()
+    try:
+        res = []
+        for k in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(k)
+            res.append((bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.matrix_vjp(th, g, s, output=u)))
+    finally:
+        numba.set_num_threads(old)
+    for a, b in zip(res[0], res[-1]):
+        np.testing.assert_array_equal(a, b)
+    for a, c in zip((th, g, u), copies):
+        np.testing.assert_array_equal(a, c)

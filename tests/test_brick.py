@@ -420,39 +420,63 @@ def test_truncated_theta_applies_through_tokens(rng):
     np.testing.assert_array_equal(co.matrix(theta, schedule=s.token), co.matrix(theta, schedule=s))
 
 
-# ----------------------------------------------------------------------------- CuPy kernels on the CPU harness
+# ----------------------------------------------------------------------------- every backend
 
-def _cuda_schedules():
+def _new_schedules():
     return [co.brick_schedule(9), co.brick_schedule(34), co.circle_schedule(33).truncate(5),
             co.team_schedule(40, 4).truncate(9), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]])]
 
 
-def test_cupy_kernels_on_new_schedules(rng):
-    from test_cupy_backend import SimOps, assert_close, _cudasim_reason
+def _close(a, b, scale=1.0):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max(initial=0.0) <= 1e-12 * scale * max(1.0, np.abs(b).max(initial=0.0))
 
-    reason = _cudasim_reason()
-    if reason is not None:
-        pytest.fail(f"the CPU harness cannot run: {reason}")
-    ops = SimOps()
-    for s in _cuda_schedules():
+
+def test_every_backend_runs_the_new_schedules(backend, rng):
+    """brick, truncations and user rounds on every backend of tests/conftest.py (the CuPy kernels on
+    the CPU harness included) against the NumPy reference, every internal path."""
+    for s in _new_schedules():
         n = s.n
         theta = rng.uniform(-np.pi, np.pi, (2, s.num_angles))
-        x = rng.normal(size=(2, n, 5))
-        g = rng.normal(size=(2, n, 5))
-        for path in ("fused", "rounds"):
-            for tr in (False, True):
-                assert_close(ops.apply(theta, x, s, tr, path=path), nb.rounds_apply(theta, x, s, tr), np.float64,
-                             what=f"{s} {path}")
-                d_cu = ops.apply_vjp(theta, x, g, s, tr, path=path)
-                d_np = nb.rounds_apply_vjp(theta, x, g, s, tr)
-                for a, b in zip(d_cu, d_np):
-                    assert_close(a, b, np.float64, scale=n, what=f"{s} vjp {path}")
-        t = rng.normal(size=theta.shape)
-        assert_close(ops.apply_jvp(theta, x, t, None, s), nb.rounds_apply_jvp(theta, x, t, None, s), np.float64,
-                     scale=n)
-        assert_close(ops.matrix(theta, s), nb.rounds_matrix(theta, s), np.float64)
-        gu = rng.normal(size=(2, n, n))
-        assert_close(ops.matrix_vjp(theta, gu, s), nb.rounds_matrix_vjp(theta, gu, s), np.float64, scale=n)
+        x, g = rng.normal(size=(2, n, 5)), rng.normal(size=(2, n, 5))
+        t, gu = rng.normal(size=theta.shape), rng.normal(size=(2, n, n))
+        checks = {
+            "apply": lambda kw: [(backend.apply(theta, x, s, tr, **kw), nb.rounds_apply(theta, x, s, tr))
+                                 for tr in (False, True)],
+            "apply_vjp": lambda kw: list(zip(backend.apply_vjp(theta, x, g, s, True, **kw),
+                                             nb.rounds_apply_vjp(theta, x, g, s, True))),
+            "apply_jvp": lambda kw: [(backend.apply_jvp(theta, x, t, None, s, **kw),
+                                      nb.rounds_apply_jvp(theta, x, t, None, s))],
+            "matrix": lambda kw: [(backend.matrix(theta, s, **kw), nb.rounds_matrix(theta, s))],
+            "matrix_vjp": lambda kw: [(backend.matrix_vjp(theta, gu, s, **kw), nb.rounds_matrix_vjp(theta, gu, s))],
+        }
+        ran = 0
+        for op, check in checks.items():
+            if not backend.supports(op, s):
+                continue
+            for kw in backend.variants(op, s):
+                for a, b in check(kw):
+                    _close(a, b, scale=n)
+                ran += 1
+        assert ran > 0 or backend.name == "blocked"  # the blocked path takes plain team schedules only
+        if backend.name == "blocked":
+            assert not any(backend.supports(op, s) for op in checks)
+
+
+def test_every_backend_runs_unitary_brick(backend, rng):
+    for n in (5, 8):
+        s = co.brick_schedule(n)
+        if not backend.supports("unitary_apply_vjp", s):
+            continue
+        p, t = rng.uniform(-np.pi, np.pi, n * n), rng.standard_normal(n * n)
+        z = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
+        g = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+        _close(backend.unitary_apply(p, z, s), nu.unitary_apply(p, z, s))
+        _close(backend.unitary_vjp(p, g, s), nu.unitary_vjp(p, g, s), scale=n)
+        for a, b in zip(backend.unitary_apply_vjp(p, z, z, s, True), nu.unitary_apply_vjp(p, z, z, s, True)):
+            _close(a, b, scale=n)
+        _close(backend.unitary_apply_jvp(p, z, t, z, s), nu.unitary_apply_jvp(p, z, t, z, s), scale=n)
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -491,3 +515,16 @@ def test_jax_carries_any_schedule(rng):
         g = rng.normal(size=(s.n, s.n))
         d = jax.grad(lambda t: (cj.matrix(t, schedule=s) * g).sum())(jax.numpy.asarray(theta))
         np.testing.assert_allclose(np.asarray(d), co.matrix_vjp(theta, g, schedule=s), atol=1e-12)
+
+
+def test_torch_layer_with_a_truncated_schedule(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    s = co.get_schedule(None, 64).truncate(4)
+    layer = ct.Orthogonal(64, schedule=s)
+    assert layer.theta.shape == (s.num_angles,) == (4 * 32,)
+    with torch.no_grad():
+        layer.theta.copy_(torch.tensor(rng.uniform(-1, 1, s.num_angles)))
+    u = layer.matrix().detach().double().numpy()
+    np.testing.assert_allclose(u, co.matrix(layer.theta.detach().double().numpy(), schedule=s), atol=1e-6)

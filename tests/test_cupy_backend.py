@@ -12,11 +12,10 @@ Every path is exercised explicitly (``fused`` all-rounds kernels, ``rounds`` per
 float64 ``1e-12`` (relative to the size of the values; apply/VJP sums of ``n`` rotations each), float32
 ``2e-5`` for apply and ``1e-4`` relative for angle cotangents (sums over columns and rounds).
 GPU-only tests at the end go through the public API: dispatch, non-contiguous inputs, another device,
-a non-default stream, and mixing NumPy with CuPy arguments.
+a non-default stream, and mixing NumPy with CuPy arguments.  The devices are the ``cudasim`` and
+``gpu`` entries of the ``BACKENDS`` table of tests/conftest.py; purity (inputs not modified) is tested
+for every backend in tests/test_backends.py.
 """
-
-import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -26,20 +25,13 @@ import cupyortho as co
 from cupyortho import schedule as S
 from cupyortho.backends import team_plan
 from cupyortho.backends.cupy import so as cb
-from cupyortho.backends import numpy_backend as _numpy_backend
 from cupyortho.errors import BackendMismatchError, MethodError, ScheduleError
-from conftest import gpu_reason
+from conftest import BACKENDS, gpu_reason
 
 
-class _Reference:
-    """numpy_backend's round-by-round reference functions (``rounds_*``; the plain names where the
-    backend has no separate round-by-round form), so these tests do not depend on its GEMM paths."""
-
-    def __getattr__(self, op):
-        return getattr(_numpy_backend, "rounds_" + op, None) or getattr(_numpy_backend, op)
-
-
-nb = _Reference()
+#: The round-by-round reference (``numpy_backend.rounds_*``), so these tests do not depend on the
+#: CPU backend's GEMM paths.
+nb = BACKENDS["reference"]()
 
 
 # ----------------------------------------------------------------------------- devices
@@ -48,91 +40,11 @@ GPU_REASON = gpu_reason()
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU test: {GPU_REASON}")
 
 
-def _cudasim_reason():
-    if shutil.which("g++") is None:
-        return "g++ is not installed (the CPU harness compiles the kernels with it)"
-    if not (pathlib.Path(__file__).parent / "cudasim" / "__init__.py").exists():
-        return "tests/cudasim (the CPU harness) is missing"
-    return None
-
-
-class SimOps:
-    """Runs the backend algorithms on the CPU harness device, numpy in and out."""
-
-    name = "cudasim"
-
-    def __init__(self, seed=0, **attrs):
-        from cudasim import CpuDevice
-
-        self.dev = CpuDevice(seed)
-        for key, value in attrs.items():
-            setattr(self.dev, key, value)
-
-    def to(self, a):
-        return a
-
-    def back(self, a):
-        return a
-
-    def __getattr__(self, op):
-        impl = getattr(cb, "_impl_" + op)
-
-        def call(*args, **kwargs):
-            return impl(self.dev, *args, **kwargs)
-
-        return call
-
-
-class GpuOps(SimOps):
-    """Runs the same algorithms on the GPU: numpy inputs are copied to the device and results back."""
-
-    name = "gpu"
-
-    def __init__(self, seed=0, **attrs):
-        import cupy
-
-        from cupyortho.backends.cupy.device import get_device
-
-        self.cupy = cupy
-        self.dev = get_device()
-        self.attrs = attrs  # the real device's limits are kept: attrs only shape the CPU harness
-
-    def to(self, a):
-        return self.cupy.asarray(a)
-
-    def back(self, a):
-        return self.cupy.asnumpy(a)
-
-    def __getattr__(self, op):
-        impl = getattr(cb, "_impl_" + op)
-        cupy = self.cupy
-
-        def conv(a):
-            return cupy.asarray(a) if isinstance(a, np.ndarray) else a
-
-        def back(a):
-            if isinstance(a, tuple):
-                return tuple(back(v) for v in a)
-            return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else a
-
-        def call(*args, **kwargs):
-            args = [conv(a) for a in args]
-            kwargs = {k: conv(v) for k, v in kwargs.items()}
-            return back(impl(self.dev, *args, **kwargs))
-
-        return call
-
-
 @pytest.fixture(params=["cudasim", "gpu"])
 def make_ops(request):
-    if request.param == "gpu":
-        if GPU_REASON is not None:
-            pytest.skip(f"GPU test: {GPU_REASON}")
-        return GpuOps
-    reason = _cudasim_reason()
-    if reason is not None:
-        pytest.fail(f"the CPU harness cannot run: {reason}")
-    return SimOps
+    """A factory of the CuPy backend on the CPU harness or the GPU (tests/conftest.py ``BACKENDS``):
+    ``make_ops(seed=..., multiprocessor_count=...)``; NumPy arrays in and out."""
+    return BACKENDS[request.param]
 
 
 @pytest.fixture
@@ -178,24 +90,14 @@ def _schedules(n):
 @pytest.mark.parametrize("path", ["fused", "rounds"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", SIZES)
-def test_apply_matches_numpy(ops, n, k, dtype, path, rng):
-    for sched in _schedules(n)[:2]:
-        theta = _angles(rng, sched, dtype=dtype)
-        x = _rand(rng, (n, k), dtype)
-        for transpose in (False, True):
-            y = ops.apply(ops.to(theta), ops.to(x), sched, transpose, path=path)
-            assert_close(y, nb.apply(theta, x, sched, transpose), dtype, what=f"{sched} T={transpose}")
-
-
-@pytest.mark.parametrize("path", ["fused", "rounds"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k", SIZES)
-def test_apply_vjp_matches_numpy(ops, n, k, dtype, path, rng):
+def test_apply_and_apply_vjp_match_numpy(ops, n, k, dtype, path, rng):
     for sched in _schedules(n)[:2]:
         theta = _angles(rng, sched, dtype=dtype)
         x = _rand(rng, (n, k), dtype)
         g = _rand(rng, (n, k), dtype)
         for transpose in (False, True):
+            y = ops.apply(ops.to(theta), ops.to(x), sched, transpose, path=path)
+            assert_close(y, nb.apply(theta, x, sched, transpose), dtype, what=f"{sched} T={transpose}")
             d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
             e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
             assert_close(d_theta, e_theta, dtype, scale=5 * k, what=f"d_theta {sched} T={transpose}")
@@ -266,10 +168,7 @@ def test_unknown_paths_are_refused(ops, rng):
     seed=st.integers(0, 2**32 - 1),
 )
 def test_random_shapes_match_numpy(n, k, batches, kind, path, transpose, dtype, seed):
-    reason = _cudasim_reason()
-    if reason is not None:
-        pytest.fail(f"the CPU harness cannot run: {reason}")
-    ops = SimOps(seed % 1000)
+    ops = BACKENDS["cudasim"](seed % 1000)
     rng = np.random.default_rng(seed)
     sched = S.get_schedule(kind, n)
     tb, xb = batches
@@ -530,14 +429,17 @@ def test_team_block_tables_follow_the_round_order():
 
 # ----------------------------------------------------------------------------- GPU-only (public API)
 
+def _public_inputs(rng, n, k):
+    """Angles of the default schedule for n, and x and a cotangent (n, k)."""
+    return rng.uniform(-3, 3, co.num_angles(n)), rng.standard_normal((n, k)), rng.standard_normal((n, k))
+
+
 @needs_gpu
 def test_public_api_dispatches_to_cupy(rng):
     import cupy
 
     n, k = 20, 5
-    theta = rng.uniform(-3, 3, co.num_angles(n))
-    x = rng.standard_normal((n, k))
-    g = rng.standard_normal((n, k))
+    theta, x, g = _public_inputs(rng, n, k)
     for kind in ("circle", "team"):
         u = co.matrix(cupy.asarray(theta), schedule=kind)
         assert isinstance(u, cupy.ndarray) and u.device.id == cupy.cuda.Device().id
@@ -629,9 +531,7 @@ def test_non_default_stream(rng):
     import cupy
 
     n, k = 40, 8
-    theta = rng.uniform(-3, 3, co.num_angles(n))
-    x = rng.standard_normal((n, k))
-    g = rng.standard_normal((n, k))
+    theta, x, g = _public_inputs(rng, n, k)
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         th, xx, gg = cupy.asarray(theta), cupy.asarray(x), cupy.asarray(g)

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-import scipy.optimize
 from scipy.stats import special_ortho_group
 
 import cupyortho as co
-from oracle import central_gradient
+from oracle import central_gradient, multistart_least_squares
 
 KINDS = ["circle", "team"]
 
@@ -44,17 +43,6 @@ def test_frame_derivatives(kind, n, m, rng):
     np.testing.assert_allclose(dq, fdq, rtol=1e-6, atol=1e-8)
 
 
-def _fit(residual, jac, size, rng, tries=10):
-    best = np.inf
-    for _ in range(tries):
-        r = scipy.optimize.least_squares(residual, rng.uniform(-np.pi, np.pi, size), jac=jac,
-                                         xtol=1e-15, ftol=1e-15, gtol=1e-15, method="lm")
-        best = min(best, np.abs(r.fun).max())
-        if best < 1e-10:
-            break
-    return best
-
-
 def _frame_fit(kind, n, m, target, rng):
     a = co.num_angles(n, m)
     eye = np.eye(a)
@@ -65,7 +53,7 @@ def _frame_fit(kind, n, m, target, rng):
     def jac(t):  # exact Jacobian, one JVP per angle, batched
         return co.frame_jvp(np.broadcast_to(t, (a, a)), eye, n, m, schedule=kind).reshape(a, -1).T
 
-    return _fit(residual, jac, a, rng)
+    return multistart_least_squares(residual, jac, a, rng)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -92,7 +80,7 @@ def test_first_rows_do_not_cover_stiefel():
     for _ in range(8):  # some targets are reachable, others are not
         target = special_ortho_group.rvs(n, random_state=rng)[:, :m]
         residual = lambda t: (co.apply(t, np.eye(n)[:, :m], transpose=True, schedule=s) - target).ravel()
-        worst = max(worst, _fit(residual, "2-point", a, rng, tries=10))
+        worst = max(worst, multistart_least_squares(residual, "2-point", a, rng, tries=10))
     assert worst > 1e-3
 
 

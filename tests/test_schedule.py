@@ -198,3 +198,16 @@ def test_pair_index_checks_its_arguments():
         with pytest.raises(SizeError) as info:
             co.pair_index(*args)
         assert text in str(info.value)
+
+
+def test_block_paths_take_plain_team_schedules_only():
+    from cupyortho import _strategy
+
+    n = 4096
+    assert _strategy.team_blocks_pay(co.team_schedule(64))
+    assert _strategy.team_blocks_pay(co.get_schedule("team", n, n // 4))
+    assert not _strategy.team_blocks_pay(co.get_schedule("team", n, 8))  # narrow frame: sweeps
+    for s in (co.team_schedule(64).truncate(3), co.brick_schedule(8), co.circle_schedule(8),
+              co.Schedule.from_rounds(4, [[(0, 1)]])):
+        assert not _strategy.team_blocks_pay(s)
+        assert _strategy.cupy_impl("matrix", s) == "rounds" and _strategy.cpu_impl("matrix", s) != "blocked"

@@ -19,6 +19,7 @@ from cupyortho.errors import SizeError
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 numba = pytest.importorskip("numba")
+pytest.importorskip("scipy.linalg")  # loaded up front: it brings its own OpenBLAS, which the checks include
 
 
 def _blas():
@@ -224,3 +225,60 @@ def test_blocked_worker_threads_follow_the_setting():
         assert parts() == min(2, blocked.THREADS)
     with _threads.budget(1):
         assert parts() == 1
+
+
+def test_undo_gives_numba_back_the_users_count():
+    cap, orig = numba.config.NUMBA_NUM_THREADS, numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with co.threads(cap):
+            assert numba.get_num_threads() == cap
+        assert numba.get_num_threads() == 1  # the user's own numba setting survives
+    finally:
+        numba.set_num_threads(orig)
+
+
+def test_apply_to_numba_sets_the_calling_thread():
+    orig = numba.get_num_threads()
+    assert _threads.apply_to_numba() is None  # nothing set: numba keeps its own count
+    assert numba.get_num_threads() == orig
+    try:
+        with co.threads(1):
+            numba.set_num_threads(orig)  # as if something reset it since
+            assert _threads.apply_to_numba() == 1 and numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(orig)
+
+
+def test_the_compiled_engine_runs_on_the_setting(monkeypatch):
+    """A real engine call (routed there by _strategy.FORCE) sees the setting and torch's budget in
+    numba's count, and gives the thread its count back."""
+    from cupyortho import _strategy
+    from cupyortho.backends import engine
+
+    seen = []
+    real = engine._run
+
+    def run(*args):
+        seen.append(numba.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(_strategy, "FORCE", "engine")
+    monkeypatch.setattr(engine, "_run", run)
+    x = np.ones((6, 3))
+    ref = co.apply(THETA, x)
+    default = numba.get_num_threads()
+    assert seen[-1] == default
+    with co.threads(1):
+        np.testing.assert_array_equal(co.apply(THETA, x), ref)  # the engine is bitwise thread-count independent
+    assert seen[-1] == 1 and numba.get_num_threads() == default
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ct.apply(torch.tensor(THETA), torch.tensor(x))
+    finally:
+        torch.set_num_threads(old)
+    assert seen[-1] == 1 and numba.get_num_threads() == default

@@ -308,7 +308,7 @@ def test_state_dict_round_trip(rng, tmp_path):
     torch.save(layer.state_dict(), tmp_path / "o.pt")
     other = ct.Orthogonal(5, 3, schedule="circle", dtype=torch.float64)
     other.load_state_dict(torch.load(tmp_path / "o.pt"))
-    assert set(other.state_dict()) == {"theta"}
+    assert set(other.state_dict()) == {"theta", "base", "_extra_state"}
     x = _t(rng.normal(size=(2, 5)))
     assert torch.equal(other(x), layer(x))
     assert torch.equal(other.matrix(), layer.matrix())
@@ -418,7 +418,8 @@ def test_register_parametrization_on_linear(features):
     assert lin.parametrizations.weight.original.grad is not None
 
 
-def test_parametrization_identity_init_skips_the_inverse(monkeypatch):
+@pytest.mark.parametrize("use_base", [False, True])
+def test_parametrization_identity_init_skips_the_inverse(monkeypatch, use_base):
     from torch.nn.utils import parametrize
 
     def refuse(*args, **kwargs):
@@ -429,13 +430,18 @@ def test_parametrization_identity_init_skips_the_inverse(monkeypatch):
     monkeypatch.setattr(co, "inverse", sys.modules["cupyortho.inverse"], raising=False)
     for features in ((32, 32), (32, 8)):
         lin = torch.nn.Linear(*features, dtype=torch.float64)
-        p = ct.OrthogonalParametrization(features[1], features[0], init="identity")
+        p = ct.OrthogonalParametrization(features[1], features[0], init="identity", use_base=use_base)
         parametrize.register_parametrization(lin, "weight", p)
         torch.testing.assert_close(lin.weight, torch.eye(*lin.weight.shape, dtype=torch.float64), rtol=0, atol=0)
-        with pytest.raises(AssertionError, match="must not run"):  # later assignments do invert
-            lin.weight = lin.weight.detach().clone()
+        if use_base:  # later assignments are stored in the base: no inverse map at all
+            target = lin.weight.detach().flip(0).clone()
+            lin.weight = target
+            assert torch.equal(lin.weight, target)
+        else:
+            with pytest.raises(AssertionError, match="must not run"):  # later assignments do invert
+                lin.weight = lin.weight.detach().clone()
     with pytest.raises(ValueError, match="init"):
-        ct.OrthogonalParametrization(3, init="haar")
+        ct.OrthogonalParametrization(3, init="hair")
 
 
 def test_parametrized_checkpoint_round_trip(tmp_path):
@@ -501,7 +507,8 @@ def test_parametrization_reflection_warns_and_flips_last_column():
     w = q.copy()
     w[:, -1] *= -1  # det = -1
     layer = torch.nn.Linear(n, n, bias=False).double()
-    parametrize.register_parametrization(layer, "weight", ct.OrthogonalParametrization(n, init="identity"))
+    parametrize.register_parametrization(layer, "weight", ct.OrthogonalParametrization(n, init="identity",
+                                                                                       use_base=False))
     with pytest.warns(UserWarning, match="determinant -1"):
         layer.weight = torch.as_tensor(w)
     np.testing.assert_allclose(layer.weight.detach().numpy(), q, atol=1e-10)
@@ -514,7 +521,7 @@ def test_parametrization_inverse_time_limit():
 
     n = 12
     layer = torch.nn.Linear(n, n, bias=False).double()
-    p = ct.OrthogonalParametrization(n, init="identity", inverse_time_limit=1e-3)
+    p = ct.OrthogonalParametrization(n, init="identity", use_base=False, inverse_time_limit=1e-3)
     parametrize.register_parametrization(layer, "weight", p)
     with pytest.raises(InverseMapError, match="time_limit"):
         layer.weight = torch.as_tensor(special_ortho_group.rvs(n, random_state=0))

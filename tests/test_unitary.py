@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pytest
 import scipy.linalg
-import scipy.optimize
 import scipy.stats
 from hypothesis import given, strategies as st
 
@@ -23,7 +22,7 @@ from cupyortho._unitary import (
     num_unitary_params, unitary, unitary_apply, unitary_apply_jvp, unitary_apply_vjp, unitary_jvp,
     unitary_vjp,
 )
-from oracle import central_gradient
+from oracle import central_gradient, multistart_least_squares
 
 KINDS = ["circle", "team"]
 
@@ -309,14 +308,7 @@ def _fit(target, n, kind, special, rng, tries=10):
         j = unitary_jvp(np.broadcast_to(p, (size, size)), basis, schedule=kind, special=special)
         return np.concatenate([j.real.reshape(size, -1), j.imag.reshape(size, -1)], axis=1).T
 
-    best = np.inf
-    for _ in range(tries):
-        r = scipy.optimize.least_squares(residual, rng.uniform(-np.pi, np.pi, size), jac=jac,
-                                         xtol=1e-15, ftol=1e-15, gtol=1e-15, method="lm")
-        best = min(best, np.abs(r.fun).max())
-        if best < 1e-10:
-            break
-    return best
+    return multistart_least_squares(residual, jac, size, rng, tries)
 
 
 @pytest.mark.parametrize("kind", KINDS)

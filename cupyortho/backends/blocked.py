@@ -289,10 +289,6 @@ def build_meet(ang, levels, dang=None, keep=None):
     return out
 
 
-def build_meet_jvp(ang, dang, levels):
-    """Meeting blocks and their tangents along ``dang``."""
-    return build_meet(ang, levels, dang)
-
 
 _YORDER = np.array([0, 3, 1, 2])
 
@@ -442,7 +438,7 @@ def build_rr_jvp(ang, dang, v):
     am, ac = _rr_split(ang, v)
     dam, dac = _rr_split(dang, v)
     lev = w.bit_length() - 1
-    m, dm = build_meet_jvp(_to_layout(am, lev), _to_layout(dam, lev), lev)
+    m, dm = build_meet(_to_layout(am, lev), lev, _to_layout(dam, lev))
     m, dm = _natural(m[..., 0, :, :], w), _natural(dm[..., 0, :, :], w)
     r, dr = build_rr_jvp(ac, dac, w)
     blk = np.concatenate([m[..., :, :w] @ r[..., 0, :, :], m[..., :, w:] @ r[..., 1, :, :]], axis=-1)
@@ -501,7 +497,7 @@ def _blocks_jvp(theta, tangent, pl):
         out.append(b)
         dout.append(db)
     if pl.num_meet:
-        mb, dmb = build_meet_jvp(ext[..., pl.meet_slots], dext[..., pl.meet_slots], pl.levels)
+        mb, dmb = build_meet(ext[..., pl.meet_slots], pl.levels, dext[..., pl.meet_slots])
         shape = mb.shape[:-3] + (pl.num_meet, -1) + mb.shape[-2:]
         mb, dmb = mb.reshape(shape), dmb.reshape(shape)
         out += [mb[..., k, :, :, :] for k in range(pl.num_meet)]
@@ -558,6 +554,189 @@ def _sweep(blocks, pl, x, transpose):
     return _take_rows(y, final)
 
 
+# --------------------------------------------------------------------------- compiled materialize (u = t)
+#
+# ``U`` and its VJP at ``u = t`` with the block work compiled (:mod:`.engine.blocks`) and no row
+# gathers: every meeting block acts on two whole teams, i.e. two slabs of ``t`` consecutive rows.
+# A stage reads its rows in a *slab layout* where the two teams of block ``j`` sit at slab positions
+# ``2j, 2j + 1``, and each of its GEMMs writes its output slab straight to that team's position in
+# the next stage's layout (``np.matmul(..., out=slab)``), so the permutation between stages costs
+# nothing.  The two-sided sweep of the VJP, ``A <- S^T A S``, uses that ``A`` stays antisymmetric:
+# only the blocks ``I <= J`` of ``P_I^T A_IJ P_J`` are formed (half the flops of the full
+# conjugation) and a compiled pass scatters them, and their negative transposes, into the next
+# layout.
+
+FAST_MIN_TEAM = 8
+"""Smallest team size that takes the compiled slab path for ``matrix``/``matrix_vjp`` at ``u = t``
+(below it the blocks are too small for GEMMs to pay, and the NumPy stages are used)."""
+
+
+def _engine():
+    from .engine import blocks  # lazy: numba is imported at first use only
+
+    return blocks
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_perms(u):
+    """``(perms, inv)`` for the compiled block kernels: ``perms[l, :2^(l+1)]`` the ``Y_2`` storage
+    permutation of level ``l``, ``inv`` the storage position of each natural local index."""
+    levels = int(u).bit_length() - 1
+    perms = np.zeros((max(levels, 1), 2 * u), dtype=np.int64)
+    perms[0, :2] = [0, 1]
+    for lev in range(levels):
+        perms[lev, : 2 ** (lev + 1)] = _y2_perm(2 ** lev)[0]
+    return perms, np.ascontiguousarray(_storage(u)[1])
+
+
+def _fast(pl):
+    return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0
+
+
+def _slab_layouts(pl):
+    """Team order of each meeting stage's slab layout, and the natural order after the last."""
+    T = pl.N // pl.t
+    lays = [pl.meet_teams[k].reshape(-1) for k in range(pl.num_meet)]
+    return lays, np.arange(T)
+
+
+def _inverse(perm):
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+    return inv
+
+
+def _stage_blocks(th2, pl, k):
+    """Natural-order blocks ``(Bt, NB, 2t, 2t)`` of meeting stage ``k`` (compiled)."""
+    NB = pl.meet_teams.shape[1]
+    perms, inv = _kernel_perms(pl.u)
+    out = np.empty((th2.shape[0], NB, 2 * pl.u, 2 * pl.u), dtype=th2.dtype)
+    _engine().meet_blocks(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, out, _numba_threads())
+    return out
+
+
+def _numba_threads():
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _rr_diag(theta2, pl):
+    """Stage-0 blocks ``RR(t)`` ``(Bt, T, t, t)``."""
+    return build_rr(_ext(theta2)[..., pl.rr_slots], pl.rr_v)
+
+
+def _matrix_fast(theta, pl):
+    n, t, N = pl.n, pl.t, pl.N
+    T = N // t
+    batch = theta.shape[:-1]
+    th2 = np.ascontiguousarray(theta.reshape(-1, theta.shape[-1]))
+    Bt = th2.shape[0]
+    lays, natural = _slab_layouts(pl)
+    K = pl.num_meet
+    blocks = [_stage_blocks(th2, pl, k) for k in range(K)]
+    out = np.empty((Bt, n, n), dtype=theta.dtype)
+    y = np.empty((N, N), dtype=theta.dtype)
+    ynext = np.empty((N, N), dtype=theta.dtype)
+    rr = _rr_diag(th2, pl) if pl.rr_v else None
+    for b in range(Bt):
+        # stage 0 applied to the identity, rows in stage 1's slab layout, columns natural
+        y[...] = 0
+        pos = _inverse(lays[0])
+        y4 = y.reshape(T, t, T, t)
+        if rr is None:
+            y4[pos, :, natural, :] = np.eye(t, dtype=y.dtype)
+        else:
+            y4[pos, :, natural, :] = rr[b]
+        for k in range(K):
+            teams = pl.meet_teams[k]
+            nxt = _inverse(lays[k + 1]) if k + 1 < K else natural
+            blk = blocks[k][b]
+            for j in range(teams.shape[0]):
+                src = y[2 * j * t: (2 * j + 2) * t]
+                pa, pb = nxt[teams[j, 0]], nxt[teams[j, 1]]
+                np.matmul(blk[j, :t], src, out=ynext[pa * t: (pa + 1) * t])
+                np.matmul(blk[j, t:], src, out=ynext[pb * t: (pb + 1) * t])
+            y, ynext = ynext, y
+        out[b] = y[:n, :n]
+    return out.reshape(batch + (n, n))
+
+
+def _conjugate(a, blk, to_next, t, out, pan=None, zbuf=None):
+    """One step of the two-sided sweep: ``out <- S^T a S`` for one block-diagonal stage.
+
+    ``a`` ``(N, N)`` antisymmetric, rows and columns in the stage's slab layout, of which only the
+    upper block triangle (blocks of ``L = 2t``, diagonal blocks whole) is read; ``blk``
+    ``(NB, L, L)`` the stage's blocks (natural local order); ``to_next`` ``(T,)`` the slab position
+    of each current slab in the next layout.  Only the blocks ``I <= J`` of ``P_I^T a_IJ P_J`` are
+    formed, ``N^3 / (2t)`` multiply-adds instead of twice that for both sides in full; the compiled
+    scatter writes them (and their negative transposes) into the upper block triangle of ``out``
+    in the next layout.  ``pan`` ``(1, NB, L, N)`` and ``zbuf`` ``(L, N)``: optional scratch."""
+    N = a.shape[-1]
+    L = 2 * t
+    NB = N // L
+    if pan is None:
+        pan = np.empty((1, NB, L, N), dtype=a.dtype)
+    if zbuf is None:
+        zbuf = np.empty((L, N), dtype=a.dtype)
+    for I in range(NB):
+        c0 = I * L
+        np.matmul(blk[I].T, a[c0: c0 + L, c0:], out=zbuf[:, c0:])
+        zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
+        cv = np.swapaxes(pan[0, I].reshape(L, NB, L)[:, I:], 0, 1)
+        np.matmul(zv, blk[I:], out=cv)
+    _engine().scatter_mirror(pan, to_next, t, out[None])
+
+
+def _matrix_vjp_fast(theta, cotangent, pl, output):
+    eb = _engine()
+    n, t, N, A = pl.n, pl.t, pl.N, pl.A
+    T, NB, L = N // t, N // (2 * t), 2 * t
+    th2 = np.ascontiguousarray(theta.reshape(-1, A))
+    Bt = th2.shape[0]
+    dt = theta.dtype
+    uu = _matrix_fast(theta, pl) if output is None else output
+    w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))
+    del uu
+    w = np.ascontiguousarray(_sum_to(w, theta.shape[:-1] + (n, n)).reshape(Bt, n, n), dtype=dt)
+    lays, natural = _slab_layouts(pl)
+    K = pl.num_meet
+    order = (lays[K - 1][:, None] * t + np.arange(t)).reshape(-1)
+    a = np.empty((Bt, N, N), dtype=dt)
+    eb.antisym_gather(w, order, n, L, a)
+    del w
+    a2 = np.empty_like(a)
+    pan = np.empty((1, NB, L, N), dtype=dt)
+    zbuf = np.empty((L, N), dtype=dt)
+    d = np.zeros((Bt, A + 1), dtype=dt)
+    perms, inv = _kernel_perms(t)
+    ar = np.arange(NB)
+    parts = _numba_threads()
+    blk = np.empty((Bt, NB, L, L), dtype=dt)
+    for k in range(K - 1, -1, -1):
+        diag = np.ascontiguousarray(np.moveaxis(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :], 0, 1))
+        dk = np.empty((Bt, t * t, NB), dtype=dt)
+        # the stage's blocks and their angle cotangents in one pass (the VJP builds the blocks)
+        eb.meet_blocks_vjp(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, diag, dk, blk, parts)
+        del diag
+        d[:, pl.meet_slots[:, k * NB: (k + 1) * NB]] = dk
+        if k == 0 and not pl.rr_v:
+            break
+        nxt = _inverse(lays[k - 1]) if k > 0 else natural
+        to_next = nxt[lays[k]]
+        for b in range(Bt):
+            _conjugate(a[b], blk[b], to_next, t, a2[b], pan, zbuf)
+        a, a2 = a2, a
+    del a2, pan, zbuf, blk
+    if pl.rr_v:
+        at = np.arange(T)
+        arr = np.moveaxis(a.reshape(Bt, T, t, T, t)[:, at, :, at, :], 0, 1)
+        del a
+        ext = _ext(th2)
+        d[:, pl.rr_slots] = rr_vjp(ext[..., pl.rr_slots], arr, t)
+    return d[:, :A].reshape(theta.shape)
+
+
 # --------------------------------------------------------------------------- public backend functions
 
 def apply(theta, x, schedule, transpose=False, u=None):
@@ -573,6 +752,8 @@ def apply(theta, x, schedule, transpose=False, u=None):
 def matrix(theta, schedule, u=None):
     """``U(theta)`` ``(..., n, n)``: the first stage's blocks placed on the diagonal, then the stages."""
     pl = plan(schedule, u or granularity(schedule))
+    if _fast(pl):
+        return _matrix_fast(theta, pl)
     blocks = _blocks(theta, pl)
     return _matrix_from_blocks(blocks, pl)[..., : pl.n, : pl.n].copy()
 
@@ -650,6 +831,8 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
     ``output`` may pass ``U`` to skip recomputing it."""
     n = schedule.n
     pl = plan(schedule, u or granularity(schedule))
+    if _fast(pl):
+        return _matrix_vjp_fast(theta, cotangent, pl, output)
     keep = []
     blocks = _blocks(theta, pl, keep)
     uu = _matrix_from_blocks(blocks, pl)[..., :n, :n] if output is None else output

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _strategy
+from .. import _strategy, _threads
 from . import blocked, numpy_backend as _ref, numpy_unitary as _uref
+from ._common import complex_dtype  # noqa: F401 (protocol attribute)
 
 __all__ = [
     "xp", "all_finite", "complex_dtype",
@@ -32,11 +33,6 @@ xp = np
 def all_finite(a) -> bool:
     """True when every entry of ``a`` is finite."""
     return bool(np.isfinite(a).all())
-
-
-def complex_dtype(real_dtype):
-    """complex64 for float32, complex128 for float64."""
-    return np.result_type(np.dtype(real_dtype), np.complex64)
 
 
 def _engine():
@@ -64,10 +60,11 @@ _REFERENCE = {
 def _impl(op, schedule, dtype=None, k=None):
     """The function that runs ``op`` (chosen by :func:`cupyortho._strategy.cpu_impl`)."""
     which = _strategy.cpu_impl(op, schedule, dtype, k)
+    # numba's pool follows cupyortho's thread setting / torch's budget (docs/threads.md)
     if which == "blocked":
-        return getattr(blocked, op)
+        return _threads.with_numba_threads(getattr(blocked, op))
     if which == "engine":
-        return getattr(_engine(), op)
+        return _threads.with_numba_threads(getattr(_engine(), op), load=True)
     return _REFERENCE[op]
 
 

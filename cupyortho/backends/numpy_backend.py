@@ -1,7 +1,7 @@
 r"""NumPy reference backend: the readable specification every other backend is tested against.
 
-Design rule: the ``rounds_*`` functions are the reference: one function per public operation, each taking arrays that the public layer in
-:mod:`cupyortho._api` has already validated and cast (same floating dtype, angles on the last axis,
+Design rule: the ``rounds_*`` functions are the reference: one function per public operation, each
+taking arrays that the public layer in :mod:`cupyortho._api` has already validated and cast (same floating dtype, angles on the last axis,
 ``x`` as ``(..., n, k)``) and a resolved :class:`~cupyortho.schedule.Schedule`.  Every round is one
 vectorized step over its disjoint pairs; the only Python loop is over rounds.  Nothing the caller
 passed is written to: every sweep works on its own copy.
@@ -28,14 +28,6 @@ __all__ = [
     "rounds_matrix_jvp",
     "rounds_apply_jvp",
 ]
-
-xp = np
-
-
-def all_finite(a) -> bool:
-    """True when every entry of ``a`` is finite."""
-    return bool(np.isfinite(a).all())
-
 
 # --------------------------------------------------------------------------- the round walker
 # Shared by the SO(n) reference below, the U(n) reference (numpy_unitary) and the inverse map.

@@ -36,13 +36,6 @@ from .numpy_backend import round_order, rotate, walk, work
 
 __all__ = list(U_FUNCTIONS)
 
-xp = np
-
-
-def all_finite(a) -> bool:
-    """True when every entry of ``a`` is finite."""
-    return bool(np.isfinite(a).all())
-
 
 # --------------------------------------------------------------------------- coefficients
 

@@ -111,6 +111,8 @@ class TeamPlan:
             ``0..u-1``), so also the order of the rows after the stage.
         meet_slots (ndarray ``(u*u, K' N/(2u))``): angle slot of every leaf of every meeting block
             (stage-major), in the leaf layout of ``blocked.build_meet``.
+        meet_teams (ndarray ``(K', T/2, 2)`` int64 or None): when ``u = t``, the teams ``(a, b)``
+            of every meeting block (the block's rows are ``a*t + q`` and ``b*t + q``); else None.
         orders (list of ``N``-arrays): the coordinate order of the rows of each stage's blocks, in
             application order (``S_0`` first).
         fwd, rev (tuple ``(list, final)``): :class:`Gather` objects (None: nothing to move) taking
@@ -147,6 +149,9 @@ class TeamPlan:
             self.meet_slots = np.zeros((u * u, 0), dtype=np.int64)
             self.num_meet = 0
             self.meet_rows = np.zeros((0, N // (2 * u), 2 * u), dtype=np.int64)
+        self.meet_teams = None
+        if u == t and self.num_meet:
+            self.meet_teams = _frozen(self.meet_rows[..., [0, u]] // t)
         self.orders = orders
         self.levels = int(u).bit_length() - 1
         self.fwd = _gathers(orders, N)

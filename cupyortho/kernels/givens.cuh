@@ -54,6 +54,16 @@ __device__ inline grid_item split_item(const long long t, const int U, const int
     return it;
 }
 
+// This thread's work item of a flat grid over total = B x U x V items; false for the threads past
+// the end (which return).
+__device__ inline bool flat_item(const long long total, const int U, const int V, grid_item& it)
+{
+    const long long t = flat_thread_index();
+    if (t >= total) return false;
+    it = split_item(t, U, V);
+    return true;
+}
+
 // Forward-mode step of one rotation on (y, dy): y <- G y, dy <- G dy + w K y_new with
 // (K y)_i = -y_j, (K y)_j = y_i (w = sign * d theta).
 template <typename T>

@@ -30,9 +30,8 @@ __global__ void apply_round(T* __restrict__ y, const T* __restrict__ cs, const i
                             const int* __restrict__ pair_j, const int q0, const int P, const int n,
                             const int k, const long long cs_bstride, const T sign, const long long total)
 {
-    const long long t = flat_thread_index();
-    if (t >= total) return;
-    const grid_item it = split_item(t, P, k);  // (b, pair, column)
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
     const int q = q0 + it.u;
     T c, s;
     load_cos_sin(cs + it.b * cs_bstride, q, sign, c, s);
@@ -79,9 +78,8 @@ __global__ void apply_jvp_round(T* __restrict__ y, T* __restrict__ dy, const T* 
                                 const int k, const long long cs_bstride, const long long dt_bstride,
                                 const T sign, const long long total)
 {
-    const long long t = flat_thread_index();
-    if (t >= total) return;
-    const grid_item it = split_item(t, P, k);  // (b, pair, column)
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
     const int q = q0 + it.u;
     T c, s;
     load_cos_sin(cs + it.b * cs_bstride, q, sign, c, s);
@@ -103,9 +101,8 @@ __global__ void matrix_vjp_round(T* __restrict__ w, T* __restrict__ d, const T* 
                                  const int* __restrict__ slot_q, const int s0, const int S, const int n,
                                  const int A, const long long cs_bstride, const long long total)
 {
-    const long long t = flat_thread_index();
-    if (t >= total) return;
-    const grid_item it = split_item(t, S, S);  // (b, row slot, column slot)
+    grid_item it;  // (b, row slot, column slot)
+    if (!flat_item(total, S, S, it)) return;
     const int a = s0 + it.u, e = s0 + it.v;
     T* wb = w + it.b * (long long)n * n;
     const T* csb = cs + it.b * cs_bstride;

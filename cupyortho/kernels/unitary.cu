@@ -57,9 +57,8 @@ __global__ void unitary_apply_round(T* __restrict__ y, const T* __restrict__ coe
                                     const int k, const long long coef_bstride, const T sign,
                                     const long long total)
 {
-    const long long t = flat_thread_index();
-    if (t >= total) return;
-    const grid_item it = split_item(t, P, k);  // (b, pair, column)
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
     const int q = q0 + it.u;
     const unitary_coef<T> K = unitary_load(coef + it.b * coef_bstride, q, sign);
     T* yb = y + 2 * it.b * (long long)n * k;
@@ -133,9 +132,8 @@ __global__ void unitary_apply_jvp_round(T* __restrict__ y, T* __restrict__ dy, c
                                         const int k, const int A, const long long coef_bstride,
                                         const long long dt_bstride, const T sign, const long long total)
 {
-    const long long t = flat_thread_index();
-    if (t >= total) return;
-    const grid_item it = split_item(t, P, k);  // (b, pair, column)
+    grid_item it;  // (b, pair, column)
+    if (!flat_item(total, P, k, it)) return;
     const long long b = it.b;
     const int q = q0 + it.u;
     const unitary_coef<T> K = unitary_load(coef + b * coef_bstride, q, sign);  // K.s = sigma s
@@ -177,9 +175,8 @@ __global__ void unitary_matrix_vjp_round(T* __restrict__ w, T* __restrict__ d, c
                                          const int* __restrict__ slot_q, const int s0, const int S, const int n,
                                          const int A, const long long coef_bstride, const long long total)
 {
-    const long long t = flat_thread_index();
-    if (t >= total) return;
-    const grid_item it = split_item(t, S, S);  // (b, row slot, column slot)
+    grid_item it;  // (b, row slot, column slot)
+    if (!flat_item(total, S, S, it)) return;
     const long long b = it.b;
     const int a = s0 + it.u, e = s0 + it.v;
     T* wb = w + 2 * b * (long long)n * n;

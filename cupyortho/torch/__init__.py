@@ -34,8 +34,16 @@ from ._ops import (  # noqa: F401
     _unitary_vjp_op,
 )
 from .functional import apply, frame, matrix, unitary, unitary_apply
-from .functional import _check_count, _check_tensor, _n_from_count, _resolve_n  # noqa: F401
-from .nn import Orthogonal, OrthogonalParametrization
+from .functional import _check_tensor, _resolve_n  # noqa: F401
+from .nn import (
+    Orthogonal,
+    OrthogonalParametrization,
+    Unitary,
+    UnitaryParametrization,
+    assignment_tolerance,
+    cached,
+    rebase,
+)
 from .nn import _orthogonalize  # noqa: F401
 
 __all__ = [
@@ -46,4 +54,9 @@ __all__ = [
     "unitary_apply",
     "Orthogonal",
     "OrthogonalParametrization",
+    "Unitary",
+    "UnitaryParametrization",
+    "assignment_tolerance",
+    "cached",
+    "rebase",
 ]

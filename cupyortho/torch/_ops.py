@@ -53,11 +53,11 @@ _LIB = "cupyortho"
 # _SCHEDULE_SCHEMA and every public function passes ``*schedule_args(schedule)``.
 
 _SCHEDULE_SCHEMA = "str? kind, int? team_size"
-_SCHEDULE_ARITY = 2
 
 
 def schedule_args(schedule) -> Tuple[Optional[str], Optional[int]]:
-    """A ``schedule`` argument (None, a kind name or a Schedule) -> the trailing op arguments."""
+    """A ``schedule`` argument (None, a kind name, a token or a Schedule) -> the trailing op arguments
+    ``(kind or token, team_size)``; a Schedule travels as its token, which carries its restriction."""
     if schedule is None:
         return None, None
     if isinstance(schedule, str):
@@ -88,7 +88,7 @@ def _schedule(n: int, kind: Optional[str], team_size: Optional[int]):
 # --------------------------------------------------------------------------- the table
 
 def _complex_of(dtype):
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
+    return torch.complex128 if dtype == torch.float64 else torch.complex64  # bf16/fp16: complex64
 
 
 def _apply_shape(theta, x):
@@ -111,6 +111,10 @@ class _Op:
     @property
     def n_tensors(self) -> int:
         return len(self.core)
+
+    @property
+    def n_args(self) -> int:
+        return len(self.args.split(", "))
 
     @property
     def tensor_names(self) -> Tuple[str, ...]:
@@ -180,11 +184,16 @@ _TABLE = (
 
 def _kernel(spec: _Op):
     """The op's implementation: the tensors go through the bridge, the rest is passed on."""
-    k, a = spec.n_tensors, _SCHEDULE_ARITY
+    k, f = spec.n_tensors, spec.n_args  # the schedule's arguments follow the first f (defaults may be left out)
 
     def kernel(*args):
-        tensors, scalars, sched = args[:k], args[k:len(args) - a], args[len(args) - a:]
-        schedule = _schedule(spec.n(*args[:len(args) - a]), *sched)
+        tensors, scalars, sched = args[:k], args[k:f], args[f:]
+        if any(t.numel() == 0 for t in tensors):
+            # An empty batch (or k = 0 columns): every output is a sum over nothing -- zeros of the
+            # shape the fake kernel states, without calling cupyortho.
+            out = spec.fake(*args[:f])
+            return tuple(torch.zeros_like(o) for o in out) if isinstance(out, tuple) else torch.zeros_like(out)
+        schedule = _schedule(spec.n(*args[:f]), *sched)
         return _call(lambda *arrays: spec.impl(*arrays, *scalars, schedule), *tensors)
 
     return kernel
@@ -192,7 +201,7 @@ def _kernel(spec: _Op):
 
 def _fake(spec: _Op):
     def fake(*args):
-        return spec.fake(*args[:len(args) - _SCHEDULE_ARITY])
+        return spec.fake(*args[:spec.n_args])
 
     return fake
 

@@ -7,14 +7,13 @@ their own dtype: ``docs/low_precision.md``); ``apply`` promotes theta and x to a
 arguments must be on one device (checked before dispatch, see :func:`._bridge.same_device`).
 """
 
-import math
 from typing import Optional
 
 import torch
 
-from .. import _unitary
+from .. import _validate as _v
 from .. import schedule as _sched
-from ..errors import AngleCountError, DtypeError, ShapeError, SizeError
+from ..errors import ArrayTypeError, BackendMismatchError, DtypeError, ShapeError, SizeError
 from ._bridge import same_device
 from ._ops import (
     apply_op as _apply_op,
@@ -30,47 +29,59 @@ from ._ops import (
 __all__ = ["matrix", "frame", "apply", "unitary", "unitary_apply"]
 
 _DTYPES = (torch.float32, torch.float64) + LOW_PRECISION  # low precision: computed in float32 (_ops)
+_COMPLEX = (torch.complex64, torch.complex128)
 
 
 # --------------------------------------------------------------------------- argument checks
-# These stay here until the shared validation module (cupyortho/_validate.py) lands; then they
-# become calls of it.
+# Shapes, counts, n, m and schedules go through the shared validation module (cupyortho._validate,
+# on the tensors' shapes); only what is particular to tensors (type, layout, dtype, device) is here.
 
-def _check_tensor(name: str, t, min_ndim: int = 1) -> None:
+def _check_tensor(name: str, t, allowed=_DTYPES, min_ndim: int = 1) -> None:
     if not isinstance(t, torch.Tensor):
-        raise DtypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _DTYPES:
-        raise DtypeError(f"{name} must have dtype torch.float32, float64, bfloat16 or float16, got {t.dtype}")
-    if t.dim() < min_ndim:
-        raise ShapeError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
+        raise ArrayTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise DtypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise DtypeError(f"{name} must have dtype {names}; got {t.dtype}")
+    _v.check_ndim(name, tuple(t.shape), min_ndim)
 
 
-def _n_from_count(count: int) -> int:
-    n = (1 + math.isqrt(1 + 8 * count)) // 2
-    if n >= 2 and n * (n - 1) // 2 == count:
-        return n
-    raise AngleCountError(
-        f"theta must hold n(n-1)/2 angles on its last axis for some n >= 2; got {count}"
-    )
+def _constant(fn):
+    """Under ``torch.compile`` the checks run as plain Python at trace time on the concrete shapes and
+    their result is a constant of the graph (``assume_constant_result``), instead of being traced."""
+    return torch._dynamo.assume_constant_result(fn)
 
 
-def _check_count(theta, n, m=None, schedule=None):
-    if isinstance(schedule, str) and ":" in schedule:
-        schedule = _sched.from_token(schedule)
-    if isinstance(schedule, _sched.Schedule) and m in (None, schedule.m):
-        expected = schedule.num_angles  # truncated or user-built schedules hold their own count
-    else:
-        expected = _sched.num_angles(n, m)
-    if theta.shape[-1] != expected:
-        what = f"n = {n}" + (f", m = {m}" if m is not None else "")
-        raise AngleCountError(
-            f"theta must hold {expected} angles on its last axis for {what}; got shape {tuple(theta.shape)}"
-        )
+def _as_schedule(schedule):
+    """A schedule token names a Schedule (which carries n, m and its angle count)."""
+    return _sched.from_token(schedule) if isinstance(schedule, str) and ":" in schedule else schedule
+
+
+@_constant
+def _so_n(shape, n, schedule, m=None, n_name="n"):
+    """(n, m) of angles of ``shape`` (cupyortho._validate.resolve_so: counts, n, m and schedule)."""
+    sched = _v.resolve_so(shape, n, _as_schedule(schedule), m, n_name=n_name)
+    return sched.n, sched.m
+
+
+@_constant
+def _u_n(shape, n, special, schedule, n_name="n"):
+    """n of unitary parameters of ``shape`` (cupyortho._validate.resolve_u)."""
+    return _v.resolve_u(shape, n, special, _as_schedule(schedule), n_name=n_name).n
+
+
+@_constant
+def _x_rows(name, shape, batch_name, batch):
+    """(n, vector) of data ``x`` (cupyortho._validate.x_rows), its batch axes checked to broadcast."""
+    n, vector = _v.x_rows(name, shape)
+    _v.batch_shape((batch_name, batch), (name, shape[:-1] if vector else shape[:-2]))
+    return n, vector
 
 
 def _resolve_n(schedule, n):
-    if isinstance(schedule, str) and ":" in schedule:
-        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule, which carries n
+    """The n a layer's ``schedule`` implies (a Schedule's own n; an explicit n must agree)."""
+    schedule = _as_schedule(schedule)
     if isinstance(schedule, _sched.Schedule):
         if n is not None and n != schedule.n:
             raise SizeError(f"n = {n} disagrees with the schedule, built for n = {schedule.n}")
@@ -78,52 +89,66 @@ def _resolve_n(schedule, n):
     return n
 
 
-def _n_from_unitary_count(count: int, special: bool) -> int:
-    n = math.isqrt(count + (1 if special else 0))
-    if n >= 2 and _unitary.num_unitary_params(n, special) == count:
-        return n
-    raise AngleCountError(
-        f"params must hold {'n*n - 1' if special else 'n*n'} parameters on its last axis for some n >= 2; "
-        f"got {count}"
-    )
+def _check_base(base, n: int, dtype, device, what: str = "theta"):
+    """``base``: None, or a ``(..., n, n)`` tensor of ``dtype`` on ``device``."""
+    if base is None:
+        return
+    if not isinstance(base, torch.Tensor):
+        raise ArrayTypeError(f"base must be None or a torch.Tensor, got {type(base).__name__}")
+    if base.dtype != dtype:
+        raise DtypeError(f"base must have dtype {dtype} (that of {what}), got {base.dtype}")
+    if base.dim() < 2 or tuple(base.shape[-2:]) != (n, n):
+        raise ShapeError(f"base must have shape (..., {n}, {n}), got {tuple(base.shape)}")
+    if base.device != device:
+        raise BackendMismatchError(f"base and {what} must be on one device; got base on {base.device} and "
+                                   f"{what} on {device}")
 
 
 # --------------------------------------------------------------------------- public functions
 
-def matrix(theta: torch.Tensor, *, n: Optional[int] = None, schedule=None) -> torch.Tensor:
-    r"""The rotation :math:`U(\theta) = B_{R-1}\cdots B_0 \in SO(n)` (see :func:`cupyortho.matrix`).
+def matrix(theta: torch.Tensor, *, n: Optional[int] = None, schedule=None, base=None) -> torch.Tensor:
+    r"""The rotation :math:`U(\theta) = B_{R-1}\cdots B_0 \in SO(n)` (see :func:`cupyortho.matrix`),
+    or :math:`B\,U(\theta)` with a base ``B`` (the layers' trivialization, ``docs/adapters.md``).
 
     Args:
-        theta (Tensor): ``(..., n(n-1)/2)`` angles, float32 or float64, CPU or CUDA.
+        theta (Tensor): ``(..., n(n-1)/2)`` angles, float32 or float64, CPU or CUDA
+            (``(..., num_angles(n, m))`` with a Stiefel-restricted Schedule: its full ``n x n`` matrix).
         n (int, optional): inferred from the angle count when omitted.
         schedule (str | Schedule | None): as in :func:`cupyortho.matrix`.
+        base (Tensor, optional): ``(..., n, n)`` of theta's dtype and device, typically orthogonal;
+            the result is ``base @ U(theta)`` (batch axes broadcast as in ``torch.matmul``).
 
     Returns:
-        Tensor ``(..., n, n)``, differentiable with respect to theta.
+        Tensor ``(..., n, n)``, differentiable with respect to theta (and base).
+
+    Raises:
+        DtypeError, ShapeError, AngleCountError, SizeError, ScheduleError, BackendMismatchError
+        (``cupyortho.errors``) for bad arguments, naming the argument.
     """
     _check_tensor("theta", theta)
-    n = _resolve_n(schedule, n)
-    n = _n_from_count(theta.shape[-1]) if n is None else _sched._check_int("n", n, 2)
-    _check_count(theta, n, schedule=schedule)
-    return _matrix_op(theta, n, *schedule_args(schedule))
+    n, _ = _so_n(tuple(theta.shape), n, schedule)  # a restricted Schedule: its own count
+    _check_base(base, n, theta.dtype, theta.device)
+    u = _matrix_op(theta, n, *schedule_args(schedule))
+    return u if base is None else base @ u
 
 
-def frame(theta: torch.Tensor, n: int, m: int, *, schedule=None) -> torch.Tensor:
+def frame(theta: torch.Tensor, n: int, m: int, *, schedule=None, base=None) -> torch.Tensor:
     r"""The first ``m`` columns of the Stiefel-restricted :math:`U(\theta)` (see :func:`cupyortho.frame`).
 
     Args:
         theta (Tensor): ``(..., n*m - m(m+1)/2)`` angles.
         n (int), m (int): ``1 <= m <= n``.
         schedule: as in :func:`matrix`.
+        base (Tensor, optional): ``(..., n, n)``; the result is ``base @ frame(theta, n, m)``.
 
     Returns:
         Tensor ``(..., n, m)`` with orthonormal columns.
     """
     _check_tensor("theta", theta)
-    n = _sched._check_int("n", n, 2)
-    _resolve_n(schedule, n)
-    _check_count(theta, n, m, schedule=schedule)  # validates m too
-    return _frame_op(theta, n, int(m), *schedule_args(schedule))
+    n, m = _so_n(tuple(theta.shape), _v.integer("n", n, 2), schedule, _v.integer("m", m, 1))
+    _check_base(base, n, theta.dtype, theta.device)
+    q = _frame_op(theta, n, int(m), *schedule_args(schedule))
+    return q if base is None else base @ q
 
 
 def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, schedule=None) -> torch.Tensor:
@@ -138,46 +163,35 @@ def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, sche
     _check_tensor("theta", theta)
     _check_tensor("x", x)
     same_device(theta=theta, x=x)
-    vector = x.dim() == 1
+    n, vector = _x_rows("x", tuple(x.shape), "theta", tuple(theta.shape[:-1]))
     x2 = x.unsqueeze(-1) if vector else x
-    n = x2.shape[-2]
-    if n < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    if _resolve_n(schedule, n) != n:
-        raise SizeError(f"x has n = {n} rows but the schedule is built for n = {schedule.n}")
-    _check_count(theta, n, schedule=schedule)
-    try:
-        torch.broadcast_shapes(theta.shape[:-1], x2.shape[:-2])
-    except RuntimeError:
-        raise ShapeError(
-            f"batch axes do not broadcast: theta {tuple(theta.shape)}, x {tuple(x.shape)}"
-        ) from None
+    _so_n(tuple(theta.shape), n, schedule, n_name="n (the rows of x)")
     dtype = torch.promote_types(theta.dtype, x.dtype)
     y = _apply_op(theta.to(dtype), x2.to(dtype), bool(transpose), *schedule_args(schedule))
     return y.squeeze(-1) if vector else y
 
 
-def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = False, schedule=None) -> torch.Tensor:
+def unitary(params: torch.Tensor, *, n: Optional[int] = None, special: bool = False, schedule=None,
+            base=None) -> torch.Tensor:
     r"""The unitary :math:`U = D(\delta) B_{R-1}\cdots B_0` (see :func:`cupyortho.unitary`).
 
     Args:
         params (Tensor): real ``(..., P)``, ``P = n*n`` (U(n)) or ``n*n - 1`` (SU(n), ``special=True``),
             laid out ``[theta, phi, delta]``.
         n (int, optional), schedule: as in :func:`matrix`.
+        base (Tensor, optional): complex ``(..., n, n)`` (complex64 for float32 params, complex128 for
+            float64) on params' device; the result is ``base @ U(params)``.
 
     Returns:
         complex Tensor ``(..., n, n)`` (complex64 for float32 params, complex128 for float64),
         differentiable with respect to params.
     """
     _check_tensor("params", params)
-    n = _resolve_n(schedule, n)
-    n = _n_from_unitary_count(params.shape[-1], special) if n is None else _sched._check_int("n", n, 2)
-    if params.shape[-1] != _unitary.num_unitary_params(n, special):
-        raise AngleCountError(
-            f"params must hold {_unitary.num_unitary_params(n, special)} parameters for n = {n}; "
-            f"got shape {tuple(params.shape)}"
-        )
-    return _unitary_op(params, n, bool(special), *schedule_args(schedule))
+    special = _v.flag("special", special)
+    n = _u_n(tuple(params.shape), n, special, schedule)
+    _check_base(base, n, _complex_of(params.dtype), params.device, "params")
+    u = _unitary_op(params, n, bool(special), *schedule_args(schedule))
+    return u if base is None else base @ u
 
 
 def unitary_apply(params: torch.Tensor, x: torch.Tensor, *, special: bool = False, adjoint: bool = False,
@@ -188,24 +202,12 @@ def unitary_apply(params: torch.Tensor, x: torch.Tensor, *, special: bool = Fals
     params and x together.
     """
     _check_tensor("params", params)
-    if not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES + (torch.complex64, torch.complex128):
-        raise DtypeError(f"x must be a float32, float64, bfloat16, float16, complex64 or complex128 tensor, got "
-                         f"{getattr(x, 'dtype', type(x).__name__)}")
+    _check_tensor("x", x, _DTYPES + _COMPLEX)
     same_device(params=params, x=x)
-    vector = x.dim() == 1
+    special, adjoint = _v.flag("special", special), _v.flag("adjoint", adjoint)
+    n, vector = _x_rows("x", tuple(x.shape), "params", tuple(params.shape[:-1]))
     x2 = x.unsqueeze(-1) if vector else x
-    if x2.dim() < 2 or x2.shape[-2] < 2:
-        raise SizeError(f"x must have n >= 2 rows (axis -2, or axis 0 of a vector); got shape {tuple(x.shape)}")
-    n = x2.shape[-2]
-    if params.shape[-1] != _unitary.num_unitary_params(n, special):
-        raise AngleCountError(
-            f"params must hold {_unitary.num_unitary_params(n, special)} parameters for n = {n} (from x); "
-            f"got shape {tuple(params.shape)}"
-        )
-    try:
-        torch.broadcast_shapes(params.shape[:-1], x2.shape[:-2])
-    except RuntimeError:
-        raise ShapeError(f"batch axes do not broadcast: params {tuple(params.shape)}, x {tuple(x.shape)}") from None
+    _u_n(tuple(params.shape), n, special, schedule, n_name="n (the rows of x)")
     real = torch.promote_types(params.dtype, x.real.dtype if x.is_complex() else x.dtype)
     xdt = _complex_of(real) if x.is_complex() else real
     y = _unitary_apply_op(params.to(real), x2.to(xdt), bool(special), bool(adjoint), *schedule_args(schedule))

@@ -14,10 +14,11 @@ Maths and conventions are the NumPy reference's (:mod:`cupyortho.backends.numpy_
 ``docs/conventions.md``):
 a round rotates rows ``x_i <- c x_i - s x_j``, ``x_j <- s x_i + c x_j``; ``U = B_{R-1} ... B_0``.
 
-Paths (how a pass runs on the device, chosen per call from what fits in shared memory, or forced with
-``path=`` in the ``_impl_*`` functions; whether ``apply`` materializes ``U`` first is not decided here
-but by :mod:`cupyortho._strategy`, which composes :func:`_impl_matrix` / :func:`_impl_matrix_vjp` with
-GEMMs):
+Paths (how a pass runs on the device, or forced with ``path=`` in the ``_impl_*`` functions):
+``"blocked"`` for ``U`` and its VJP when :func:`cupyortho._strategy.cupy_impl` says so, else fused or
+per-round sweeps by what fits in shared memory.  Whether ``apply`` materializes ``U`` first is not
+decided here but by :mod:`cupyortho._strategy` (the public layer then composes :func:`_impl_matrix` /
+:func:`_impl_matrix_vjp` with GEMMs):
 
 ``"fused"``
     All rounds in one launch: a thread block owns a tile of ``TK`` columns of one batch entry in
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import _strategy
 from .._common import sum_to as _sum_to
 from ...errors import MethodError, ScheduleError
 from . import launch as _launch
@@ -221,12 +223,14 @@ def _impl_apply_jvp(dev, theta, x, theta_tangent, x_tangent, schedule, transpose
 
 # --------------------------------------------------------------------------- blocked (team) path
 
-def _use_blocked(schedule, path):
+def _use_blocked(op, schedule, path):
+    """Whether ``op`` (``"matrix"``, ``"matrix_vjp"``) runs by block stages: forced by ``path``, else as
+    :func:`cupyortho._strategy.cupy_impl` decides."""
     if path == "blocked":
         if schedule.kind != "team":
             raise ScheduleError(f"path='blocked' needs a team schedule, got {schedule!r}")
         return True
-    return path is None and schedule.kind == "team"
+    return path is None and _strategy.cupy_impl(op, schedule) == "blocked"
 
 
 def _blocked_blocks(dev, theta, batch, schedule):
@@ -317,7 +321,7 @@ def _eye(xp, n, dtype):
 def _impl_matrix(dev, theta, schedule, path=None):
     """``U(theta)`` (..., n, n): blocked stages for team schedules, else the rounds applied to I."""
     _check_path(path, MATRIX_PATHS)
-    if _use_blocked(schedule, path):
+    if _use_blocked("matrix", schedule, path):
         return _impl_matrix_blocked(dev, theta, schedule)
     return _impl_apply(dev, theta, _eye(dev.xp, schedule.n, theta.dtype), schedule, False, path)
 
@@ -332,7 +336,7 @@ def _impl_matrix_vjp(dev, theta, cotangent, schedule, output=None, path=None):
     every angle's cotangent is one difference of two entries: no sums, no atomics.
     ``output`` may pass ``U = matrix(theta)`` (..., n, n) to skip recomputing it."""
     _check_path(path, MATRIX_PATHS)
-    if _use_blocked(schedule, path):
+    if _use_blocked("matrix_vjp", schedule, path):
         return _impl_matrix_vjp_blocked(dev, theta, cotangent, schedule, output)
     xp = dev.xp
     batch = tuple(np.broadcast_shapes(theta.shape[:-1], cotangent.shape[:-2]))
