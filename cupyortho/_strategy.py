@@ -52,11 +52,12 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_MATRIX_MAX_N = {"matrix": 1536, "matrix_jvp": 1536, "matrix_vjp": 2048}
-"""Team schedules: ``U`` itself (and its JVP, VJP) is built by the engine up to these ``n``, by the
-blocked GEMM stages beyond.  Measured crossovers (one thread, CPU time per one ``n x n`` matmul;
-``docs/engine.md``): forward engine 5.6 / 4.3 / 6.7 against blocked 11.8 / 5.4 / 5.4 at
-n = 256 / 1024 / 2048; VJP given ``U`` 18.3 / 10.9 / 13.7 against 50.4 / 17.9 / 16.8."""
+ENGINE_MATRIX_MAX_N = 1536
+"""Team schedules: ``U`` itself (``matrix``, ``matrix_jvp``, ``matrix_vjp``) is built by the engine up
+to this ``n``, by the blocked GEMM stages (compiled slab path) beyond.  Measured crossover (one
+thread, CPU time per one ``n x n`` matmul, ``bench/engine_bench.py --crossover``, ``docs/engine.md``):
+``matrix`` engine 5.88 / 4.23 / 7.30 against blocked 14.40 / 5.47 / 5.89 at n = 256 / 1024 / 2048;
+``matrix_vjp(output=U)`` 20.96 / 10.51 / 13.97 against 48.30 / 14.04 / 10.60."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,7 +99,7 @@ def cpu_impl(op, schedule, dtype=None, k=None):
         return "blocked" if blocked_ok else "reference"
     if FORCE == "engine":
         return "engine"
-    if blocked_ok and op in ENGINE_MATRIX_MAX_N and schedule.n > ENGINE_MATRIX_MAX_N[op]:
+    if blocked_ok and op.startswith("matrix") and schedule.n > ENGINE_MATRIX_MAX_N:
         return "blocked"
     return "engine"
 
