@@ -4,7 +4,7 @@ The CuPy backend's algorithms (``cupyortho.backends.cupy.so/un._impl_*``, which 
 unchanged with :class:`cudasim.CpuDevice`: numpy arrays, the launchers' own grid/block/shared-memory
 choices, and the same ``.cu`` text compiled with g++.  Threads of a block run as fibers in a seeded
 random order between barriers, so a missing ``__syncthreads`` shows as a mismatch.  Results are
-compared with ``numpy_backend`` (the reference) for float32 and float64 at sizes on both sides of
+compared with the round-by-round reference (``numpy_backend.rounds_*``) for float32 and float64 at sizes on both sides of
 every tile and block boundary (n = 2, 3, 31, 32, 33, 64, 65, 130; k = 1, 7, 33), both schedules,
 both paths (fused, per-round) and the blocked team path.  The last test checks that every entry of
 ``KERNELS`` was launched, and a mutation test removes each barrier of the package's kernels in turn
@@ -20,9 +20,13 @@ import pytest
 
 import cudasim
 
-from cupyortho.backends import numpy_backend as nb, numpy_unitary as nu
+from cupyortho.backends import numpy_unitary as nu
 from cupyortho.backends.cupy import kernels as _kernels, so as cb, un as cu
 from cupyortho.schedule import circle_schedule, team_schedule
+from conftest import BACKENDS
+
+#: The round-by-round reference (numpy_backend.rounds_*), not the CPU backend's compiled or GEMM paths.
+nb = BACKENDS["reference"]()
 
 KERNELS = _kernels.KERNELS
 LAUNCHED = collections.Counter()  # name expression -> launches, over the whole module
