@@ -743,7 +743,7 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
         raise ShapeError(f"U must have shape (..., n, n) with n >= 2; got {tuple(A.shape)}")
     n = A.shape[-1]
     G = np.conj(np.swapaxes(A, -1, -2)) @ A
-    worst = float(np.abs(G - np.eye(n)).max())
+    worst = float(np.abs(G - np.eye(n)).max(initial=0.0))  # 0 for an empty batch
     if not worst <= tol:
         raise NotOrthogonalError(
             f"U must be unitary (U^H U = I) within tol = {tol:g} (max-abs of U^H U - I); got error {worst:.3g}"

@@ -581,3 +581,16 @@ def test_brick_nulling_round_trip_property(n, seed):
     assert np.abs(co.matrix(th, schedule="brick") - U).max() <= 1e-12
     V = co.haar_unitary_matrix(n, rng=seed)
     assert np.abs(co.unitary(co.params_from_unitary(V, schedule="brick"), schedule="brick") - V).max() <= 1e-12
+
+
+def test_torch_state_dict_of_a_derived_schedule_refuses_another(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+    from cupyortho.errors import CupyorthoError
+
+    a = ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2))
+    b = ct.Orthogonal(16, schedule=co.team_schedule(16, 4).truncate(2))  # same angle count, another U
+    assert a.theta.shape == b.theta.shape
+    ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2)).load_state_dict(a.state_dict())
+    with pytest.raises(CupyorthoError, match="schedule"):
+        b.load_state_dict(a.state_dict())

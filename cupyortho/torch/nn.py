@@ -192,6 +192,8 @@ def _schedule_definition(schedule, n: int):
     """What of ``schedule`` defines the weights: (kind, team size), resolved without building it."""
     schedule = _as_schedule(schedule)
     if isinstance(schedule, _sched.Schedule):
+        if schedule.kind in ("truncated", "rounds"):  # derived: the token (a digest of its recipe) defines it
+            return schedule.token, None
         return schedule.kind, schedule.team_size
     kind = _sched.DEFAULT_SCHEDULE if schedule is None else schedule
     return kind, (_sched.default_team_size(n) if kind == "team" else None)
