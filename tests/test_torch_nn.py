@@ -318,6 +318,13 @@ def test_loading_a_differently_built_layer_names_the_mismatch():
     parametrize.register_parametrization(big, "weight", ct.OrthogonalParametrization(6))
     with pytest.raises(CupyorthoError, match="parametrizations.weight.0"):
         lin.load_state_dict(big.state_dict())
+    # a pure-angle (pre-base) parametrized checkpoint names the missing key and its shape
+    old_lin = torch.nn.Linear(5, 5, bias=False)
+    parametrize.register_parametrization(old_lin, "weight", ct.OrthogonalParametrization(5, use_base=False,
+                                                                                        init="identity"))
+    sd = {k: v for k, v in old_lin.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(ShapeError, match=r"'parametrizations.weight.0.base'.*\(5, 5\)"):
+        lin.load_state_dict(sd)
 
 
 def test_torch_compile_and_state_dict_with_the_base(tmp_path):
