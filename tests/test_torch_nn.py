@@ -365,7 +365,7 @@ def test_layer_with_base_matches_its_weight_and_gradients(rows):
     w = layer.weight
     torch.testing.assert_close(layer(x), x @ w.mT, rtol=0, atol=1e-13)
     torch.testing.assert_close(w, layer.base @ ct.matrix(layer.theta), rtol=0, atol=0)
-    assert torch.autograd.gradcheck(lambda t: torch.nn.utils.stateless.functional_call(layer, {"theta": t}, (x,)),
+    assert torch.autograd.gradcheck(lambda t: torch.func.functional_call(layer, {"theta": t}, (x,)),
                                     (layer.theta.detach().clone().requires_grad_(),))
     frame = ct.Orthogonal(n, 2, init="haar", dtype=F64)
     torch.testing.assert_close(frame(x), x @ frame.weight.mT, rtol=0, atol=1e-13)
