@@ -658,12 +658,14 @@ _SLOW_EXAMPLES = max(5, (_EXTRA.get("max_examples") or settings().max_examples) 
 FUZZ_SLOW = settings(FUZZ, max_examples=_SLOW_EXAMPLES)
 
 
+_SOLVERS = (inv.angles_from_matrix, inv.angles_from_frame, inv.params_from_unitary)
+
+
 def _valid_call(name, spec, data):
     ctx = Ctx(data, spec.n_max)
     pos, kw = spec.build(ctx)
     out, peak = _call(spec, pos, kw)
-    if isinstance(out, E.InverseMapError) and spec.fn in (inv.angles_from_matrix, inv.angles_from_frame,
-                                                           inv.params_from_unitary):
+    if isinstance(out, E.InverseMapError) and spec.fn in _SOLVERS:
         return  # the solver's documented outcome when no start reaches atol within time_limit
     if isinstance(out, Exception):
         raise out
@@ -708,6 +710,8 @@ def _hostile_call(name, spec, data):
     else:
         bad_kw[argname] = bad
     out, peak = _call(spec, bad_pos, bad_kw)
+    if isinstance(out, E.InverseMapError) and spec.fn in _SOLVERS:
+        return  # the solver's documented outcome within time_limit (load-dependent), a library error
     if good is not None:
         # A converted value: the same result as the plain call.
         if isinstance(out, E.CupyorthoError) and name.startswith("torch.") and not hasattr(bad, "__torch_function__"):
