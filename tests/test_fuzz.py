@@ -604,17 +604,53 @@ def _same(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def _torch_specs():
+    """The torch ops (cupyortho.torch, validated through cupyortho._validate): tensors made from the
+    same role values, results compared with the NumPy functions; hostile values arrive as they are
+    (NumPy arrays, None, ...), which the torch ops must refuse with cupyortho errors."""
+    torch = pytest.importorskip("torch")
+    ct = pytest.importorskip("cupyortho.torch")
+
+    def tensor_call(fn):
+        def call(*args, **kwargs):
+            args = [torch.from_numpy(np.array(a)) if type(a) is np.ndarray and a.dtype.kind in "biufc" else a
+                    for a in args]
+            out = fn(*args, **kwargs)
+            return out.detach().numpy() if isinstance(out, torch.Tensor) else out
+        return call
+
+    def same_as(fn):
+        def check(ctx, pos, kw, out):
+            want = fn(*pos, **kw)
+            assert out.shape == want.shape and out.dtype == want.dtype
+            np.testing.assert_allclose(out, want, atol=1e-4)
+        return check
+
+    return [
+        ("torch.matrix", Spec(tensor_call(ct.matrix), [("theta", "angles")], [("schedule", "schedule")],
+                              same_as(co.matrix))),
+        ("torch.frame", Spec(tensor_call(ct.frame), [("theta", "frame_angles"), ("n", "n"), ("m", "m")],
+                             [("schedule", "schedule")], same_as(co.frame))),
+        ("torch.apply", Spec(tensor_call(ct.apply), [("theta", "angles"), ("x", "x")],
+                             [("transpose", "flag"), ("schedule", "schedule")], same_as(co.apply))),
+        ("torch.unitary", Spec(tensor_call(ct.unitary), [("params", "params")],
+                               [("special", "special"), ("schedule", "schedule")], same_as(co.unitary))),
+    ]
+
+
 def _specs():
     specs = list(SO)
-    try:
-        specs += _jax_specs()
-    except pytest.skip.Exception:
-        pass
+    for extra in (_jax_specs, _torch_specs):
+        try:
+            specs += extra()
+        except pytest.skip.Exception:
+            pass
     return specs
 
 
 SPECS = _specs()
-SLOW = {"angles_from_matrix", "angles_from_frame", "params_from_unitary"} | {n for n, _ in SPECS if n.startswith("jax.")}
+SLOW = {"angles_from_matrix", "angles_from_frame", "params_from_unitary"} | {
+    n for n, _ in SPECS if n.startswith(("jax.", "torch."))}
 """Specs whose calls cost milliseconds to seconds (solves, JAX dispatch): a third of the examples."""
 FAST_SPECS = [(n, s) for n, s in SPECS if n not in SLOW]
 SLOW_SPECS = [(n, s) for n, s in SPECS if n in SLOW]
@@ -674,6 +710,8 @@ def _hostile_call(name, spec, data):
     out, peak = _call(spec, bad_pos, bad_kw)
     if good is not None:
         # A converted value: the same result as the plain call.
+        if isinstance(out, E.CupyorthoError) and name.startswith("torch.") and not hasattr(bad, "__torch_function__"):
+            return  # the torch ops take tensors only: NumPy subclasses and lists are refused, by rule
         if isinstance(out, Exception):
             raise AssertionError(f"{name}({argname} = {which}) should be converted, raised {out!r}") from out
         _same(out, spec.fn(*pos, **kw))
@@ -729,8 +767,11 @@ def test_hostile_calls_raise_library_errors_slow(name, spec, data):
 
 
 def _legitimately_accepted(ctx, spec, name, argname, role, which, bad, out):
-    if which in ("nan", "inf") and (spec.jax or (isinstance(bad, np.ndarray) and bad.size == 0)):
-        return  # the JAX adapter propagates NaN by design (its docstring); empty arrays hold none
+    if which in ("nan", "inf") and (spec.jax or name.startswith("torch.") or (isinstance(bad, np.ndarray)
+                                                                           and bad.size == 0)):
+        return  # the JAX and torch adapters propagate NaN by design (their docstrings); empty arrays hold none
+    if which == "float16" and name.startswith("torch."):
+        return  # the torch ops compute in half precision by design (docs/threads.md)
     if which == "none" and argname in ("x_tangent", "output"):
         return  # optional arguments
     if which == "matrix_subclass" or which in ("list", "readonly", "fortran"):

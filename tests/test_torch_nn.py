@@ -318,6 +318,13 @@ def test_loading_a_differently_built_layer_names_the_mismatch():
     parametrize.register_parametrization(big, "weight", ct.OrthogonalParametrization(6))
     with pytest.raises(CupyorthoError, match="parametrizations.weight.0"):
         lin.load_state_dict(big.state_dict())
+    # a pure-angle (pre-base) parametrized checkpoint names the missing key and its shape
+    old_lin = torch.nn.Linear(5, 5, bias=False)
+    parametrize.register_parametrization(old_lin, "weight", ct.OrthogonalParametrization(5, use_base=False,
+                                                                                        init="identity"))
+    sd = {k: v for k, v in old_lin.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(ShapeError, match=r"'parametrizations.weight.0.base'.*\(5, 5\)"):
+        lin.load_state_dict(sd)
 
 
 def test_torch_compile_and_state_dict_with_the_base(tmp_path):
@@ -358,7 +365,7 @@ def test_layer_with_base_matches_its_weight_and_gradients(rows):
     w = layer.weight
     torch.testing.assert_close(layer(x), x @ w.mT, rtol=0, atol=1e-13)
     torch.testing.assert_close(w, layer.base @ ct.matrix(layer.theta), rtol=0, atol=0)
-    assert torch.autograd.gradcheck(lambda t: torch.nn.utils.stateless.functional_call(layer, {"theta": t}, (x,)),
+    assert torch.autograd.gradcheck(lambda t: torch.func.functional_call(layer, {"theta": t}, (x,)),
                                     (layer.theta.detach().clone().requires_grad_(),))
     frame = ct.Orthogonal(n, 2, init="haar", dtype=F64)
     torch.testing.assert_close(frame(x), x @ frame.weight.mT, rtol=0, atol=1e-13)
