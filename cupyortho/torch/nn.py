@@ -694,8 +694,10 @@ class UnitaryParametrization(_Parametrization):
     numerical inverse of the unitary map wired here (use :func:`cupyortho.params_from_unitary`).
 
     Args:
-        n (int).  special (bool).  init (None, "identity", "haar"): as in
-        :class:`OrthogonalParametrization`.  schedule: as in :func:`cupyortho.unitary`.
+        n (int): size of the square weight.
+        special (bool): SU(n) instead of U(n).
+        init (None, "identity", "haar"): as in :class:`OrthogonalParametrization`.
+        schedule: as in :func:`cupyortho.unitary`.
     """
 
     _complex = True
