@@ -11,7 +11,9 @@
   against torch's complex ``matrix_exp`` parametrization materialize-then-matmul.  Target >= 25x.
 
 Every figure is a ratio taken in the same run (to one ``n x n`` float32 matmul and to torch), with
-the load average printed next to it.  ``--impl`` forces the CPU implementation of the apply passes
+the load average printed next to it.  ``--crossover 256 1024 2048`` instead measures the strategy's
+team ``U(theta)`` crossover (engine against blocked stages, one thread each, CPU time per one-thread
+matmul), the numbers behind ``_strategy.ENGINE_MATRIX_MAX_N``.  ``--impl`` forces the CPU implementation of the apply passes
 (``engine``, ``blocked``, ``reference``) through ``cupyortho._strategy.FORCE`` to compare them.
 """
 
@@ -66,6 +68,33 @@ def torch_apply(n, k, kind, dtype, rng):
     return fwd_bwd
 
 
+def crossover_child(n):
+    """One-thread CPU time of team matrix / matrix_vjp(output=U), engine and blocked, per matmul."""
+    from cupyortho import schedule as S
+    from cupyortho.backends import blocked, engine
+
+    def cpu(fn, repeat=2):
+        fn()
+        best_t = np.inf
+        for _ in range(repeat):
+            t0 = time.process_time()
+            fn()
+            best_t = min(best_t, time.process_time() - t0)
+        return best_t
+
+    rng = np.random.default_rng(0)
+    sch = S.team_schedule(n)
+    th = rng.uniform(-np.pi, np.pi, sch.num_angles).astype(np.float32)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    t_mm = cpu(lambda: a @ a, 5)
+    u = blocked.matrix(th, sch)
+    for name, mod in (("engine", engine), ("blocked", blocked)):
+        tf = cpu(lambda: mod.matrix(th, sch))
+        tb = cpu(lambda: mod.matrix_vjp(th, a, sch, output=u))
+        print(f"n={n:5d} {name:8s} matrix {tf / t_mm:6.2f} mm   matrix_vjp(output=U) {tb / t_mm:6.2f} mm   "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048)
@@ -74,7 +103,19 @@ def main(argv=None):
     ap.add_argument("--uk", type=int, default=32)
     ap.add_argument("--impl", default=None, choices=[None, "engine", "blocked", "reference"])
     ap.add_argument("--skip-unitary", action="store_true")
+    ap.add_argument("--crossover", type=int, nargs="*", default=None)
+    ap.add_argument("--crossover-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.crossover_child:
+        return crossover_child(args.crossover_child)
+    if args.crossover is not None:
+        import subprocess
+
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        print("team U(theta), one thread, CPU time per one-thread matmul (float32)")
+        for n in args.crossover or [256, 1024, 2048]:
+            subprocess.run([sys.executable, __file__, "--crossover-child", str(n)], env=env, check=True)
+        return 0
     import torch
 
     from cupyortho import _strategy

@@ -11,17 +11,25 @@ blocked path's stages) while one large GEMM suffers less, so both configurations
 Sections (each table is measured in one run, so the ratios survive a noisy machine):
 
 * ``materialize``: forming ``U`` (forward) and forward+backward (``dL/dtheta`` for ``L = <G, U>``) at
-  n in {256, 512, 1024, 2048}, float32 and float64.  cupyortho rows: the public API
+  n in {256, 512, 1024, 2048, 4096}, float32 and float64 (torch's matrix_exp and geotorch, whose
+  backward costs ~150 matmuls, only up to ``--max-slow-n``, default 2048).  cupyortho rows: the public API
   (``matrix`` then ``matrix_vjp``, which recomputes ``U``), and the backend call given ``U``
   (``output=U``: what an autograd adapter that saved ``U`` pays).  torch rows: the parametrized
   weight of ``nn.Linear(n, n)`` (``torch.nn.utils.parametrizations.orthogonal``), then ``backward``
   of ``<G, W>``.  geotorch: ``geotorch.orthogonal`` (its default, the matrix exponential).
-* ``apply``: ``Y = U X``, forward+backward, n = 2048, k in {1, 32, 256}, float32; cupyortho with
-  ``method="auto"`` (and the other strategy), torch and geotorch materialize-then-matmul.
+* ``apply``: ``Y = U X``, forward+backward, n in {1024, 2048, 4096}, k in {1, 32, 256}, float32;
+  cupyortho with ``method="auto"`` (and both forced strategies), torch and geotorch
+  materialize-then-matmul.
+* ``unitary``: U(n) from ``n^2`` parameters, complex64: materialize (forward, forward+backward) at
+  n in {256, 512, 1024}, and apply fwd+bwd at n = 1024, k in {1, 32, 256}, against torch's complex
+  ``orthogonal`` parametrization (matrix_exp and cayley) materialize(-then-matmul); ratios to one
+  complex n x n matmul and to torch's complex matrix_exp.
 * ``memory``: peak memory of one materialize forward+backward at n = 2048 (float32), each method in
   a fresh subprocess with no earlier call: the kernel's peak resident set (``VmHWM``, reset through
   ``/proc/self/clear_refs`` once the inputs and cupyortho's cached index tables exist) minus the
   resident set at that point, and for cupyortho also NumPy's traced peak (``tracemalloc``).
+
+``--quick`` runs every section at small sizes (a smoke run, seconds).
 
 Writes ``results.csv``, ``materialize.png`` (log-log, time vs n, one line per method),
 ``results.md`` (the tables) under ``--out``; prints the tables too.  Timings: the minimum over
@@ -81,7 +89,7 @@ def torch_param(n, kind, dtype):
     """An nn.Linear(n, n) whose weight is orthogonal: torch (matrix_exp, cayley) or geotorch."""
     import torch
 
-    lin = torch.nn.Linear(n, n, bias=False).to(getattr(torch, dtype))
+    lin = torch.nn.Linear(n, n, bias=False).to(getattr(torch, dtype))  # complex64: U(n)
     if kind == "geotorch":
         import geotorch
 
@@ -114,6 +122,12 @@ def torch_fns(n, kind, dtype, g, x=None):
 
 
 TORCH_METHODS = [("torch cayley", "cayley"), ("torch matrix_exp", "matrix_exp"), ("geotorch", "geotorch")]
+SLOW_METHODS = ("matrix_exp", "geotorch")  # backward ~150 matmuls: skipped above --max-slow-n
+MAX_SLOW_N = 2048
+
+
+def torch_methods(n):
+    return [(lbl, k) for lbl, k in TORCH_METHODS if n <= MAX_SLOW_N or k not in SLOW_METHODS]
 
 
 def materialize_rows(sizes, dtypes, rng):
@@ -135,14 +149,14 @@ def materialize_rows(sizes, dtypes, rng):
 
             t_fb = best(fwd_bwd)
             u = co.matrix(theta, schedule="team")
-            t_b = best(lambda: nb.matrix_vjp(theta, g, sched, output=u))
+            t_b = best(lambda: co.matrix_vjp(theta, g, schedule=sched, output=u))
             res["cupyortho team"] = (t_f, t_fb)
             res["cupyortho team (bwd given U)"] = (t_f, t_f + t_b)
             if n <= 512:
                 t_fc = best(lambda: co.matrix(theta, schedule="circle"))
                 t_fbc = best(lambda: (co.matrix(theta, schedule="circle"), co.matrix_vjp(theta, g, schedule="circle")))
                 res["cupyortho circle"] = (t_fc, t_fbc)
-            for label, kind in TORCH_METHODS:
+            for label, kind in torch_methods(n):
                 f, fb = torch_fns(n, kind, dtype, g)
                 res[label] = (best(f), best(fb))
             for method, (tf, tfb) in res.items():
@@ -170,14 +184,64 @@ def apply_rows(n, ks, dtype, rng):
             fb = lambda m=method: co.apply_vjp(theta, x, g, schedule="team", method=m,  # noqa: E731
                                                output=co.apply(theta, x, schedule="team", method=m))
             res[f"cupyortho team method={method}"] = (best(f), best(fb))
-        for label, kind in TORCH_METHODS:
+        for label, kind in torch_methods(n):
             f, fb = torch_fns(n, kind, dtype, g, x)
             res[label + " (materialize, matmul)"] = (best(f), best(fb))
         t_cay = res["torch cayley (materialize, matmul)"][1]
         for method, (tf, tfb) in res.items():
             rows.append(dict(section="apply", method=method, dtype=dtype, n=n, k=k, fwd_s=tf, fwd_bwd_s=tfb,
                              fwd_ratio=tf / t_mm, fwd_bwd_ratio=tfb / t_mm, vs_cayley=tfb / t_cay, load=ld))
-        print(f"  apply k={k} done (load {ld:.1f})", flush=True)
+        print(f"  apply n={n} k={k} done (load {ld:.1f})", flush=True)
+    return rows
+
+
+def unitary_rows(sizes, n_apply, ks, rng, dtype="complex64"):
+    """U(n): cupyortho's unitary / unitary_apply against torch's complex orthogonal parametrization."""
+    rows = []
+    real = "float32" if dtype == "complex64" else "float64"
+
+    def crandn(*shape):
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+    for n in sizes:
+        params = rng.uniform(-np.pi, np.pi, co.num_unitary_params(n)).astype(real)
+        g, a = crandn(n, n), crandn(n, n)
+        t_mm = best(lambda: a @ g, max_repeat=7)
+        ld = load()
+        res = {"matmul (complex)": (t_mm, None)}
+        t_f = best(lambda: co.unitary(params, n=n))
+        u = co.unitary(params, n=n)
+        t_b = best(lambda: co.unitary_vjp(params, g, n=n, output=u))
+        res["cupyortho unitary (bwd given U)"] = (t_f, t_f + t_b)
+        for label, kind in TORCH_METHODS[:2]:
+            f, fb = torch_fns(n, kind, dtype, g)
+            res[label + " (complex)"] = (best(f), best(fb))
+        ref = res["torch matrix_exp (complex)"][1]
+        for method, (tf, tfb) in res.items():
+            rows.append(dict(section="unitary", method=method, dtype=dtype, n=n, k="", fwd_s=tf, fwd_bwd_s=tfb,
+                             fwd_ratio=tf / t_mm, fwd_bwd_ratio=None if tfb is None else tfb / t_mm,
+                             vs_cayley=None if tfb is None else tfb / ref, load=ld))
+        print(f"  unitary materialize n={n} done (load {ld:.1f})", flush=True)
+    n = n_apply
+    params = rng.uniform(-np.pi, np.pi, co.num_unitary_params(n)).astype(real)
+    a = crandn(n, n)
+    for k in ks:
+        x, g = crandn(n, k), crandn(n, k)
+        t_mm = best(lambda: a @ a, max_repeat=7)
+        ld = load()
+        res = {}
+        f = lambda: co.unitary_apply(params, x)  # noqa: E731
+        fb = lambda: co.unitary_apply_vjp(params, x, g, output=co.unitary_apply(params, x))  # noqa: E731
+        res["cupyortho unitary_apply"] = (best(f), best(fb))
+        for label, kind in TORCH_METHODS[:2]:
+            f, fb = torch_fns(n, kind, dtype, g, x)
+            res[label + " (complex, materialize, matmul)"] = (best(f), best(fb))
+        ref = res["torch matrix_exp (complex, materialize, matmul)"][1]
+        for method, (tf, tfb) in res.items():
+            rows.append(dict(section="unitary_apply", method=method, dtype=dtype, n=n, k=k, fwd_s=tf,
+                             fwd_bwd_s=tfb, fwd_ratio=tf / t_mm, fwd_bwd_ratio=tfb / t_mm, vs_cayley=tfb / ref,
+                             load=ld))
+        print(f"  unitary apply n={n} k={k} done (load {ld:.1f})", flush=True)
     return rows
 
 
@@ -211,10 +275,11 @@ if method.startswith("cupyortho"):
     theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(np.float32)
     sched = co.get_schedule("team", n)
     blocked.plan(sched, blocked.granularity(sched))  # index tables (cached, reused by every call)
+    co.matrix_vjp(theta[:co.num_angles(64)], g[:64, :64], schedule="team")  # load the compiled kernels
     base = reset_peak()
     tracemalloc.start()
     u = co.matrix(theta, schedule="team")
-    d = co.matrix_vjp(theta, g, schedule="team")
+    d = co.matrix_vjp(theta, g, schedule="team", output=u if method.endswith("given U") else None)
     out["numpy_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
 else:
@@ -234,7 +299,8 @@ print(json.dumps(out))
 
 def memory_rows(n):
     rows = []
-    for label, method in [("cupyortho team", "cupyortho")] + [(lbl, k) for lbl, k in TORCH_METHODS]:
+    for label, method in [("cupyortho team", "cupyortho"), ("cupyortho team (bwd given U)", "cupyortho given U")] + \
+            [(lbl, k) for lbl, k in TORCH_METHODS]:
         code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), method=method, n=n,
                                  threads=os.cpu_count() or 1)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
@@ -286,16 +352,37 @@ def markdown(rows, header):
                     cells += [fmt(r["fwd_ratio"], 1), fmt(r["fwd_bwd_ratio"], 1)]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    app = [r for r in rows if r["section"] == "apply"]
-    if app:
-        n = app[0]["n"]
-        lines += [f"### Apply Y = U X, n = {n}, {app[0]['dtype']}, forward+backward", "",
-                  "Ratios: to one n x n numpy matmul, and to torch Cayley materialize-then-matmul (same run).", "",
-                  "| method | k | fwd / matmul | fwd+bwd / matmul | fwd+bwd / Cayley | Cayley is x times slower | load |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in app:
-            lines.append(f"| {r['method']} | {r['k']} | {fmt(r['fwd_ratio'])} | {fmt(r['fwd_bwd_ratio'])} | "
-                         f"{fmt(r['vs_cayley'], 3)} | {fmt(1 / r['vs_cayley'], 1)} | {fmt(r['load'], 1)} |")
+    for section, what, ref in [("apply", "Apply Y = U X", "torch Cayley"),
+                               ("unitary_apply", "Unitary apply Y = U X", "torch complex matrix_exp")]:
+        app = [r for r in rows if r["section"] == section]
+        for n in sorted({r["n"] for r in app}):
+            sub = [r for r in app if r["n"] == n]
+            lines += [f"### {what}, n = {n}, {sub[0]['dtype']}, forward+backward", "",
+                      f"Ratios: to one n x n numpy matmul, and to {ref} materialize-then-matmul (same run).", "",
+                      f"| method | k | fwd / matmul | fwd+bwd / matmul | fwd+bwd / {ref} | {ref} is x times slower | load |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in sub:
+                lines.append(f"| {r['method']} | {r['k']} | {fmt(r['fwd_ratio'])} | {fmt(r['fwd_bwd_ratio'])} | "
+                             f"{fmt(r['vs_cayley'], 3)} | {fmt(1 / r['vs_cayley'], 1)} | {fmt(r['load'], 1)} |")
+            lines.append("")
+    uni = [r for r in rows if r["section"] == "unitary"]
+    if uni:
+        ns = sorted({r["n"] for r in uni})
+        lines += [f"### Materialize U in U(n), {uni[0]['dtype']}: time / one complex n x n matmul (same run)", "",
+                  "Last columns: forward+backward / torch's complex matrix_exp forward+backward.", "",
+                  "| method | " + " | ".join(f"n={n} fwd | n={n} fwd+bwd | n={n} vs matrix_exp" for n in ns) + " |",
+                  "|---|" + "---|---|---|" * len(ns)]
+        for method in dict.fromkeys(r["method"] for r in uni):
+            cells = []
+            for n in ns:
+                r = next((r for r in uni if r["n"] == n and r["method"] == method), None)
+                if r is None:
+                    cells += ["-"] * 3
+                elif r["fwd_bwd_s"] is None:
+                    cells += [f"1 ({r['fwd_s'] * 1e3:.1f} ms)", "-", "-"]
+                else:
+                    cells += [fmt(r["fwd_ratio"], 1), fmt(r["fwd_bwd_ratio"], 1), fmt(r["vs_cayley"], 3)]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     mem = [r for r in rows if r["section"] == "memory"]
     if mem:
@@ -346,12 +433,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
-    p.add_argument("--sections", nargs="+", default=["materialize", "apply", "memory"])
+    p.add_argument("--sections", nargs="+", default=["materialize", "apply", "unitary", "memory"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="materialize sizes")
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--apply-sizes", type=int, nargs="+", default=None, help="apply sizes")
+    p.add_argument("--max-slow-n", type=int, default=MAX_SLOW_N,
+                   help="largest n for torch matrix_exp / geotorch (their backward is ~150 matmuls)")
     args = p.parse_args()
+    globals()["MAX_SLOW_N"] = args.max_slow_n
     import torch
 
     torch.set_num_threads(args.threads)
@@ -359,35 +450,48 @@ def main():
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    sizes = args.sizes or ([64, 128] if args.quick else [256, 512, 1024, 2048])
-    napply = 256 if args.quick else 2048
+    sizes = args.sizes or ([64, 128] if args.quick else [256, 512, 1024, 2048, 4096])
+    napply = args.apply_sizes or ([256] if args.quick else [1024, 2048, 4096])
+    ks = [1, 8, 64] if args.quick else [1, 32, 256]
     rows = []
     t0 = time.time()
     start_load = os.getloadavg()
+    print(f"load average at start: {start_load}", flush=True)
+
+    def write():  # after every section, so a run cut short keeps what it measured
+        header = (f"## CPU benchmark ({os.cpu_count()} cores, numpy {np.__version__}, torch {torch.__version__}; "
+                  f"load average at start {start_load[0]:.2f}/{start_load[1]:.2f}/{start_load[2]:.2f}, "
+                  f"load average now {os.getloadavg()[0]:.2f}, "
+                  f"run took {time.time() - t0:.0f} s so far, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+                  f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+                  f"torch threads {torch.get_num_threads()})\n\n"
+                  f"Command: `{' '.join(['python', 'bench/suite.py'] + sys.argv[1:])}`.  "
+                  "Every ratio is taken between timings of the same run "
+                  "(minimum over repeats); the machine is shared, so absolute times are noisy.")
+        with open(out / f"results{suffix}.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in FIELDS})
+        md = markdown(rows, header)
+        (out / f"results{suffix}.md").write_text(md + "\n")
+        if any(r["section"] == "materialize" for r in rows):
+            plot(rows, out / f"materialize{suffix}.png")
+        return md
+
     if "materialize" in args.sections:
         rows += materialize_rows(sizes, args.dtypes, rng)
+        write()
     if "apply" in args.sections:
-        rows += apply_rows(napply, [1, 32, 256], "float32", rng)
+        for n in napply:
+            rows += apply_rows(n, ks, "float32", rng)
+            write()
+    if "unitary" in args.sections:
+        rows += unitary_rows([64, 128] if args.quick else [256, 512, 1024], 128 if args.quick else 1024, ks, rng)
+        write()
     if "memory" in args.sections:
-        rows += memory_rows(napply)
-    header = (f"## CPU benchmark ({os.cpu_count()} cores, numpy {np.__version__}, torch {torch.__version__}; "
-              f"load average at start {start_load[0]:.2f}/{start_load[1]:.2f}/{start_load[2]:.2f}, "
-              f"run took {time.time() - t0:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-              f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
-              f"torch threads {torch.get_num_threads()})\n\n"
-              f"Command: `{' '.join(['python', 'bench/suite.py'] + sys.argv[1:])}`.  "
-              "Every ratio is taken between timings of the same run "
-              "(minimum over repeats); the machine is shared, so absolute times are noisy.")
-    with open(out / f"results{suffix}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    md = markdown(rows, header)
-    (out / f"results{suffix}.md").write_text(md + "\n")
-    if any(r["section"] == "materialize" for r in rows):
-        plot(rows, out / f"materialize{suffix}.png")
-    print(md)
+        rows += memory_rows(256 if args.quick else 2048)
+    print(write())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 
 from .errors import BackendMismatchError, BackendUnavailableError
@@ -62,13 +61,10 @@ def _cpu():
     return _module("cpu")
 
 
-def _cupy(name, what):
-    """The CuPy backend: the package ``backends/cupy`` (SO(n) and U(n) together) when present, else
-    the module ``name`` (``cupy_backend`` or ``cupy_unitary``) of the earlier layout."""
+def _cupy(what):
+    """The CuPy backend, the package :mod:`cupyortho.backends.cupy` (SO(n) and U(n) together)."""
     try:
-        if importlib.util.find_spec("cupyortho.backends.cupy") is not None:
-            return _module("cupy")
-        return _module(name)
+        return _module("cupy")
     except ImportError as exc:  # pragma: no cover - exercised only when cupy is half-installed
         raise BackendUnavailableError(
             f"the CuPy backend for {what} cannot be loaded: {exc}; pass NumPy arrays"
@@ -78,14 +74,14 @@ def _cupy(name, what):
 def so_backend(**arrays):
     """The SO(n) backend module for the given (name -> array) arguments."""
     if library(**arrays) == "cupy":
-        return _cupy("cupy", "SO(n)")
+        return _cupy("SO(n)")
     return _cpu()
 
 
 def u_backend(**arrays):
     """The U(n) backend module for the given (name -> array) arguments."""
     if library(**arrays) == "cupy":
-        return _cupy("cupy", "U(n)")
+        return _cupy("U(n)")
     return _cpu()
 
 

@@ -17,7 +17,10 @@ import numpy as np
 
 from .errors import MethodError
 
-__all__ = ["METHODS", "apply_method", "CPU_IMPLS", "FORCE", "cpu_impl", "engine_available", "cupy_impl"]
+__all__ = [
+    "METHODS", "apply_method", "CPU_IMPLS", "FORCE", "ENGINE_MATRIX_MAX_N", "cpu_impl", "engine_available",
+    "team_blocks_pay", "cupy_impl",
+]
 
 METHODS = ("auto", "materialize", "rounds")
 
@@ -49,9 +52,12 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_TEAM_APPLY_MAX_K = 1.0
-"""Team schedules: sweeps over ``x`` run on the engine while ``k < ENGINE_TEAM_APPLY_MAX_K * n``,
-on the blocked GEMM stages beyond (measured crossover, ``docs/engine.md``)."""
+ENGINE_MATRIX_MAX_N = 1536
+"""Team schedules: ``U`` itself (``matrix``, ``matrix_jvp``, ``matrix_vjp``) is built by the engine up
+to this ``n``, by the blocked GEMM stages (compiled slab path) beyond.  Measured crossover (one
+thread, CPU time per one ``n x n`` matmul, ``bench/engine_bench.py --crossover``, ``docs/engine.md``):
+``matrix`` engine 5.88 / 4.23 / 7.30 against blocked 14.40 / 5.47 / 5.89 at n = 256 / 1024 / 2048;
+``matrix_vjp(output=U)`` 20.96 / 10.51 / 13.97 against 48.30 / 14.04 / 10.60."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,10 +82,11 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     ``k`` the number of columns of ``x`` for the apply passes.  Returns one of :data:`CPU_IMPLS`:
 
     * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): forming ``U``
-      and its derivatives for team schedules (GEMMs beat rotations once ``U`` is wanted), and team
-      sweeps over ``k >= ENGINE_TEAM_APPLY_MAX_K * n`` columns;
+      and its derivatives for team schedules above :data:`ENGINE_MATRIX_MAX_N` (there the stage
+      GEMMs beat rotations);
     * ``"engine"`` (:mod:`cupyortho.backends.engine`): every other pass, SO(n) and U(n), every
-      schedule, while Numba is importable;
+      schedule and every ``k`` (sweeps over ``x`` beat the blocked stages at every ``k`` measured,
+      up to ``k = 2n``), while Numba is importable;
     * ``"reference"`` (round-by-round NumPy): without Numba.
 
     The measurements behind the rule are in ``docs/engine.md``.
@@ -88,16 +95,13 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     blocked_ok = not unitary and team_blocks_pay(schedule)
     if FORCE == "reference" or (FORCE == "blocked" and blocked_ok):
         return FORCE
-    if FORCE == "engine" and engine_available():
+    if not engine_available():
+        return "blocked" if blocked_ok else "reference"
+    if FORCE == "engine":
         return "engine"
-    if blocked_ok:
-        if op.startswith("matrix"):
-            return "blocked"
-        if k is not None and k >= ENGINE_TEAM_APPLY_MAX_K * schedule.n:
-            return "blocked"
-    if engine_available():
-        return "engine"
-    return "blocked" if blocked_ok else "reference"
+    if blocked_ok and op.startswith("matrix") and schedule.n > ENGINE_MATRIX_MAX_N:
+        return "blocked"
+    return "engine"
 
 
 # --------------------------------------------------------------------------- CuPy implementation

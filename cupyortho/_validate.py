@@ -449,6 +449,6 @@ def shape_setting(name, value, trailing=1):
             raise ShapeError(f"{name} must be an int or a sequence of non-negative ints, got {_what(value)}")
     out = tuple(int(d) for d in out)
     total = math.prod(out) * int(trailing)
-    if total > MAX_ELEMENTS:
+    if total > MAX_ELEMENTS or int(trailing) > MAX_ELEMENTS:  # an empty batch of absurd entries too
         raise SizeError(f"{name} = {out} asks for {total} entries; at most {MAX_ELEMENTS} are allocated")
     return out

@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import ScheduleError, SizeError
+from .errors import ScheduleError, ShapeError, SizeError
 
 __all__ = [
     "Schedule",
@@ -126,11 +126,19 @@ def pair_index(i, j, n: int):
     n = _check_int("n", n, 2)
     out = []
     for name, v in (("i", i), ("j", j)):
-        a = np.asarray(v)
+        if isinstance(v, np.ma.MaskedArray):
+            raise SizeError(f"{name} must be an integer or integer array, got a masked array (its mask would be dropped)")
+        try:
+            a = np.asarray(v)
+        except Exception as exc:
+            raise SizeError(f"{name} must be an integer or integer array, got {type(v).__name__} ({exc})") from None
         if a.dtype == bool or a.dtype.kind not in "iu":
             raise SizeError(f"{name} must be an integer or integer array, got dtype {a.dtype}")
         out.append(a.astype(np.int64))
-    i, j = np.broadcast_arrays(*out)
+    try:
+        i, j = np.broadcast_arrays(*out)
+    except ValueError:
+        raise ShapeError(f"i and j must broadcast against each other; got shapes {out[0].shape} and {out[1].shape}") from None
     bad = ~((0 <= i) & (i < j) & (j < n))
     if bad.any():
         k = np.flatnonzero(bad)[0]
@@ -575,9 +583,10 @@ def _rebuild(kind: str, n: int, m, team_size):
             return Schedule("circle", n, m, None, N, *_circle_restricted(n, m))
         return Schedule("circle", n, m, None, N, *_flatten_rounds(_circle_rounds(N), n, m, True))
     if kind == "team":
+        what = f"team_schedule(n = {n}, team_size = {team_size}" + (f", m = {m})" if m else ")")
+        _check_pairs(num_angles(n, m), what)  # before _team_structure allocates per team
         T, _ = _team_structure(n, team_size)
         N = T * team_size
-        what = f"team_schedule(n = {n}, team_size = {team_size}" + (f", m = {m})" if m else ")")
         if m is not None and m < n - 1:
             _check_pairs(N * -(-m // team_size) * team_size, what)
             rounds = _team_rounds_restricted(n, team_size, m)

@@ -2,7 +2,8 @@
 
 Run from the repository root: ``python docs/draw_schedules.py``.  Each panel has one column per round
 (round 0, acting first, on the left) and one row per coordinate; a vertical bar joins the two
-coordinates of each pair (the pairs of a round side by side).  Brick shows its Stiefel band for m = 3 in a darker colour.
+coordinates of each pair (the pairs of a round side by side).  Brick shows its Stiefel band for
+m = 3 in red.
 """
 
 import pathlib

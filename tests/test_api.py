@@ -162,3 +162,85 @@ def test_method_and_output_arguments(rng):
         np.testing.assert_allclose(co.matrix_vjp(theta, g, schedule=kind, output=uk),
                                    co.matrix_vjp(theta, g, schedule=kind), atol=1e-13)
     _raises(ShapeError, ["output", "(5, 5)", "(5, 4)"], lambda: co.matrix_vjp(theta, g, output=u[:, :4]))
+
+
+# --------------------------------------------------------------------------- API rules (docs/conventions.md)
+
+def test_vjp_outputs_have_the_dtype_of_their_primal_input(rng):
+    n = 5
+    t32 = rng.normal(size=co.num_angles(n)).astype(np.float32)
+    g64 = rng.normal(size=(n, n))
+    x64 = rng.normal(size=(n, 2))
+    assert co.matrix_vjp(t32, g64).dtype == np.float32
+    d_t, d_x = co.apply_vjp(t32, x64, rng.normal(size=(n, 2)))
+    assert d_t.dtype == np.float32 and d_x.dtype == np.float64
+    assert co.frame_vjp(t32[:co.num_angles(n, 2)], rng.normal(size=(n, 2)), n, 2).dtype == np.float32
+    p32 = rng.normal(size=n * n).astype(np.float32)
+    assert co.unitary_vjp(p32, rng.normal(size=(n, n)) + 0j).dtype == np.float32
+    # the value is the float64 gradient rounded once
+    np.testing.assert_allclose(co.matrix_vjp(t32, g64), co.matrix_vjp(t32.astype(np.float64), g64), rtol=1e-6, atol=1e-6)
+    # JVPs: the output's dtype, result_type of all inputs
+    assert co.matrix_jvp(t32, t32.astype(np.float64)).dtype == np.float64
+    assert co.unitary_jvp(p32, p32).dtype == np.complex64
+
+
+def test_output_on_every_vjp(rng):
+    n, m = 6, 2
+    tf = rng.normal(size=co.num_angles(n, m))
+    g = rng.normal(size=(n, m))
+    q = co.frame(tf, n, m)
+    np.testing.assert_allclose(co.frame_vjp(tf, g, n, m, output=q), co.frame_vjp(tf, g, n, m), atol=1e-13)
+    p = rng.normal(size=n * n)
+    gu = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+    np.testing.assert_allclose(co.unitary_vjp(p, gu, output=co.unitary(p)), co.unitary_vjp(p, gu), atol=1e-13)
+
+
+def test_frame_sizes_from_a_restricted_schedule(rng):
+    n, m = 7, 3
+    s = co.team_schedule(n, 2).restrict(m)
+    tf = rng.normal(size=co.num_angles(n, m))
+    np.testing.assert_array_equal(co.frame(tf, schedule=s), co.frame(tf, n, m, schedule=s))
+    g = rng.normal(size=(n, m))
+    np.testing.assert_array_equal(co.frame_vjp(tf, g, schedule=s), co.frame_vjp(tf, g, n, m, schedule=s))
+    np.testing.assert_array_equal(co.frame_jvp(tf, tf, schedule=s), co.frame_jvp(tf, tf, n, m, schedule=s))
+    np.testing.assert_array_equal(co.frame(tf, n=n, m=m), co.frame(tf, n, m))  # keywords work too
+
+
+def test_empty_inputs_give_zeros_of_the_output_shapes():
+    for kind in ("circle", "team", None):
+        assert co.matrix(np.zeros((0, 10)), schedule=kind).shape == (0, 5, 5)
+        assert co.frame(np.zeros((0, 7)), 5, 2, schedule=kind).shape == (0, 5, 2)
+        d_t, d_x = co.apply_vjp(np.zeros((0, 10)), np.ones((5, 3)), np.zeros((0, 5, 3)), schedule=kind)
+        assert d_t.shape == (0, 10) and d_x.shape == (5, 3) and not d_x.any()
+        d_t, d_x = co.apply_vjp(np.ones(10), np.ones((5, 0)), np.zeros((5, 0)), schedule=kind)
+        assert d_t.shape == (10,) and not d_t.any() and d_x.shape == (5, 0)
+        assert co.unitary_apply(np.zeros((0, 25)), np.ones((5, 2)), schedule=kind).shape == (0, 5, 2)
+    assert co.matrix(np.zeros((2, 0, 1))).shape == (2, 0, 2, 2)
+
+
+def test_subclasses_are_converted_and_masked_arrays_refused(rng):
+    from cupyortho.errors import ArrayTypeError
+    theta = rng.normal(size=(2, 10))
+    np.testing.assert_array_equal(co.matrix(np.matrix(theta)), co.matrix(theta))
+    masked = np.ma.masked_invalid(np.where(np.arange(10) == 3, np.nan, theta[0]))
+    _raises(ArrayTypeError, ["theta", "masked"], lambda: co.matrix(masked))
+
+
+def test_haar_unitary_params_special(rng):
+    from cupyortho import init
+    p = init.haar_unitary_params(3, special=True, rng=7, time_limit=120)
+    assert p.shape == (8,)
+    u = co.unitary(p, special=True)
+    np.testing.assert_allclose(np.linalg.det(u), 1, atol=1e-12)
+    q = init.haar_unitary_matrix(3, rng=7)
+    q = q / np.exp(1j * np.angle(np.linalg.det(q)) / 3)
+    np.testing.assert_allclose(u, q, atol=1e-9)  # the SU(n) projection of the same Haar draw
+
+
+def test_method_is_the_strategy_and_solver_the_inverse_solver():
+    from cupyortho import inverse
+    from cupyortho.errors import MethodError
+    with pytest.warns(DeprecationWarning, match="solver="):
+        a = inverse.angles_from_matrix(np.eye(3), method="dense")
+    np.testing.assert_array_equal(a, inverse.angles_from_matrix(np.eye(3), solver="dense"))
+    _raises(MethodError, ["solver", "'rounds'"], lambda: inverse.angles_from_matrix(np.eye(3), solver="rounds"))

@@ -12,11 +12,11 @@ from collections import deque
 import numpy as np
 import pytest
 import scipy.optimize
+from hypothesis import given, strategies as st
 from scipy import stats
 from scipy.stats import special_ortho_group, unitary_group
 
 import cupyortho as co
-from cupyortho import schedule as S
 from cupyortho.backends import numpy_backend as nb
 from cupyortho.backends import numpy_unitary as nu
 from cupyortho.errors import AngleCountError, NotOrthogonalError, ScheduleError, SizeError
@@ -219,6 +219,14 @@ def test_brick_frame_is_the_band(n, m, rng):
         d, central_gradient(lambda t: np.sum(g * brick_dense(t, n, slots)[:, :m]), theta), atol=1e-8)
 
 
+def test_brick_band_has_dim_stiefel_rotations():
+    for n in range(2, 13):
+        for m in range(1, n + 1):
+            s = co.get_schedule("brick", n, m)
+            assert s.num_angles == len(band_slots(n, m)) == co.num_angles(n, m), (n, m)
+            assert [(int(i), int(j)) for i, j in zip(s.pair_i, s.pair_j)] == [(i, i + 1) for _, i in band_slots(n, m)]
+
+
 def _fit_frame(n, m, target, rng, tries=12):
     s = co.get_schedule("brick", n, m)
     eye = np.eye(s.num_angles)
@@ -234,7 +242,7 @@ def _fit_frame(n, m, target, rng, tries=12):
     return best
 
 
-@pytest.mark.parametrize("n,m", [(3, 1), (4, 1), (4, 2), (5, 2), (5, 3), (6, 2), (6, 3), (6, 4)])
+@pytest.mark.parametrize("n,m", [(3, 1), (4, 1), (4, 2), (5, 1), (5, 2), (5, 3), (6, 1), (6, 2), (6, 3), (6, 4)])
 def test_brick_band_covers_stiefel(n, m, rng):
     for seed in range(2):
         target = special_ortho_group.rvs(n, random_state=100 * n + 10 * m + seed)[:, :m]
@@ -528,3 +536,61 @@ def test_torch_layer_with_a_truncated_schedule(rng):
         layer.theta.copy_(torch.tensor(rng.uniform(-1, 1, s.num_angles)))
     u = layer.matrix().detach().double().numpy()
     np.testing.assert_allclose(u, co.matrix(layer.theta.detach().double().numpy(), schedule=s), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- properties
+
+@st.composite
+def user_rounds(draw):
+    n = draw(st.integers(2, 7))
+    rounds = []
+    for _ in range(draw(st.integers(1, 6))):
+        perm = draw(st.permutations(list(range(n))))
+        P = draw(st.integers(0, n // 2))
+        rounds.append([(perm[2 * q], perm[2 * q + 1]) for q in range(P)])  # any orientation
+    return n, rounds
+
+
+@given(user_rounds(), st.integers(0, 2**31 - 1))
+def test_from_rounds_matches_the_dense_product(nr, seed):
+    n, rounds = nr
+    pairs = [p for rd in rounds for p in rd]
+    if not pairs:
+        with pytest.raises(AngleCountError):
+            co.matrix(np.zeros(1), schedule=co.Schedule.from_rounds(n, rounds))
+        return
+    s = co.Schedule.from_rounds(n, rounds)
+    theta = np.random.default_rng(seed).uniform(-np.pi, np.pi, len(pairs))
+    u = np.eye(n)
+    for (i, j), t in zip(pairs, theta):
+        u = givens(n, i, j, t) @ u
+    np.testing.assert_allclose(co.matrix(theta, schedule=s), u, atol=1e-14)
+    assert co.from_token(s.token) is s and pickle.loads(pickle.dumps(s)) is s
+    k = max(1, s.num_rounds // 2)
+    tr = s.truncate(k)
+    v = np.eye(n)
+    for (i, j), t in zip(pairs[: tr.num_angles], theta[: tr.num_angles]):
+        v = givens(n, i, j, t) @ v
+    np.testing.assert_allclose(co.matrix(theta[: tr.num_angles], schedule=tr), v, atol=1e-14)
+
+
+@given(st.integers(2, 24), st.integers(0, 2**31 - 1))
+def test_brick_nulling_round_trip_property(n, seed):
+    U = co.haar_matrix(n, rng=seed)
+    th = co.angles_from_matrix(U, schedule="brick")
+    assert np.abs(co.matrix(th, schedule="brick") - U).max() <= 1e-12
+    V = co.haar_unitary_matrix(n, rng=seed)
+    assert np.abs(co.unitary(co.params_from_unitary(V, schedule="brick"), schedule="brick") - V).max() <= 1e-12
+
+
+def test_torch_state_dict_of_a_derived_schedule_refuses_another(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+    from cupyortho.errors import CupyorthoError
+
+    a = ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2))
+    b = ct.Orthogonal(16, schedule=co.team_schedule(16, 4).truncate(2))  # same angle count, another U
+    assert a.theta.shape == b.theta.shape
+    ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2)).load_state_dict(a.state_dict())
+    with pytest.raises(CupyorthoError, match="schedule"):
+        b.load_state_dict(a.state_dict())

@@ -7,8 +7,10 @@ One set of test bodies runs the backend's algorithm code (``cupyortho.backends.c
 * ``gpu``: with the real :class:`~cupyortho.backends.cupy.device.CupyDevice` on CuPy arrays.  Skipped,
   with the reason, when CuPy or a GPU is missing.
 
-Every path is exercised explicitly (``fused`` all-rounds kernels, ``rounds`` per-round launches,
-``blocked`` team stages), on sizes that cross the kernels' tile and block boundaries.  Tolerances:
+The operation-by-size sweeps of every kernel on both devices (every path, sizes on both sides of
+the tile and block boundaries) are in tests/test_kernels_on_cpu.py; this module checks what the
+algorithms add around them: batch broadcasting, frames, empty inputs, tile planning, bitwise
+reproducibility, the team-block tables, random shapes (hypothesis).  Tolerances:
 float64 ``1e-12`` (relative to the size of the values; apply/VJP sums of ``n`` rotations each), float32
 ``2e-5`` for apply and ``1e-4`` relative for angle cotangents (sums over columns and rounds).
 GPU-only tests at the end go through the public API: dispatch, non-contiguous inputs, another device,
@@ -56,8 +58,6 @@ def ops(make_ops):
 
 TOL = {np.float64: 1e-12, np.float32: 2e-5}
 DTYPES = [np.float64, np.float32]
-# (n, k) crossing the kernels' boundaries: tiles of columns, 32-thread groups, blocks of pairs.
-SIZES = [(2, 1), (3, 7), (31, 33), (32, 1), (33, 7), (64, 33), (65, 1), (130, 7)]
 
 
 def _rand(rng, shape, dtype):
@@ -86,43 +86,6 @@ def _schedules(n):
 
 
 # ----------------------------------------------------------------------------- apply
-
-@pytest.mark.parametrize("path", ["fused", "rounds"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k", SIZES)
-def test_apply_and_apply_vjp_match_numpy(ops, n, k, dtype, path, rng):
-    for sched in _schedules(n)[:2]:
-        theta = _angles(rng, sched, dtype=dtype)
-        x = _rand(rng, (n, k), dtype)
-        g = _rand(rng, (n, k), dtype)
-        for transpose in (False, True):
-            y = ops.apply(ops.to(theta), ops.to(x), sched, transpose, path=path)
-            assert_close(y, nb.apply(theta, x, sched, transpose), dtype, what=f"{sched} T={transpose}")
-            d_theta, d_x = ops.apply_vjp(theta, x, g, sched, transpose, None, path=path)
-            e_theta, e_x = nb.apply_vjp(theta, x, g, sched, transpose)
-            assert_close(d_theta, e_theta, dtype, scale=5 * k, what=f"d_theta {sched} T={transpose}")
-            assert_close(d_x, e_x, dtype, what=f"d_x {sched} T={transpose}")
-            y = nb.apply(theta, x, sched, transpose)
-            d2_theta, d2_x = ops.apply_vjp(theta, x, g, sched, transpose, y, path=path)
-            assert_close(d2_theta, e_theta, dtype, scale=5 * k, what="d_theta with output=")
-            assert_close(d2_x, e_x, dtype, what="d_x with output=")
-
-
-@pytest.mark.parametrize("path", ["fused", "rounds"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k", [(2, 1), (3, 7), (33, 7), (65, 33)])
-def test_apply_jvp_matches_numpy(ops, n, k, dtype, path, rng):
-    for sched in _schedules(n)[:2]:
-        theta = _angles(rng, sched, dtype=dtype)
-        t_theta = _rand(rng, theta.shape, dtype)
-        x = _rand(rng, (n, k), dtype)
-        t_x = _rand(rng, (n, k), dtype)
-        for transpose in (False, True):
-            for tx in (None, t_x):
-                dy = ops.apply_jvp(theta, x, t_theta, tx, sched, transpose, path=path)
-                assert_close(dy, nb.apply_jvp(theta, x, t_theta, tx, sched, transpose), dtype, scale=10,
-                             what=f"{sched} T={transpose} x_tangent={'no' if tx is None else 'yes'}")
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,t", [(2, 2, None), (5, 9, 2), (17, 17, 4), (33, 40, None)])
@@ -189,44 +152,6 @@ def test_random_shapes_match_numpy(n, k, batches, kind, path, transpose, dtype, 
 
 def _paths(sched):
     return ["fused", "rounds"] + (["blocked"] if sched.kind == "team" else [])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [2, 3, 8, 17, 33, 65])
-def test_matrix_and_matrix_vjp_match_numpy(ops, n, dtype, rng):
-    for sched in _schedules(n):
-        theta = _angles(rng, sched, dtype=dtype)
-        g = _rand(rng, (n, n), dtype)
-        u_ref = nb.matrix(theta, sched)
-        d_ref = nb.matrix_vjp(theta, g, sched)
-        for path in _paths(sched):
-            assert_close(ops.matrix(theta, sched, path=path), u_ref, dtype, what=f"U {sched} {path}")
-            assert_close(ops.matrix_vjp(theta, g, sched, path=path), d_ref, dtype, scale=5 * n,
-                         what=f"matrix_vjp {sched} {path}")
-            # output=U skips recomputing U and gives the same cotangents.
-            assert_close(ops.matrix_vjp(theta, g, sched, path=path, output=u_ref.copy()), d_ref, dtype,
-                         scale=5 * n, what=f"matrix_vjp(output=U) {sched} {path}")
-
-
-def test_default_paths_match_numpy(ops, rng):
-    # path=None: team schedules take the blocked path for matrix and matrix_vjp.
-    for sched in _schedules(20):
-        theta = _angles(rng, sched)
-        g = _rand(rng, (20, 20), np.float64)
-        assert_close(ops.matrix(theta, sched), nb.matrix(theta, sched), np.float64)
-        assert_close(ops.matrix_vjp(theta, g, sched), nb.matrix_vjp(theta, g, sched), np.float64, scale=100)
-        t = _rand(rng, theta.shape, np.float64)
-        assert_close(ops.matrix_jvp(theta, t, sched), nb.matrix_jvp(theta, t, sched), np.float64, scale=10)
-
-
-@pytest.mark.parametrize("path", ["fused", "rounds"])
-@pytest.mark.parametrize("n", [2, 7, 16])
-def test_matrix_jvp_matches_numpy(ops, n, path, rng):
-    for sched in _schedules(n):
-        theta = _angles(rng, sched)
-        t = _rand(rng, theta.shape, np.float64)
-        assert_close(ops.matrix_jvp(theta, t, sched, path=path), nb.matrix_jvp(theta, t, sched), np.float64,
-                     scale=10)
 
 
 def test_batched_matrix_and_vjp(ops, rng):

@@ -261,14 +261,15 @@ def test_locality_order_is_bitwise_round_order():
 
 
 def test_public_api_runs_the_engine():
-    """With Numba present the strategy sends NumPy sweeps (and U(n)) to the engine."""
+    """With Numba present the strategy sends NumPy sweeps, U(n) and mid-size team U to the engine."""
     from cupyortho import _strategy
 
     sched = S.team_schedule(64)
     assert _strategy.cpu_impl("apply_vjp", sched, np.float32, 8) == "engine"
     assert _strategy.cpu_impl("unitary_apply", sched, np.complex64, 8) == "engine"
-    assert _strategy.cpu_impl("matrix", sched, np.float32) == "blocked"
-    assert _strategy.cpu_impl("matrix", S.circle_schedule(64), np.float32) == "engine"
+    assert _strategy.cpu_impl("matrix", sched, np.float32) == "engine"
+    assert _strategy.cpu_impl("matrix", S.team_schedule(4096), np.float32) == "blocked"
+    assert _strategy.cpu_impl("matrix_vjp", S.circle_schedule(4096), np.float32) == "engine"
 
 
 def test_import_does_not_load_numba():

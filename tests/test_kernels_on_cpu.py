@@ -1,10 +1,11 @@
-"""Every CUDA kernel of the package, run on the CPU by the harness in tests/cudasim, against NumPy.
+"""Every CUDA kernel of the package, run on the CPU by the harness in tests/cudasim (and, for the
+operation families, on a GPU when there is one), against the NumPy reference.
 
 The CuPy backend's algorithms (``cupyortho.backends.cupy.so/un._impl_*``, which take the device object first) run
 unchanged with :class:`cudasim.CpuDevice`: numpy arrays, the launchers' own grid/block/shared-memory
 choices, and the same ``.cu`` text compiled with g++.  Threads of a block run as fibers in a seeded
 random order between barriers, so a missing ``__syncthreads`` shows as a mismatch.  Results are
-compared with ``numpy_backend`` (the reference) for float32 and float64 at sizes on both sides of
+compared with the round-by-round reference (``numpy_backend.rounds_*``) for float32 and float64 at sizes on both sides of
 every tile and block boundary (n = 2, 3, 31, 32, 33, 64, 65, 130; k = 1, 7, 33), both schedules,
 both paths (fused, per-round) and the blocked team path.  The last test checks that every entry of
 ``KERNELS`` was launched, and a mutation test removes each barrier of the package's kernels in turn
@@ -20,9 +21,13 @@ import pytest
 
 import cudasim
 
-from cupyortho.backends import numpy_backend as nb, numpy_unitary as nu
+from cupyortho.backends import numpy_unitary as nu
 from cupyortho.backends.cupy import kernels as _kernels, so as cb, un as cu
 from cupyortho.schedule import circle_schedule, team_schedule
+from conftest import BACKENDS
+
+#: The round-by-round reference (numpy_backend.rounds_*), not the CPU backend's compiled or GEMM paths.
+nb = BACKENDS["reference"]()
 
 KERNELS = _kernels.KERNELS
 LAUNCHED = collections.Counter()  # name expression -> launches, over the whole module
@@ -41,6 +46,17 @@ DEVICES = (
 
 def device(seed, config=0):
     return cudasim.CpuDevice(seed, kernels=KERNELS, launched=LAUNCHED, **DEVICES[config % len(DEVICES)])
+
+
+@pytest.fixture(params=["cudasim", "gpu"])
+def on(request):
+    """``on(seed, config)``: the CuPy backend's algorithms (tests/conftest.py ``BACKENDS``, NumPy arrays in
+    and out) on the CPU harness shaped like ``DEVICES[config]``, or on the GPU (skipped without one;
+    the real device keeps its own limits)."""
+    if request.param == "gpu":
+        return lambda seed, config=0: BACKENDS["gpu"]()
+    return lambda seed, config=0: BACKENDS["cudasim"](seed, kernels=KERNELS, launched=LAUNCHED,
+                                                       **DEVICES[config % len(DEVICES)])
 
 
 def schedules(n):
@@ -81,8 +97,9 @@ CASES = list(itertools.product(NS, KS, DTYPES))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"n{n}-k{k}-{np.dtype(d).name}" for n, k, d in CASES])
-def test_apply_family(case):
-    """apply, apply_vjp, apply_jvp on both paths, every schedule, vs numpy_backend."""
+def test_apply_family(case, on):
+    """apply, apply_vjp (with and without ``output=``), apply_jvp on both paths, both directions,
+    circle and team schedules, vs the reference."""
     n, k, dtype = CASES[case]
     rng = np.random.default_rng(case)
     # the apply kernels see a schedule only through its pair tables: circle and the default team
@@ -91,22 +108,22 @@ def test_apply_family(case):
         theta, x = inputs(rng, schedule, k, dtype, case + si)
         transpose = bool((case + si) % 2)
         for pi, path in enumerate(("fused", "rounds")):
-            dev = device(seed=case * 7 + si * 2 + pi, config=case + si)
+            ops = on(seed=case * 7 + si * 2 + pi, config=case + si)
             label = f"{schedule!r} path={path} transpose={transpose}"
-            got = cb._impl_apply(dev, theta, x, schedule, transpose, path)
+            got = ops.apply(theta, x, schedule, transpose, path=path)
             want = nb.apply(theta, x, schedule, transpose)
             assert_close(got, want, dtype, n, f"apply {label}")
 
             cot = rng.standard_normal(want.shape).astype(dtype)
             output = want if (case + pi) % 2 else None
-            got_t, got_x = cb._impl_apply_vjp(dev, theta, x, cot, schedule, transpose, output, path)
+            got_t, got_x = ops.apply_vjp(theta, x, cot, schedule, transpose, output, path=path)
             want_t, want_x = nb.apply_vjp(theta, x, cot, schedule, transpose)
             assert_close(got_t, want_t, dtype, n * k, f"apply_vjp d_theta {label}")
             assert_close(got_x, want_x, dtype, n, f"apply_vjp d_x {label}")
 
             dt = rng.standard_normal(theta.shape[-1:]).astype(dtype)
             dx = rng.standard_normal(x.shape).astype(dtype) if pi else None
-            got = cb._impl_apply_jvp(dev, theta, x, dt, dx, schedule, transpose, path)
+            got = ops.apply_jvp(theta, x, dt, dx, schedule, transpose, path=path)
             # the kernels see one tangent for the whole batch (dt_bstride = 0); the reference gets
             # it broadcast explicitly
             want = nb.apply_jvp(theta, x, np.broadcast_to(dt, theta.shape), dx, schedule, transpose)
@@ -118,26 +135,32 @@ MATRIX_CASES = list(itertools.product(NS, DTYPES))
 
 @pytest.mark.parametrize("case", range(len(MATRIX_CASES)),
                          ids=[f"n{n}-{np.dtype(d).name}" for n, d in MATRIX_CASES])
-def test_matrix_family(case):
-    """matrix, matrix_vjp, matrix_jvp: the blocked path for team schedules (build_blocks,
-    block_vjp), the fused/per-round sweeps and matrix_vjp_round for circle, vs numpy_backend."""
+def test_matrix_family(case, on):
+    """matrix, matrix_vjp (with and without ``output=U``), matrix_jvp vs the reference: the default
+    path (blocked stages for team schedules: build_blocks, block_vjp), and the fused and per-round
+    sweeps (matrix_vjp_fused, matrix_vjp_round) for every schedule."""
     n, dtype = MATRIX_CASES[case]
     rng = np.random.default_rng(1000 + case)
     for si, schedule in enumerate(schedules(n)):
-        dev = device(seed=case * 5 + si, config=case + si)
+        ops = on(seed=case * 5 + si, config=case + si)
         theta = rng.uniform(-np.pi, np.pi, ((2, schedule.num_angles) if (case + si) % 2 else schedule.num_angles))
         theta = theta.astype(dtype)
-        paths = (None, "rounds") if schedule.kind == "circle" else (None,)
+        want = nb.matrix(theta, schedule)
+        cot = rng.standard_normal(want.shape[-2:]).astype(dtype)
+        d_want = nb.matrix_vjp(theta, cot, schedule)
+        # the sweeps on every schedule up to n = 65; beyond, as before, the per-round one on circle only
+        paths = (None, "fused", "rounds") if n <= 65 else (None, "rounds") if schedule.kind == "circle" else (None,)
         for path in paths:
             label = f"{schedule!r} path={path}"
-            want = nb.matrix(theta, schedule)
-            assert_close(cb._impl_matrix(dev, theta, schedule, path), want, dtype, n, f"matrix {label}")
-            cot = rng.standard_normal(want.shape[-2:]).astype(dtype)
-            assert_close(cb._impl_matrix_vjp(dev, theta, cot, schedule, path=path),
-                         nb.matrix_vjp(theta, cot, schedule), dtype, n * n, f"matrix_vjp {label}")
+            assert_close(ops.matrix(theta, schedule, path=path), want, dtype, n, f"matrix {label}")
+            assert_close(ops.matrix_vjp(theta, cot, schedule, path=path), d_want, dtype, n * n, f"matrix_vjp {label}")
+            if path is None:
+                assert_close(ops.matrix_vjp(theta, cot, schedule, want, path=path), d_want, dtype, n * n,
+                             f"matrix_vjp(output=U) {label}")
         dt = rng.standard_normal(theta.shape).astype(dtype)
-        assert_close(cb._impl_matrix_jvp(dev, theta, dt, schedule), nb.matrix_jvp(theta, dt, schedule),
-                     dtype, n, f"matrix_jvp {schedule!r}")
+        for path in (None, "rounds"):
+            assert_close(ops.matrix_jvp(theta, dt, schedule, path=path), nb.matrix_jvp(theta, dt, schedule),
+                         dtype, n, f"matrix_jvp {schedule!r} path={path}")
 
 
 @pytest.mark.parametrize("n,m", [(33, 5), (65, 64), (130, 3)])

@@ -16,6 +16,7 @@ from cupyortho.errors import (  # noqa: E402
     BackendMismatchError,
     CupyorthoError,
     DtypeError,
+    NonFiniteError,
     ScheduleError,
     SettingError,
     ShapeError,
@@ -317,6 +318,13 @@ def test_loading_a_differently_built_layer_names_the_mismatch():
     parametrize.register_parametrization(big, "weight", ct.OrthogonalParametrization(6))
     with pytest.raises(CupyorthoError, match="parametrizations.weight.0"):
         lin.load_state_dict(big.state_dict())
+    # a pure-angle (pre-base) parametrized checkpoint names the missing key and its shape
+    old_lin = torch.nn.Linear(5, 5, bias=False)
+    parametrize.register_parametrization(old_lin, "weight", ct.OrthogonalParametrization(5, use_base=False,
+                                                                                        init="identity"))
+    sd = {k: v for k, v in old_lin.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(ShapeError, match=r"'parametrizations.weight.0.base'.*\(5, 5\)"):
+        lin.load_state_dict(sd)
 
 
 def test_torch_compile_and_state_dict_with_the_base(tmp_path):
@@ -357,7 +365,7 @@ def test_layer_with_base_matches_its_weight_and_gradients(rows):
     w = layer.weight
     torch.testing.assert_close(layer(x), x @ w.mT, rtol=0, atol=1e-13)
     torch.testing.assert_close(w, layer.base @ ct.matrix(layer.theta), rtol=0, atol=0)
-    assert torch.autograd.gradcheck(lambda t: torch.nn.utils.stateless.functional_call(layer, {"theta": t}, (x,)),
+    assert torch.autograd.gradcheck(lambda t: torch.func.functional_call(layer, {"theta": t}, (x,)),
                                     (layer.theta.detach().clone().requires_grad_(),))
     frame = ct.Orthogonal(n, 2, init="haar", dtype=F64)
     torch.testing.assert_close(frame(x), x @ frame.weight.mT, rtol=0, atol=1e-13)
@@ -543,6 +551,13 @@ def test_none_and_bad_tensors_raise_cupyortho_errors():
         ct.OrthogonalParametrization(4, init=3)
     with pytest.raises(DtypeError, match="right_inverse"):
         ct.OrthogonalParametrization(3).right_inverse(None)
+    with pytest.raises(NonFiniteError, match="right_inverse"):
+        ct.OrthogonalParametrization(3).right_inverse(torch.full((3, 3), float("nan")))
+    for bad in (lambda: ct.Unitary(4, special="x"), lambda: ct.Orthogonal(4, use_base="no")):
+        with pytest.raises(SettingError):
+            bad()
+    with pytest.raises(ShapeError, match="_extra_state"):
+        ct.Orthogonal(3).load_state_dict({"theta": torch.zeros(3), "base": torch.eye(3), "_extra_state": "junk"})
 
 
 def test_meta_angles_with_cpu_data_are_refused():
@@ -596,3 +611,22 @@ def test_empty_batches_work_in_every_op():
     assert ct.unitary_apply(torch.zeros(n * n, dtype=F64), torch.zeros(0, n, 2, dtype=F64)).shape == (0, n, 2)
     layer = ct.Orthogonal(n, dtype=F64)
     assert layer(torch.zeros(0, n, dtype=F64)).shape == (0, n)
+
+
+@pytest.mark.parametrize("schedule", ["circle", "team", "brick"])
+def test_zero_parameters_give_the_identity_of_every_schedule_with_the_exact_gradient(schedule):
+    """The forward ops return the identity at all-zero parameters without running the rounds (CPU);
+    that equals cupyortho's own result and the gradient there is the reference VJP."""
+    n, m = 6, 2
+    g = np.random.default_rng(0).normal(size=(2, n, n))
+    theta = torch.zeros(2, co.num_angles(n), dtype=F64, requires_grad=True)
+    u = ct.matrix(theta, schedule=schedule)
+    np.testing.assert_array_equal(u.detach().numpy(), co.matrix(np.zeros((2, co.num_angles(n))), schedule=schedule))
+    (u * torch.as_tensor(g)).sum().backward()
+    np.testing.assert_allclose(theta.grad.numpy(), co.matrix_vjp(np.zeros((2, co.num_angles(n))), g,
+                                                                 schedule=schedule), atol=1e-14)
+    tf = torch.zeros(co.num_angles(n, m), dtype=F64)
+    np.testing.assert_array_equal(ct.frame(tf, n, m, schedule=schedule).numpy(), np.eye(n, m))
+    p = torch.zeros(n * n, dtype=F64)
+    np.testing.assert_array_equal(ct.unitary(p, schedule=schedule).numpy(), np.eye(n))
+    torch.library.opcheck(ct.OPS["matrix"], (theta, n, schedule, None))

@@ -8,7 +8,7 @@ of them) and over the ``log2 u`` levels of the block recursion.  Nothing the cal
 written to.  :mod:`cupyortho.backends.numpy_backend` dispatches team schedules here and keeps the
 round-by-round functions as the readable reference.
 
-Maths (docs/design.md, the team schedule; :func:`cupyortho.schedule.team_stages`).  With granularity ``u`` (a power
+Maths (docs/design.md §8, the blocked formulation; :func:`cupyortho.schedule.team_stages`).  With granularity ``u`` (a power
 of two ``<= t``), ``U = S_{K-1} \cdots S_1 S_0`` where ``S_0`` is block diagonal with the round-robin
 blocks ``RR(v)``, ``v = min(t, 2u)``, of consecutive coordinates, and every later stage is block
 diagonal, after a permutation of the coordinates, with ``2u x 2u`` meeting blocks.  A meeting block of
@@ -20,7 +20,7 @@ diagonal, after a permutation of the coordinates, with ``2u x 2u`` meeting block
 Derivatives.  For a block ``P`` at the output of which the "W-matrix" is ``W`` (``W = \bar G_P P^T``,
 ``\bar G_P`` the cotangent of ``P``), only the antisymmetric part ``A = W - W^T`` matters: the angle of
 a pair ``(i, j)`` of the last round gets ``A[j, i]``, and going down a level ``A <- F^T A F`` for the
-factor ``F`` that acts after (the reduction-free VJP formula of docs/design.md, one level at a time).
+factor ``F`` that acts after (the reduction-free VJP formula of docs/design.md §6, one level at a time).
 ``apply``: ``W = \bar g\,y^T`` per block, ``y`` the stage output (recovered by undoing stages) and
 ``\bar g`` its cotangent.  ``matrix``: ``A = \bar G U^T - U \bar G^T`` is conjugated stage by stage,
 ``A <- S^T A S``, and each stage reads its diagonal blocks.  JVPs carry ``(y, dy)`` with

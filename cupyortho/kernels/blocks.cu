@@ -7,7 +7,7 @@
 //
 // Tables (C-contiguous int32), indexed by (stage s, block nb, local round l, pair p):
 //   local_i, local_j : (S, NB, t, t)  local pair, local_i < local_j (derived from the schedule's
-//                                     own rounds by cupyortho.backends.cupy.data.team_block_tables).
+//                                     own rounds by cupyortho.backends.team_plan.kernel_tables).
 //   block_angle      : (S, NB, t, t)  public angle index of that pair, or -1.
 // cs: (Bc, A, 2) cos/sin in the PUBLIC angle order, batch stride cs_bstride.
 // These kernels work in place on global memory; one thread block per L x L block, its t rounds

@@ -91,6 +91,13 @@ def _complex_of(dtype):
     return torch.complex128 if dtype == torch.float64 else torch.complex64  # bf16/fp16: complex64
 
 
+def _eye(batch, n, m, dtype, device):
+    """A fresh ``batch + (n, m)`` identity (the output of every map at zero parameters)."""
+    out = torch.zeros(tuple(batch) + (n, m), dtype=dtype, device=device)
+    out.diagonal(dim1=-2, dim2=-1).fill_(1)
+    return out
+
+
 def _apply_shape(theta, x):
     return torch.broadcast_shapes(theta.shape[:-1], x.shape[:-2]) + x.shape[-2:]
 
@@ -107,6 +114,7 @@ class _Op:
     like: Optional[Tuple[int, ...]] = None  # VJP ops: index of the input each output is shaped like
     vjp: Optional[str] = None  # forward ops: the op computing their VJP ...
     vjp_tensors: Tuple[str, ...] = ()  # ... and its tensor arguments: input names, "out", "grad"
+    at_zero: Optional[Callable] = None  # forward maps of the parameters alone: the output at all-zero parameters
 
     @property
     def n_tensors(self) -> int:
@@ -126,7 +134,8 @@ _TABLE = (
         lambda t, n, s: _co.matrix(t, n=n, schedule=s, check_finite=False),
         n=lambda theta, n: n,
         fake=lambda theta, n: theta.new_empty(theta.shape[:-1] + (n, n)),
-        core=(1,), vjp="matrix_vjp", vjp_tensors=("theta", "grad", "out")),
+        core=(1,), vjp="matrix_vjp", vjp_tensors=("theta", "grad", "out"),
+        at_zero=lambda theta, n: _eye(theta.shape[:-1], n, n, theta.dtype, theta.device)),
     # ``u`` is the forward output U(theta), saved by autograd, so the backward does not rebuild it.
     _Op("matrix_vjp", "Tensor theta, Tensor cotangent, Tensor u, int n", "Tensor",
         lambda t, g, u, n, s: _co.matrix_vjp(t, g, n=n, schedule=s, output=u, check_finite=False),
@@ -137,7 +146,8 @@ _TABLE = (
         lambda t, n, m, s: _co.frame(t, n, m, schedule=s, check_finite=False),
         n=lambda theta, n, m: n,
         fake=lambda theta, n, m: theta.new_empty(theta.shape[:-1] + (n, m)),
-        core=(1,), vjp="frame_vjp", vjp_tensors=("theta", "grad")),
+        core=(1,), vjp="frame_vjp", vjp_tensors=("theta", "grad"),
+        at_zero=lambda theta, n, m: _eye(theta.shape[:-1], n, m, theta.dtype, theta.device)),
     _Op("frame_vjp", "Tensor theta, Tensor cotangent, int n, int m", "Tensor",
         lambda t, g, n, m, s: _co.frame_vjp(t, g, n, m, schedule=s, check_finite=False),
         n=lambda theta, g, n, m: n,
@@ -158,7 +168,8 @@ _TABLE = (
         lambda p, n, sp, s: _unitary.unitary(p, n=n, special=sp, schedule=s, check_finite=False),
         n=lambda p, n, sp: n,
         fake=lambda p, n, sp: p.new_empty(p.shape[:-1] + (n, n), dtype=_complex_of(p.dtype)),
-        core=(1,), vjp="unitary_vjp", vjp_tensors=("params", "grad")),
+        core=(1,), vjp="unitary_vjp", vjp_tensors=("params", "grad"),
+        at_zero=lambda p, n, sp: _eye(p.shape[:-1], n, n, _complex_of(p.dtype), p.device)),
     _Op("unitary_vjp", "Tensor params, Tensor cotangent, int n, bool special", "Tensor",
         lambda p, g, n, sp, s: _unitary.unitary_vjp(p, g, n=n, special=sp, schedule=s, check_finite=False),
         n=lambda p, g, n, sp: n,
@@ -193,6 +204,11 @@ def _kernel(spec: _Op):
             # shape the fake kernel states, without calling cupyortho.
             out = spec.fake(*args[:f])
             return tuple(torch.zeros_like(o) for o in out) if isinstance(out, tuple) else torch.zeros_like(out)
+        if spec.at_zero is not None and tensors[0].device.type == "cpu" and not bool(tensors[0].any()):
+            # Zero parameters (after registration or rebase): every schedule's map is exactly the
+            # identity, so it is returned without running the rounds (an O(A) check on the CPU; on a
+            # GPU the check would synchronize, so the rounds run there).
+            return spec.at_zero(*args[:f])
         schedule = _schedule(spec.n(*args[:f]), *sched)
         return _call(lambda *arrays: spec.impl(*arrays, *scalars, schedule), *tensors)
 

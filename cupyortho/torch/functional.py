@@ -167,7 +167,7 @@ def apply(theta: torch.Tensor, x: torch.Tensor, *, transpose: bool = False, sche
     x2 = x.unsqueeze(-1) if vector else x
     _so_n(tuple(theta.shape), n, schedule, n_name="n (the rows of x)")
     dtype = torch.promote_types(theta.dtype, x.dtype)
-    y = _apply_op(theta.to(dtype), x2.to(dtype), bool(transpose), *schedule_args(schedule))
+    y = _apply_op(theta.to(dtype), x2.to(dtype), _v.flag("transpose", transpose), *schedule_args(schedule))
     return y.squeeze(-1) if vector else y
 
 

@@ -39,6 +39,7 @@ from ..errors import (
     ArrayTypeError,
     BackendUnavailableError,
     DtypeError,
+    NonFiniteError,
     ScheduleError,
     SettingError,
     ShapeError,
@@ -191,6 +192,8 @@ def _schedule_definition(schedule, n: int):
     """What of ``schedule`` defines the weights: (kind, team size), resolved without building it."""
     schedule = _as_schedule(schedule)
     if isinstance(schedule, _sched.Schedule):
+        if schedule.kind in ("truncated", "rounds"):  # derived: the token (a digest of its recipe) defines it
+            return schedule.token, None
         return schedule.kind, schedule.team_size
     kind = _sched.DEFAULT_SCHEDULE if schedule is None else schedule
     return kind, (_sched.default_team_size(n) if kind == "team" else None)
@@ -215,7 +218,7 @@ class _Trivialized(nn.Module):
         _resolve_n(schedule, n)
         _schedule_args(schedule)
         self.schedule = schedule
-        self.use_base = bool(use_base)
+        self.use_base = _v.flag("use_base", use_base)
         if self.use_base:
             bdt = _complex_of(dtype) if self._complex else dtype
             self.register_buffer("base", torch.eye(n, dtype=bdt, device=device))
@@ -335,6 +338,9 @@ class _Trivialized(nn.Module):
     def _check_checkpoint(self, state_dict, prefix):
         name = type(self).__name__
         saved = state_dict.get(prefix + "_extra_state")
+        if saved is not None and not isinstance(saved, dict):
+            raise ShapeError(f"{name}.load_state_dict: '{prefix}_extra_state' is not a cupyortho layer definition "
+                             f"(expected a dict, got {type(saved).__name__})")
         if isinstance(saved, dict):
             mine = self._definition()
             for key in ("kind", "team_size", "n", "m", "use_base", "special"):
@@ -508,7 +514,7 @@ class Unitary(_Layer):
         dtype = dtype or torch.float32
         if dtype not in _REAL:
             raise DtypeError(f"dtype must be torch.float32, float64, bfloat16 or float16, got {dtype}")
-        self.special = bool(special)
+        self.special = _v.flag("special", special)
         self._setup(n, None, schedule, use_base, device, dtype)
         self.in_features = self.out_features = n
         self._init_base(init, dtype, device)
@@ -553,6 +559,8 @@ class _Parametrization(_Trivialized):
 
     def _assign(self, w: torch.Tensor) -> torch.Tensor:
         """right_inverse with a base: B from W by at most one QR, theta = 0."""
+        if not bool(torch.isfinite(w).all()):
+            raise NonFiniteError("right_inverse: the assigned weight contains NaN or infinity; expected finite values")
         q = w.mT if self.transposed else w
         b, exact = _base_from(q.detach(), assignment_tolerance(w.dtype))
         if self.special:
@@ -686,8 +694,10 @@ class UnitaryParametrization(_Parametrization):
     numerical inverse of the unitary map wired here (use :func:`cupyortho.params_from_unitary`).
 
     Args:
-        n (int).  special (bool).  init (None, "identity", "haar"): as in
-        :class:`OrthogonalParametrization`.  schedule: as in :func:`cupyortho.unitary`.
+        n (int): size of the square weight.
+        special (bool): SU(n) instead of U(n).
+        init (None, "identity", "haar"): as in :class:`OrthogonalParametrization`.
+        schedule: as in :func:`cupyortho.unitary`.
     """
 
     _complex = True
@@ -696,11 +706,11 @@ class UnitaryParametrization(_Parametrization):
                  schedule=None):
         super().__init__()
         _check_init(init, (None, "identity", "haar"))
-        if not use_base:
-            raise ShapeError("UnitaryParametrization needs use_base=True (use cupyortho.params_from_unitary "
+        if not _v.flag("use_base", use_base):
+            raise SettingError("UnitaryParametrization needs use_base=True (use cupyortho.params_from_unitary "
                              "for the angles of a given unitary)")
         n = _sched._check_int("n", n, 2)
-        self.special = bool(special)
+        self.special = _v.flag("special", special)
         self._pending_init = init
         self.shape = (n, n)
         self.transposed = False

@@ -347,20 +347,27 @@ CUDASIM_RUNTIME inline bool start_fiber(Fiber* f, int t) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Barriers
-CUDASIM_RUNTIME inline void syncthreads(const char* file, int line) {
-    Fiber* f = rt.cur;
-    f->bar_file = file;
-    f->bar_line = line;
-    f->state = AT_BARRIER;
+// Hand control to the scheduler until this fiber may go on.  Under TSan the wait is a release and
+// then an acquire on the block's sync object `slot`: the happens-before edge of a barrier or a warp
+// exchange (slots: see Runtime::sync).
+CUDASIM_RUNTIME inline void yield_synced(int slot) {
 #ifdef CUDASIM_TSAN
-    char* sync = &rt.sync[1 + (f->bar_count & 1)];
+    char* sync = &rt.sync[slot];
     __tsan_release(sync);
 #endif
     yield_to_scheduler();
 #ifdef CUDASIM_TSAN
     __tsan_acquire(sync);
 #endif
+}
+
+// Barriers
+CUDASIM_RUNTIME inline void syncthreads(const char* file, int line) {
+    Fiber* f = rt.cur;
+    f->bar_file = file;
+    f->bar_line = line;
+    f->state = AT_BARRIER;
+    yield_synced(1 + (f->bar_count & 1));
     f->bar_count++;
 }
 
@@ -382,14 +389,7 @@ CUDASIM_RUNTIME inline T warp_op(int op, unsigned mask, T value, int arg, int wi
     f->win = 0;
     std::memcpy(&f->win, &value, sizeof(T));
     f->state = AT_WARP;
-#ifdef CUDASIM_TSAN
-    char* sync = &rt.sync[3 + 2 * (f->linear / 32) + (f->wcount & 1)];
-    __tsan_release(sync);
-#endif
-    yield_to_scheduler();
-#ifdef CUDASIM_TSAN
-    __tsan_acquire(sync);
-#endif
+    yield_synced(3 + 2 * (f->linear / 32) + (f->wcount & 1));
     f->wcount++;
     T out;
     std::memcpy(&out, &f->wout, sizeof(T));
