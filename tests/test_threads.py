@@ -282,3 +282,15 @@ def test_the_compiled_engine_runs_on_the_setting(monkeypatch):
     finally:
         torch.set_num_threads(old)
     assert seen[-1] == 1 and numba.get_num_threads() == default
+
+
+def test_torch_keeps_its_own_thread_count_across_engine_calls():
+    """Regression: numba's OpenMP pool shares torch's libgomp; the first engine call under torch's
+    budget reset torch.get_num_threads() from 1 to 2.  A fresh process, so numba's pool starts
+    inside the call as in a training script."""
+    pytest.importorskip("torch")
+    code = ("import torch; torch.set_num_threads(1); import cupyortho as co, cupyortho.torch as ct; "
+            "th = torch.zeros(co.num_angles(64)); ct.apply(th, torch.randn(64, 3)); ct.matrix(th); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip().splitlines()[-1] == "1"

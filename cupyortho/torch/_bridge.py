@@ -77,8 +77,15 @@ def _call(fn, *tensors: torch.Tensor):
     if device.type == "cpu":
         arrays = [_to_numpy(t) for t in tensors]
         # cupyortho's CPU pools run on torch's thread budget, one pool at a time (docs/threads.md).
-        with _threads.budget(torch.get_num_threads()):
-            out = _unaliased(np, fn(*arrays), arrays)
+        budget = torch.get_num_threads()
+        try:
+            with _threads.budget(budget):
+                out = _unaliased(np, fn(*arrays), arrays)
+        finally:
+            # numba's OpenMP layer shares torch's libgomp: starting or resizing numba's pool can reset
+            # torch's count (seen: 1 -> 2 at the first engine call); torch's budget is torch's own.
+            if torch.get_num_threads() != budget:
+                torch.set_num_threads(budget)
         return tuple(_from_numpy(o) for o in out) if isinstance(out, tuple) else _from_numpy(out)
     if device.type == "cuda":
         try:
