@@ -10,18 +10,12 @@ by a plain matmul at every time step.
 """
 
 import math
-import os
 import time
 
-# One thread for numba's pool too (set before cupyortho first imports numba): its OpenMP workers
-# spin-wait between calls and, on a small machine, slow torch's own ops between the cupyortho calls
-# 20-35x (measured: 0.39 s against 0.011-0.019 s per training step on the 2-core CI machine).
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+import torch
 
-import torch  # noqa: E402
-
-import cupyortho.torch as ct  # noqa: E402
-from _common import pyplot, save  # noqa: E402
+import cupyortho.torch as ct
+from _common import pyplot, save
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
