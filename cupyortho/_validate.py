@@ -212,6 +212,21 @@ _FULL_NAMES = ("circle", "team")
 """Schedule names whose angle count is ``num_angles(n, m)`` (every pair ``i < j``, ``i < m``)."""
 
 
+def _schedule_and_n(schedule, n, n_name):
+    """``(schedule, n)`` with a token resolved to its Schedule, ``n`` taken from a Schedule (an
+    explicit ``n`` must agree), and anything but a name, a Schedule or None refused."""
+    if isinstance(schedule, str) and ":" in schedule:
+        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
+    if isinstance(schedule, _sched.Schedule):
+        if n is not None and integer(n_name, n, 2) != schedule.n:
+            raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
+                            f"(expected {n_name} = {schedule.n} or None)")
+        return schedule, schedule.n
+    if schedule is not None and not isinstance(schedule, str):
+        raise ScheduleError(f"schedule must be a schedule name, a Schedule or None, got {_what(schedule)}")
+    return schedule, n
+
+
 def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"):
     """The resolved :class:`~cupyortho.schedule.Schedule` for angles of shape ``shape``.
 
@@ -223,19 +238,9 @@ def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"
     """
     check_ndim(name, shape, 1)
     count = int(shape[-1])
-    if isinstance(schedule, str) and ":" in schedule:
-        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
-    if isinstance(schedule, _sched.Schedule):
-        if n is not None and integer(n_name, n, 2) != schedule.n:
-            raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
-                            f"(expected {n_name} = {schedule.n} or None)")
-        n = schedule.n
-        if m is None:
-            m = schedule.m
-    elif schedule is not None and not isinstance(schedule, str):
-        raise ScheduleError(
-            f"schedule must be a schedule name, a Schedule or None, got {_what(schedule)}"
-        )
+    schedule, n = _schedule_and_n(schedule, n, n_name)
+    if isinstance(schedule, _sched.Schedule) and m is None:
+        m = schedule.m
     n = _n_from_count(name, count) if n is None else integer(n_name, n, 2)
     if m is not None:
         m = integer("m", m, 1)
@@ -273,17 +278,9 @@ def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_n
     special = flag("special", special)
     count = int(shape[-1])
     group = "SU(n)" if special else "U(n)"
-    if isinstance(schedule, str) and ":" in schedule:
-        schedule = _sched.from_token(schedule)  # a schedule token names a Schedule (which carries n)
-    if isinstance(schedule, _sched.Schedule):
-        if n is not None and integer(n_name, n, 2) != schedule.n:
-            raise SizeError(f"{n_name} = {n} disagrees with the schedule, built for n = {schedule.n} "
-                            f"(expected {n_name} = {schedule.n} or None)")
-        if schedule.m is not None:
-            raise ScheduleError(f"schedule must cover all pairs of {group}; got the Stiefel restriction {schedule!r}")
-        n = schedule.n
-    elif schedule is not None and not isinstance(schedule, str):
-        raise ScheduleError(f"schedule must be a schedule name, a Schedule or None, got {_what(schedule)}")
+    schedule, n = _schedule_and_n(schedule, n, n_name)
+    if isinstance(schedule, _sched.Schedule) and schedule.m is not None:
+        raise ScheduleError(f"schedule must cover all pairs of {group}; got the Stiefel restriction {schedule!r}")
     if n is None:
         n = math.isqrt(count + (1 if special else 0))
         if n < 2 or n * n - special != count:
