@@ -605,6 +605,16 @@ def _finish(theta, dtype, was_cupy):
     return theta
 
 
+def _solve_each(sched, flat, atol, solver, restarts, sweeps, max_steps, time_limit):
+    """Angles (public layout, wrapped to (-pi, pi]) of each target ``flat[b]`` by the numerical solve."""
+    out = np.empty((flat.shape[0], sched.num_angles))
+    for b in range(flat.shape[0]):
+        prob = _Problem(sched, _reorthonormalize(flat[b]))
+        th = _solve(prob, atol, solver, restarts, sweeps, max_steps, time_limit)
+        out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
+    return out
+
+
 def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto", restarts=8, sweeps=0,
                        max_steps=8000, time_limit=None, method=None):
     r"""Angles :math:`\theta` with ``matrix(theta, schedule=schedule) == U`` (the inverse map of SO(n)).
@@ -669,11 +679,7 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto",
     if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
         out = _nulling.brick_angles(_reorthonormalize(flat))
         return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
-    out = np.empty((flat.shape[0], sched.num_angles))
-    for b in range(flat.shape[0]):
-        prob = _Problem(sched, _reorthonormalize(flat[b]))
-        th = _solve(prob, atol, solver, restarts, sweeps, max_steps, time_limit)
-        out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
+    out = _solve_each(sched, flat, atol, solver, restarts, sweeps, max_steps, time_limit)
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
 
@@ -715,11 +721,7 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto
     if _nulling.is_brick(sched) and m == n - 1:  # the band is all of brick: complete, then null
         out = _nulling.brick_frame_angles(_reorthonormalize(flat))
         return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
-    out = np.empty((flat.shape[0], sched.num_angles))
-    for b in range(flat.shape[0]):
-        prob = _Problem(sched, _reorthonormalize(flat[b]))
-        th = _solve(prob, atol, solver, restarts, sweeps, max_steps, time_limit)
-        out[b] = sched.from_round_order(np.angle(np.exp(1j * th)))
+    out = _solve_each(sched, flat, atol, solver, restarts, sweeps, max_steps, time_limit)
     return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
 
 
