@@ -31,6 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cupyortho as co  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 
 def best(fn, repeat=5, min_time=0.5):
@@ -74,13 +75,7 @@ def crossover_child(n):
     from cupyortho.backends import blocked, engine
 
     def cpu(fn, repeat=2):
-        fn()
-        best_t = np.inf
-        for _ in range(repeat):
-            t0 = time.process_time()
-            fn()
-            best_t = min(best_t, time.process_time() - t0)
-        return best_t
+        return best_of(fn, repeat, clock=time.process_time)
 
     rng = np.random.default_rng(0)
     sch = S.team_schedule(n)

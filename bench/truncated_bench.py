@@ -19,15 +19,7 @@ import time
 
 import numpy as np
 
-
-def _best(f, repeats):
-    f()  # warm up
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _timing import best_of as _best
 
 
 def main(n=4096, tokens=512, depths=(4, 16, 64), block=32, repeats=3):
