@@ -15,7 +15,6 @@ time / (OFT Cayley), with ``os.getloadavg()``.  Run: ``python bench/truncated_be
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
