@@ -511,8 +511,13 @@ def test_compiled_blocks_and_block_vjp_match_numpy(u, dtype, rng):
     ref = bl._natural(bl.build_meet(ang, lev), u)
     perms, inv = bl._kernel_perms(u)
     out = np.empty((Bt, R, 2 * u, 2 * u), dtype=dtype)
-    _eb().meet_blocks(theta, slots, r0, lev, perms, inv, out, 2)
+    cs = bl._cossin(theta)
+    _eb().meet_blocks(cs, slots, r0, lev, perms, inv, out, 0, Bt * R)
     _close(out, ref, dtype)
+    split = np.full_like(out, np.nan)  # jobs split in two ranges: the same numbers
+    for j0, j1 in bl._ranges(Bt * R, 2):
+        _eb().meet_blocks(cs, slots, r0, lev, perms, inv, split, j0, j1)
+    np.testing.assert_array_equal(split, out)
     g = rng.standard_normal((Bt, R, 2 * u, 2 * u))
     w = g @ np.swapaxes(ref.astype(np.float64), -1, -2)
     a = (w - np.swapaxes(w, -1, -2)).astype(dtype)
@@ -521,9 +526,14 @@ def test_compiled_blocks_and_block_vjp_match_numpy(u, dtype, rng):
     dref = bl.meet_vjp(ang.astype(np.float64), a_st.astype(np.float64), lev)
     d = np.empty((Bt, u * u, R), dtype=dtype)
     blocks = np.empty_like(out)
-    _eb().meet_blocks_vjp(theta, slots, r0, lev, perms, inv, a, d, blocks, 2)
+    _eb().meet_blocks_vjp(cs, slots, r0, lev, perms, inv, a, d, blocks, 0, Bt * R)
     _close(d, dref, dtype, 4 * u)
     np.testing.assert_array_equal(blocks, out)
+    d2, blocks2 = np.full_like(d, np.nan), np.full_like(blocks, np.nan)
+    for j0, j1 in bl._ranges(Bt * R, 3):
+        _eb().meet_blocks_vjp(cs, slots, r0, lev, perms, inv, a, d2, blocks2, j0, j1)
+    np.testing.assert_array_equal(d2, d)
+    np.testing.assert_array_equal(blocks2, blocks)
 
 
 def _fast_sizes():
@@ -611,7 +621,9 @@ def test_compiled_matrix_vjp_finite_differences_and_dot(rng):
 
 
 def test_compiled_matrix_path_is_thread_count_invariant_and_pure(rng):
-    import numba
+    """The slab path splits its blocks, GEMMs and scatters over cupyortho's worker threads
+    (cupyortho.threads): 1 and 2 workers give bitwise equal results, inputs are not modified."""
+    import cupyortho as co
 
     n, t = 40, 8
     s = S.team_schedule(n, t)
@@ -619,15 +631,56 @@ def test_compiled_matrix_path_is_thread_count_invariant_and_pure(rng):
     g = rng.standard_normal((2, n, n))
     u = bl.matrix(th, s)
     copies = [a.copy() for a in (th, g, u)]
-    old = numba.get_num_threads()
-    try:
-        res = []
-        for k in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(k)
+    res, used = [], []
+    for k in (1, 2):
+        with co.threads(k):
+            used.append(bl._workers())
             res.append((bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.matrix_vjp(th, g, s, output=u)))
-    finally:
-        numba.set_num_threads(old)
+    assert used == [1, min(2, bl.THREADS)]
     for a, b in zip(res[0], res[-1]):
         np.testing.assert_array_equal(a, b)
     for a, c in zip((th, g, u), copies):
         np.testing.assert_array_equal(a, c)
+
+
+def test_slab_path_splits_work_over_workers(rng, monkeypatch):
+    """With 2 workers every parallel step of the slab path hands chunks to the pool (so the test
+    above compares a real split), and BLAS runs single-threaded inside it."""
+    import cupyortho as co
+    from cupyortho import _threads
+
+    if bl.THREADS < 2:
+        pytest.skip("one CPU: no worker split")
+    n, t = 40, 8
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    g = rng.standard_normal((n, n))
+    seen = []
+    real = bl._run
+
+    def spy(fn, chunks):
+        seen.append((len(chunks), _threads.blas_threads()))
+        return real(fn, chunks)
+
+    monkeypatch.setattr(bl, "_run", spy)
+    with co.threads(2):
+        bl.matrix_vjp(th, g, s)
+    assert seen and all(k == 2 for k, _ in seen)
+    assert all(all(c == 1 for c in blas) for _, blas in seen)
+
+
+def test_slab_path_waits_for_every_worker_on_error():
+    """_run re-raises a worker's exception only after every chunk is done."""
+    import time
+
+    done = []
+
+    def fn(c):
+        if c == 0:
+            raise ValueError("chunk 0")
+        time.sleep(0.05)
+        done.append(c)
+
+    with pytest.raises(ValueError, match="chunk 0"):
+        bl._run(fn, [0, 1, 2])
+    assert sorted(done) == [1, 2]

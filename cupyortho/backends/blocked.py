@@ -606,19 +606,72 @@ def _inverse(perm):
     return inv
 
 
-def _stage_blocks(th2, pl, k):
-    """Natural-order blocks ``(Bt, NB, 2t, 2t)`` of meeting stage ``k`` (compiled)."""
-    NB = pl.meet_teams.shape[1]
+def _cossin(th2):
+    """``(Bt, A + 1, 2)`` cosines and sines of ``th2`` ``(Bt, A)`` for the compiled kernels; slot
+    ``A`` is the zero angle of dropped pairs.  Vectorized NumPy: far cheaper than a ``cos`` and
+    ``sin`` call per leaf inside the kernels."""
+    Bt, A = th2.shape
+    cs = np.empty((Bt, A + 1, 2), dtype=th2.dtype)
+    np.cos(th2, out=cs[:, :A, 0])
+    np.sin(th2, out=cs[:, :A, 1])
+    cs[:, A] = (1, 0)
+    return cs
+
+
+def _workers():
+    """Worker threads of the slab path, at most THREADS: cupyortho's setting (docs/threads.md), or,
+    with none, as many as NumPy's BLAS would use (the threads this path's GEMMs take over)."""
+    if _threads.get_setting() is None:
+        return max(1, min([THREADS] + _threads.blas_threads()))
+    return _threads.pool_size(THREADS)
+
+
+def _ranges(jobs, parts):
+    """``parts`` contiguous ``(j0, j1)`` job ranges covering ``0..jobs`` (none empty)."""
+    parts = max(1, min(parts, jobs))
+    return [(jobs * p // parts, jobs * (p + 1) // parts) for p in range(parts)]
+
+
+def _run(fn, chunks):
+    """``fn(chunk)`` for every chunk: the last in the calling thread, the others on the worker
+    pool; returns when all are done (the first exception is raised after every chunk finished, so
+    no worker still writes into the caller's buffers)."""
+    global _pool
+    if len(chunks) == 1:
+        fn(chunks[0])
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cupyortho")
+    futs = [_pool.submit(fn, c) for c in chunks[:-1]]
+    err = None
+    try:
+        fn(chunks[-1])
+    except BaseException as exc:  # noqa: B902 - re-raised below, after the workers are done
+        err = exc
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as exc:  # noqa: B902
+            err = err or exc
+    if err is not None:
+        raise err
+
+
+def _all_blocks(cs, pl, r0, R, W):
+    """Natural-order blocks ``(Bt, R, 2t, 2t)`` of the meeting blocks ``r0 .. r0 + R - 1`` (storage
+    order of ``pl.meet_slots``: stage ``k`` holds ``k * NB ..``), split over ``W`` workers."""
     perms, inv = _kernel_perms(pl.u)
-    out = np.empty((th2.shape[0], NB, 2 * pl.u, 2 * pl.u), dtype=th2.dtype)
-    _engine().meet_blocks(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, out, _numba_threads())
+    out = np.empty((cs.shape[0], R, 2 * pl.u, 2 * pl.u), dtype=cs.dtype)
+    eb = _engine()
+    _run(lambda jr: eb.meet_blocks(cs, pl.meet_slots, r0, pl.levels, perms, inv, out, jr[0], jr[1]),
+         _ranges(out.shape[0] * R, W))
     return out
 
 
-def _numba_threads():
-    import numba
-
-    return numba.get_num_threads()
+def _stage_blocks(th2, pl, k):
+    """Natural-order blocks ``(Bt, NB, 2t, 2t)`` of meeting stage ``k`` (compiled)."""
+    NB = pl.meet_teams.shape[1]
+    return _all_blocks(_cossin(th2), pl, k * NB, NB, 1)
 
 
 def _rr_diag(theta2, pl):
@@ -634,35 +687,52 @@ def _matrix_fast(theta, pl):
     Bt = th2.shape[0]
     lays, natural = _slab_layouts(pl)
     K = pl.num_meet
-    blocks = [_stage_blocks(th2, pl, k) for k in range(K)]
+    NB = pl.meet_teams.shape[1]
     out = np.empty((Bt, n, n), dtype=theta.dtype)
     y = np.empty((N, N), dtype=theta.dtype)
     ynext = np.empty((N, N), dtype=theta.dtype)
     rr = _rr_diag(th2, pl) if pl.rr_v else None
-    for b in range(Bt):
-        # stage 0 applied to the identity, rows in stage 1's slab layout, columns natural
-        y[...] = 0
-        pos = _inverse(lays[0])
-        y4 = y.reshape(T, t, T, t)
-        if rr is None:
-            y4[pos, :, natural, :] = np.eye(t, dtype=y.dtype)
-        else:
-            y4[pos, :, natural, :] = rr[b]
-        for k in range(K):
-            teams = pl.meet_teams[k]
-            nxt = _inverse(lays[k + 1]) if k + 1 < K else natural
-            blk = blocks[k][b]
-            for j in range(teams.shape[0]):
-                src = y[2 * j * t: (2 * j + 2) * t]
-                pa, pb = nxt[teams[j, 0]], nxt[teams[j, 1]]
-                np.matmul(blk[j, :t], src, out=ynext[pa * t: (pa + 1) * t])
-                np.matmul(blk[j, t:], src, out=ynext[pb * t: (pb + 1) * t])
-            y, ynext = ynext, y
-        out[b] = y[:n, :n]
+    with _threads.serial_blas(_workers()) as W:
+        blocks = _all_blocks(_cossin(th2), pl, 0, K * NB, W)  # every stage's blocks, one pass
+        for b in range(Bt):
+            # stage 0 applied to the identity, rows in stage 1's slab layout, columns natural
+            y[...] = 0
+            pos = _inverse(lays[0])
+            y4 = y.reshape(T, t, T, t)
+            if rr is None:
+                y4[pos, :, natural, :] = np.eye(t, dtype=y.dtype)
+            else:
+                y4[pos, :, natural, :] = rr[b]
+            for k in range(K):
+                teams = pl.meet_teams[k]
+                nxt = _inverse(lays[k + 1]) if k + 1 < K else natural
+                blk = blocks[b, k * NB: (k + 1) * NB]
+
+                def gemms(js, y=y, ynext=ynext, blk=blk, teams=teams, nxt=nxt):
+                    for j in js:  # block j: two GEMMs, outputs straight to the next layout
+                        src = y[2 * j * t: (2 * j + 2) * t]
+                        pa, pb = nxt[teams[j, 0]], nxt[teams[j, 1]]
+                        np.matmul(blk[j, :t], src, out=ynext[pa * t: (pa + 1) * t])
+                        np.matmul(blk[j, t:], src, out=ynext[pb * t: (pb + 1) * t])
+
+                _run(gemms, [range(w, NB, W) for w in range(min(W, NB))])
+                y, ynext = ynext, y
+            out[b] = y[:n, :n]
     return out.reshape(batch + (n, n))
 
 
-def _conjugate(a, blk, to_next, t, out, pan=None, zbuf=None):
+def _panel_split(NB, W):
+    """Row panels ``0..NB-1`` of the half sweep for ``W`` workers: panel ``I`` costs ``~NB - I``,
+    so the panels go in pairs ``(I, NB-1-I)`` of equal cost, pairs dealt round robin."""
+    order = []
+    for I in range((NB + 1) // 2):
+        order += [I] if I == NB - 1 - I else [I, NB - 1 - I]
+    pairs = [order[i: i + 2] for i in range(0, len(order), 2)]
+    W = max(1, min(W, len(pairs)))
+    return [sum(pairs[w::W], []) for w in range(W)]
+
+
+def _conjugate(a, blk, to_next, t, out, pan=None, zbufs=None, W=1):
     """One step of the two-sided sweep: ``out <- S^T a S`` for one block-diagonal stage.
 
     ``a`` ``(N, N)`` antisymmetric, rows and columns in the stage's slab layout, of which only the
@@ -671,21 +741,30 @@ def _conjugate(a, blk, to_next, t, out, pan=None, zbuf=None):
     of each current slab in the next layout.  Only the blocks ``I <= J`` of ``P_I^T a_IJ P_J`` are
     formed, ``N^3 / (2t)`` multiply-adds instead of twice that for both sides in full; the compiled
     scatter writes them (and their negative transposes) into the upper block triangle of ``out``
-    in the next layout.  ``pan`` ``(1, NB, L, N)`` and ``zbuf`` ``(L, N)``: optional scratch."""
+    in the next layout.  Row panels are split over ``W`` workers (:func:`_panel_split`); each
+    scatters the two team slabs of its own panels.  ``pan`` ``(NB, L, N)`` and ``zbufs`` (``W``
+    arrays ``(L, N)``): optional scratch."""
     N = a.shape[-1]
     L = 2 * t
     NB = N // L
+    split = _panel_split(NB, W)
     if pan is None:
-        pan = np.empty((1, NB, L, N), dtype=a.dtype)
-    if zbuf is None:
-        zbuf = np.empty((L, N), dtype=a.dtype)
-    for I in range(NB):
-        c0 = I * L
-        np.matmul(blk[I].T, a[c0: c0 + L, c0:], out=zbuf[:, c0:])
-        zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
-        cv = np.swapaxes(pan[0, I].reshape(L, NB, L)[:, I:], 0, 1)
-        np.matmul(zv, blk[I:], out=cv)
-    _engine().scatter_mirror(pan, to_next, t, out[None])
+        pan = np.empty((NB, L, N), dtype=a.dtype)
+    if zbufs is None:
+        zbufs = [np.empty((L, N), dtype=a.dtype) for _ in split]
+    eb = _engine()
+
+    def panels(w):
+        zbuf = zbufs[w]
+        for I in split[w]:
+            c0 = I * L
+            np.matmul(blk[I].T, a[c0: c0 + L, c0:], out=zbuf[:, c0:])
+            zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
+            cv = np.swapaxes(pan[I].reshape(L, NB, L)[:, I:], 0, 1)
+            np.matmul(zv, blk[I:], out=cv)
+            eb.scatter_mirror(pan, to_next, t, out, 2 * I, 2 * I + 2)
+
+    _run(panels, list(range(len(split))))
 
 
 def _matrix_vjp_fast(theta, cotangent, pl, output):
@@ -696,38 +775,40 @@ def _matrix_vjp_fast(theta, cotangent, pl, output):
     Bt = th2.shape[0]
     dt = theta.dtype
     uu = _matrix_fast(theta, pl) if output is None else output
-    w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))
+    w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))  # one large GEMM: BLAS's own threads
     del uu
     w = np.ascontiguousarray(_sum_to(w, theta.shape[:-1] + (n, n)).reshape(Bt, n, n), dtype=dt)
     lays, natural = _slab_layouts(pl)
     K = pl.num_meet
     order = (lays[K - 1][:, None] * t + np.arange(t)).reshape(-1)
-    a = np.empty((Bt, N, N), dtype=dt)
-    eb.antisym_gather(w, order, n, L, a)
-    del w
-    a2 = np.empty_like(a)
-    pan = np.empty((1, NB, L, N), dtype=dt)
-    zbuf = np.empty((L, N), dtype=dt)
-    d = np.zeros((Bt, A + 1), dtype=dt)
-    perms, inv = _kernel_perms(t)
-    ar = np.arange(NB)
-    parts = _numba_threads()
-    blk = np.empty((Bt, NB, L, L), dtype=dt)
-    for k in range(K - 1, -1, -1):
-        diag = np.ascontiguousarray(np.moveaxis(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :], 0, 1))
-        dk = np.empty((Bt, t * t, NB), dtype=dt)
-        # the stage's blocks and their angle cotangents in one pass (the VJP builds the blocks)
-        eb.meet_blocks_vjp(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, diag, dk, blk, parts)
-        del diag
-        d[:, pl.meet_slots[:, k * NB: (k + 1) * NB]] = dk
-        if k == 0 and not pl.rr_v:
-            break
-        nxt = _inverse(lays[k - 1]) if k > 0 else natural
-        to_next = nxt[lays[k]]
-        for b in range(Bt):
-            _conjugate(a[b], blk[b], to_next, t, a2[b], pan, zbuf)
-        a, a2 = a2, a
-    del a2, pan, zbuf, blk
+    cs = _cossin(th2)
+    with _threads.serial_blas(_workers()) as W:
+        a = np.empty((Bt, N, N), dtype=dt)
+        _run(lambda jr: eb.antisym_gather(w, order, n, L, a, jr[0], jr[1]), _ranges(Bt * N, W))
+        del w
+        a2 = np.empty_like(a)
+        pan = np.empty((NB, L, N), dtype=dt)
+        zbufs = [np.empty((L, N), dtype=dt) for _ in _panel_split(NB, W)]
+        d = np.zeros((Bt, A + 1), dtype=dt)
+        perms, inv = _kernel_perms(t)
+        ar = np.arange(NB)
+        blk = np.empty((Bt, NB, L, L), dtype=dt)
+        for k in range(K - 1, -1, -1):
+            diag = np.ascontiguousarray(np.moveaxis(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :], 0, 1))
+            dk = np.empty((Bt, t * t, NB), dtype=dt)
+            # the stage's blocks and their angle cotangents in one pass (the VJP builds the blocks)
+            _run(lambda jr: eb.meet_blocks_vjp(cs, pl.meet_slots, k * NB, pl.levels, perms, inv, diag, dk,
+                                               blk, jr[0], jr[1]), _ranges(Bt * NB, W))
+            del diag
+            d[:, pl.meet_slots[:, k * NB: (k + 1) * NB]] = dk
+            if k == 0 and not pl.rr_v:
+                break
+            nxt = _inverse(lays[k - 1]) if k > 0 else natural
+            to_next = nxt[lays[k]]
+            for b in range(Bt):
+                _conjugate(a[b], blk[b], to_next, t, a2[b], pan, zbufs, W)
+            a, a2 = a2, a
+        del a2, pan, zbufs, blk
     if pl.rr_v:
         at = np.arange(T)
         arr = np.moveaxis(a.reshape(Bt, T, t, T, t)[:, at, :, at, :], 0, 1)

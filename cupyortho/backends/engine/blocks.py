@@ -3,9 +3,11 @@ the two permute-and-antisymmetrize passes of the materialized VJP.
 
 Imported lazily by :mod:`cupyortho.backends.blocked` at first use (``import cupyortho`` loads NumPy
 only); every kernel is compiled with ``cache=True``, so a second process loads machine code instead
-of recompiling.  Threads: ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``; work is split over
-independent blocks (or row panels), each written by exactly one thread, so results do not depend
-on the thread count.
+of recompiling.  The kernels are serial and release the GIL (``nogil``): every one takes a range
+of independent jobs (blocks, rows, team slabs), and :mod:`cupyortho.backends.blocked` splits the
+jobs over its own worker threads, which also run the stage GEMMs with single-threaded BLAS
+(docs/threads.md: one pool, no numba pool spinning beside OpenBLAS's).  A job's numbers do not
+depend on the split, so results do not depend on the thread count.
 
 Block recursion (see :mod:`cupyortho.backends.blocked`, "Storage order").  A meeting block of ``u``
 against ``u`` players is built bottom-up from its ``u*u`` leaf rotations in ``log2 u`` levels; at
@@ -77,25 +79,25 @@ def _fix(src, o, perm, b, fix):
 
 
 @nb.njit(**_INL)
-def _cs(theta, slots, leaf, r, A):
+def _cs(cs, slots, leaf, r):
+    """``(cos, sin)`` of the angle in slot ``slots[leaf, r]`` (``cs`` ``(A + 1, 2)``, slot ``A`` the
+    zero angle of dropped pairs)."""
     q = slots[leaf, r]
-    if q >= A:
-        return 1.0, 0.0
-    return np.cos(theta[q]), np.sin(theta[q])
+    return cs[q, 0], cs[q, 1]
 
 
 @nb.njit(**_JIT)
-def _forward_levels(theta, slots, r, A, levels, perms, saved, fix, tmp):
+def _forward_levels(cs, slots, r, levels, perms, saved, fix, tmp):
     """Every level ``1..L`` of block ``r`` into ``saved`` (flat, ``(2u)^2`` numbers per level: the
     ``4^(L-l)`` blocks of level ``l``, each ``2^(l+1)`` squared, in storage order)."""
     BB = 4 * 4 ** levels
     q1 = 4 ** (levels - 1)
     o1 = BB
     for i in range(q1):
-        c1, s1 = _cs(theta, slots, i, r, A)            # X_1 on (a0, b0)
-        c2, s2 = _cs(theta, slots, q1 + i, r, A)       # X_2 on (a1, b1)
-        c3, s3 = _cs(theta, slots, 2 * q1 + i, r, A)   # Y_1 on (a0, b1)
-        c4, s4 = _cs(theta, slots, 3 * q1 + i, r, A)   # Y_2 on (a1, b0)
+        c1, s1 = _cs(cs, slots, i, r)            # X_1 on (a0, b0)
+        c2, s2 = _cs(cs, slots, q1 + i, r)       # X_2 on (a1, b1)
+        c3, s3 = _cs(cs, slots, 2 * q1 + i, r)   # Y_1 on (a0, b1)
+        c4, s4 = _cs(cs, slots, 3 * q1 + i, r)   # Y_2 on (a1, b0)
         o = o1 + 16 * i  # storage [a0, a1, b0, b1]; M = Y X
         saved[o + 0] = c3 * c1
         saved[o + 1] = -s3 * s2
@@ -136,38 +138,35 @@ def _forward_levels(theta, slots, r, A, levels, perms, saved, fix, tmp):
 
 # --------------------------------------------------------------------------- meeting blocks
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def meet_blocks(theta, slots, r0, levels, perms, inv, out, parts):
+@nb.njit(**_JIT)
+def meet_blocks(cs, slots, r0, levels, perms, inv, out, j0, j1):
     """Meeting blocks in *natural* local order.
 
     Args:
-        theta: ``(Bt, A)`` angles.  slots: ``(u*u, *)`` leaf angle slots (``A``: zero angle), in
-            the leaf layout of ``blocked.build_meet``; blocks ``r0 .. r0 + R - 1`` are built, ``R``
-            from ``out``.  levels: ``log2 u >= 1``.
+        cs: ``(Bt, A + 1, 2)`` cosines and sines of the angles, slot ``A`` the zero angle.
+        slots: ``(u*u, *)`` leaf angle slots, in the leaf layout of ``blocked.build_meet``; blocks
+            ``r0 .. r0 + R - 1`` are built, ``R`` from ``out``.  levels: ``log2 u >= 1``.
         perms: ``(levels, 2u)``: ``perms[l, :2^(l+1)]`` the ``Y_2`` storage permutation of level ``l``.
         inv: ``(2u,)`` storage position of each natural local index.
-        out: ``(Bt, R, 2u, 2u)``, written.
-        parts: number of thread chunks (``numba.get_num_threads()``; any value gives the same result).
+        out: ``(Bt, R, 2u, 2u)``; the blocks of jobs ``j0 <= job < j1`` (``job = bt * R + r``) are
+            written, so callers split the ``Bt * R`` jobs over their threads (any split gives the
+            same numbers).
     """
-    Bt, A = theta.shape
     R = out.shape[1]
     b = out.shape[-1]
     BB = b * b
-    jobs = Bt * R
-    parts = max(1, min(parts, jobs))
-    for part in nb.prange(parts):  # one scratch set per thread, jobs split statically
-        saved = np.empty((levels + 1) * BB, dtype=out.dtype)
-        fix = np.empty(BB // 4, dtype=out.dtype)
-        tmp = np.empty(b, dtype=out.dtype)
-        for job in range(part * jobs // parts, (part + 1) * jobs // parts):
-            bt = job // R
-            r = job - bt * R
-            _forward_levels(theta[bt], slots, r0 + r, A, levels, perms, saved, fix, tmp)
-            top = levels * BB
-            for i in range(b):
-                row = top + inv[i] * b
-                for j in range(b):
-                    out[bt, r, i, j] = saved[row + inv[j]]
+    saved = np.empty((levels + 1) * BB, dtype=out.dtype)
+    fix = np.empty(BB // 4, dtype=out.dtype)
+    tmp = np.empty(b, dtype=out.dtype)
+    for job in range(j0, j1):
+        bt = job // R
+        r = job - bt * R
+        _forward_levels(cs[bt], slots, r0 + r, levels, perms, saved, fix, tmp)
+        top = levels * BB
+        for i in range(b):
+            row = top + inv[i] * b
+            for j in range(b):
+                out[bt, r, i, j] = saved[row + inv[j]]
 
 
 @nb.njit(**_INL)
@@ -254,89 +253,83 @@ def _level_vjp(cur, a, bs, saved, y1, y2, perm, nxt, ox1, ox2, oy1, oy2, ayy, z,
             nxt[oy2 + perm[s] * b2 + perm[t]] = ayy[(b2 + s) * bs + b2 + t]
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def meet_blocks_vjp(theta, slots, r0, levels, perms, inv, a_nat, d, blocks, parts):
+@nb.njit(**_JIT)
+def meet_blocks_vjp(cs, slots, r0, levels, perms, inv, a_nat, d, blocks, j0, j1):
     """Leaf-angle cotangents of meeting blocks given ``A = W - W^T`` at their outputs.
 
     Args:
-        theta, slots, r0, levels, perms, inv: as :func:`meet_blocks`.
+        cs, slots, r0, levels, perms, inv, j0, j1: as :func:`meet_blocks`.
         a_nat: ``(Bt, R, 2u, 2u)`` ``A`` per block, natural local order.
         d: ``(Bt, u*u, R)`` leaf cotangents of blocks ``r0 ..``, written (layout of ``slots``).
         blocks: ``(Bt, R, 2u, 2u)`` or ``(0, 0, 0, 0)``: when not empty, also receives the blocks
             themselves (natural order), which the VJP builds anyway.
-        parts: as :func:`meet_blocks`.
     """
-    Bt, A = theta.shape
     R = a_nat.shape[1]
     b = a_nat.shape[-1]
     BB = b * b
     dt = a_nat.dtype
-    jobs = Bt * R
-    parts = max(1, min(parts, jobs))
     want = blocks.shape[0] > 0
-    for part in nb.prange(parts):  # one scratch set per thread, jobs split statically
-        saved = np.empty((levels + 1) * BB, dtype=dt)
-        fix = np.empty(BB // 4, dtype=dt)
-        tmp = np.empty(b, dtype=dt)
-        cur0 = np.empty(BB, dtype=dt)
-        nxt0 = np.empty(BB, dtype=dt)
-        ayy = np.empty(BB, dtype=dt)
-        z = np.empty(BB, dtype=dt)
-        for job in range(part * jobs // parts, (part + 1) * jobs // parts):
-            bt = job // R
-            r = job - bt * R
-            th = theta[bt]
-            _forward_levels(th, slots, r0 + r, A, levels, perms, saved, fix, tmp)
-            if want:
-                top = levels * BB
-                for i in range(b):
-                    row = top + inv[i] * b
-                    for j in range(b):
-                        blocks[bt, r, i, j] = saved[row + inv[j]]
-            cur = cur0
-            nxt = nxt0
+    saved = np.empty((levels + 1) * BB, dtype=dt)
+    fix = np.empty(BB // 4, dtype=dt)
+    tmp = np.empty(b, dtype=dt)
+    cur0 = np.empty(BB, dtype=dt)
+    nxt0 = np.empty(BB, dtype=dt)
+    ayy = np.empty(BB, dtype=dt)
+    z = np.empty(BB, dtype=dt)
+    for job in range(j0, j1):
+        bt = job // R
+        r = job - bt * R
+        th = cs[bt]
+        _forward_levels(th, slots, r0 + r, levels, perms, saved, fix, tmp)
+        if want:
+            top = levels * BB
             for i in range(b):
+                row = top + inv[i] * b
                 for j in range(b):
-                    cur[inv[i] * b + inv[j]] = a_nat[bt, r, i, j]
-            for lev in range(levels, 1, -1):
-                bs = 2 ** (lev + 1)  # size of the blocks whose A we hold
-                q = 4 ** (levels - lev)  # their number
-                chs = bs // 2
-                cc = chs * chs
-                fw = (lev - 1) * BB
-                perm = perms[lev - 1]
-                for i in range(q):
-                    _level_vjp(cur, i * bs * bs, bs, saved, fw + (2 * q + i) * cc, fw + (3 * q + i) * cc,
-                               perm, nxt, i * cc, (q + i) * cc, (2 * q + i) * cc, (3 * q + i) * cc,
-                               ayy, z, fix, tmp)
-                cur, nxt = nxt, cur
-            # 4 x 4 blocks [a0, a1, b0, b1]: Y_1 = (a0, b1), Y_2 = (a1, b0) act last and read
-            # A[3, 0], A[2, 1]; X_1 = (a0, b0), X_2 = (a1, b1) read (Y^T A Y)[2, 0] and [3, 1].
-            q1 = 4 ** (levels - 1)
-            for i in range(q1):
-                o = 16 * i
-                c1, s1 = _cs(th, slots, 2 * q1 + i, r0 + r, A)
-                c2, s2 = _cs(th, slots, 3 * q1 + i, r0 + r, A)
-                d[bt, i, r] = (c2 * (cur[o + 8] * c1 + cur[o + 11] * s1)
-                               - s2 * (cur[o + 4] * c1 + cur[o + 7] * s1))
-                d[bt, q1 + i, r] = (c1 * (cur[o + 13] * c2 + cur[o + 14] * s2)
-                                    - s1 * (cur[o + 1] * c2 + cur[o + 2] * s2))
-                d[bt, 2 * q1 + i, r] = cur[o + 12]
-                d[bt, 3 * q1 + i, r] = cur[o + 9]
+                    blocks[bt, r, i, j] = saved[row + inv[j]]
+        cur = cur0
+        nxt = nxt0
+        for i in range(b):
+            for j in range(b):
+                cur[inv[i] * b + inv[j]] = a_nat[bt, r, i, j]
+        for lev in range(levels, 1, -1):
+            bs = 2 ** (lev + 1)  # size of the blocks whose A we hold
+            q = 4 ** (levels - lev)  # their number
+            chs = bs // 2
+            cc = chs * chs
+            fw = (lev - 1) * BB
+            perm = perms[lev - 1]
+            for i in range(q):
+                _level_vjp(cur, i * bs * bs, bs, saved, fw + (2 * q + i) * cc, fw + (3 * q + i) * cc,
+                           perm, nxt, i * cc, (q + i) * cc, (2 * q + i) * cc, (3 * q + i) * cc,
+                           ayy, z, fix, tmp)
+            cur, nxt = nxt, cur
+        # 4 x 4 blocks [a0, a1, b0, b1]: Y_1 = (a0, b1), Y_2 = (a1, b0) act last and read
+        # A[3, 0], A[2, 1]; X_1 = (a0, b0), X_2 = (a1, b1) read (Y^T A Y)[2, 0] and [3, 1].
+        q1 = 4 ** (levels - 1)
+        for i in range(q1):
+            o = 16 * i
+            c1, s1 = _cs(th, slots, 2 * q1 + i, r0 + r)
+            c2, s2 = _cs(th, slots, 3 * q1 + i, r0 + r)
+            d[bt, i, r] = (c2 * (cur[o + 8] * c1 + cur[o + 11] * s1)
+                           - s2 * (cur[o + 4] * c1 + cur[o + 7] * s1))
+            d[bt, q1 + i, r] = (c1 * (cur[o + 13] * c2 + cur[o + 14] * s2)
+                                - s1 * (cur[o + 1] * c2 + cur[o + 2] * s2))
+            d[bt, 2 * q1 + i, r] = cur[o + 12]
+            d[bt, 3 * q1 + i, r] = cur[o + 9]
 
 
 # --------------------------------------------------------------------------- materialized VJP passes
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def antisym_gather(w, order, n, L, out):
+@nb.njit(**_JIT)
+def antisym_gather(w, order, n, L, out, j0, j1):
     """``out[p, q] = w[o_p, o_q] - w[o_q, o_p]`` (0 where a coordinate ``>= n``), ``o = order``,
     for ``q >= L * (p // L)``: the upper block triangle of blocks of ``L``, with the diagonal
     blocks whole (the rest of ``out`` is not written).
 
-    ``w`` ``(Bt, n, n)``, ``out`` ``(Bt, N, N)``; rows of ``out`` split over threads."""
-    Bt = w.shape[0]
+    ``w`` ``(Bt, n, n)``, ``out`` ``(Bt, N, N)``; the rows ``j0 <= bt * N + p < j1`` are written."""
     N = out.shape[1]
-    for job in nb.prange(Bt * N):
+    for job in range(j0, j1):
         bt = job // N
         p = job - bt * N
         op = order[p]
@@ -354,42 +347,37 @@ def antisym_gather(w, order, n, L, out):
                 row[q] = wr[oq] - w[bt, oq, op]
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def scatter_mirror(c, pos, t, out):
+@nb.njit(**_JIT)
+def scatter_mirror(c, pos, t, out, p0, p1):
     """Scatter the upper block triangle of ``S^T A S`` into the next stage's layout, mirrored.
 
-    ``c``: ``(Bt, NB, 2t, N)``: row panel ``I`` holds, in its columns ``J*2t..``, ``J >= I``, the
+    ``c``: ``(NB, 2t, N)``: row panel ``I`` holds, in its columns ``J*2t..``, ``J >= I``, the
     blocks ``P_I^T A_IJ P_J`` (columns ``< I*2t`` unused).  ``pos``: ``(T,)`` slab position of each
-    of the current layout's team slabs in the next layout.  Writes ``out`` ``(Bt, N, N)``: tile
+    of the current layout's team slabs in the next layout.  Writes ``out`` ``(N, N)``: tile
     ``(p, q)`` of teams to ``(pos[p], pos[q])`` and/or its negative transpose to
     ``(pos[q], pos[p])``, whichever lies in the upper block triangle of the next layout (blocks of
     two slabs; both inside a diagonal block), the only part the next sweep reads; a diagonal team
     tile ``(p, p)`` is written antisymmetrized.  The strict lower block triangle of ``out`` is
-    left as it was.  Each thread owns one team slab
-    ``p`` of ``c`` and writes the tiles it produces (no two threads write the same tile).
+    left as it was.  Only the tiles made by team slabs ``p0 <= p < p1`` of ``c`` are written (they
+    read row panel ``p // 2`` only), so callers split the slabs over their threads: no two slabs
+    write the same tile.
     """
-    Bt, NB, L, N = c.shape
-    T = 2 * NB
-    for job in nb.prange(Bt * T):
-        bt = job // T
-        jj = job - bt * T
-        # team slab p of the current layout (half of row panel I); slab p makes T - p tiles, so
-        # slabs are interleaved (0, T-1, 1, T-2, ...) to balance threads' static chunks
-        p = jj // 2 if jj % 2 == 0 else T - 1 - jj // 2
+    tmp = np.empty((t, t), dtype=out.dtype)
+    T = pos.shape[0]
+    for p in range(p0, p1):
         I = p // 2
         half = p - 2 * I
         P = pos[p]
-        tmp = np.empty((t, t), dtype=out.dtype)
         for q in range(p, T):
             Q = pos[q]
             for i in range(t):
-                src = c[bt, I, half * t + i, q * t: q * t + t]
+                src = c[I, half * t + i, q * t: q * t + t]
                 tr = tmp[i]
                 for j in range(t):
                     tr[j] = src[j]
             if q == p:
                 for i in range(t):
-                    dst = out[bt, P * t + i, P * t: P * t + t]
+                    dst = out[P * t + i, P * t: P * t + t]
                     for j in range(t):
                         dst[j] = 0.5 * (tmp[i, j] - tmp[j, i])
                 continue
@@ -399,12 +387,12 @@ def scatter_mirror(c, pos, t, out):
             lower = P // 2 >= Q // 2
             if upper:
                 for i in range(t):
-                    dst = out[bt, P * t + i, Q * t: Q * t + t]
+                    dst = out[P * t + i, Q * t: Q * t + t]
                     tr = tmp[i]
                     for j in range(t):
                         dst[j] = tr[j]
             if lower:
                 for j in range(t):
-                    dst = out[bt, Q * t + j, P * t: P * t + t]
+                    dst = out[Q * t + j, P * t: P * t + t]
                     for i in range(t):
                         dst[i] = -tmp[i, j]
