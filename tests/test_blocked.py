@@ -574,7 +574,7 @@ def test_antisymmetric_half_sweep_equals_full_conjugation(rng):
     th = _theta(rng, s.num_angles, np.float64)
     N, L, T = pl.N, 2 * t, pl.N // t
     k = 3
-    blk = bl._stage_blocks(th[None], pl, k)[0]
+    blk = bl._stage_blocks(th[None], pl, k, s)[0]
     lay, nxt_lay = pl.meet_teams[k].reshape(-1), pl.meet_teams[k - 1].reshape(-1)
     w = rng.standard_normal((N, N))
     a = w - w.T

@@ -657,21 +657,49 @@ def _run(fn, chunks):
         raise err
 
 
-def _all_blocks(cs, pl, r0, R, W):
-    """Natural-order blocks ``(Bt, R, 2t, 2t)`` of the meeting blocks ``r0 .. r0 + R - 1`` (storage
-    order of ``pl.meet_slots``: stage ``k`` holds ``k * NB ..``), split over ``W`` workers."""
-    perms, inv = _kernel_perms(pl.u)
-    out = np.empty((cs.shape[0], R, 2 * pl.u, 2 * pl.u), dtype=cs.dtype)
+class _Rounds:
+    """The meeting blocks of a team schedule's slab path, round by round (from the one team-block
+    plan's :func:`~cupyortho.backends.team_plan.kernel_tables`): ``slots`` ``(K * NB, t * t)`` the
+    angle slot of every rotation of every meeting block (stage ``k`` holds blocks ``k * NB ..``, in
+    the order of ``plan.meet_teams``; slot ``A``: the zero angle of an absent rotation), ``pi, pj``
+    ``(t * t,)`` the local rows of each rotation, the same for every block, in application order."""
+
+    def __init__(self, schedule):
+        kt = _team_plan.kernel_tables(schedule)
+        A = schedule.num_angles
+        ang = kt.block_angle[1:]
+        self.slots = np.ascontiguousarray(np.where(ang < 0, A, ang).reshape(-1, ang.shape[-2] * ang.shape[-1]))
+        self.pi = np.ascontiguousarray(kt.local_i[1, 0].reshape(-1))
+        self.pj = np.ascontiguousarray(kt.local_j[1, 0].reshape(-1))
+        self.cw = min(32, kt.L)
+
+
+def _rounds(schedule):
+    return _team_plan._cached(schedule, "slab_rounds", lambda: _Rounds(schedule))
+
+
+def _coefficients(th2, slots):
+    """``(c, s)`` ``(Bt * R, P)`` of the rotations with angle slots ``slots`` ``(R, P)``."""
+    ang = _ext(th2)[:, slots].reshape(-1, slots.shape[-1])
+    return np.cos(ang), np.sin(ang)
+
+
+def _block_range(th2, pl, sched, r0, R, W):
+    """Natural-order blocks ``(Bt, R, 2t, 2t)`` of the meeting blocks ``r0 .. r0 + R - 1`` (compiled,
+    by rounds), split over ``W`` workers."""
+    rd = _rounds(sched)
+    c, s = _coefficients(th2, rd.slots[r0: r0 + R])
+    L = 2 * pl.t
+    out = np.empty((c.shape[0], L, L), dtype=th2.dtype)
     eb = _engine()
-    _run(lambda jr: eb.meet_blocks(cs, pl.meet_slots, r0, pl.levels, perms, inv, out, jr[0], jr[1]),
-         _ranges(out.shape[0] * R, W))
-    return out
+    _run(lambda jr: eb.rounds_blocks(c, s, rd.pi, rd.pj, out, rd.cw, jr[0], jr[1]), _ranges(out.shape[0], W))
+    return out.reshape(th2.shape[0], R, L, L)
 
 
-def _stage_blocks(th2, pl, k):
+def _stage_blocks(th2, pl, k, sched):
     """Natural-order blocks ``(Bt, NB, 2t, 2t)`` of meeting stage ``k`` (compiled)."""
     NB = pl.meet_teams.shape[1]
-    return _all_blocks(_cossin(th2), pl, k * NB, NB, 1)
+    return _block_range(th2, pl, sched, k * NB, NB, 1)
 
 
 def _rr_diag(theta2, pl):
@@ -679,7 +707,7 @@ def _rr_diag(theta2, pl):
     return build_rr(_ext(theta2)[..., pl.rr_slots], pl.rr_v)
 
 
-def _matrix_fast(theta, pl):
+def _matrix_fast(theta, pl, sched):
     n, t, N = pl.n, pl.t, pl.N
     T = N // t
     batch = theta.shape[:-1]
@@ -693,7 +721,7 @@ def _matrix_fast(theta, pl):
     ynext = np.empty((N, N), dtype=theta.dtype)
     rr = _rr_diag(th2, pl) if pl.rr_v else None
     with _threads.serial_blas(_workers()) as W:
-        blocks = _all_blocks(_cossin(th2), pl, 0, K * NB, W)  # every stage's blocks, one pass
+        blocks = _block_range(th2, pl, sched, 0, K * NB, W)  # every stage's blocks, one pass
         for b in range(Bt):
             # stage 0 applied to the identity, rows in stage 1's slab layout, columns natural
             y[...] = 0
@@ -767,21 +795,21 @@ def _conjugate(a, blk, to_next, t, out, pan=None, zbufs=None, W=1):
     _run(panels, list(range(len(split))))
 
 
-def _matrix_vjp_fast(theta, cotangent, pl, output):
+def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
     eb = _engine()
     n, t, N, A = pl.n, pl.t, pl.N, pl.A
     T, NB, L = N // t, N // (2 * t), 2 * t
     th2 = np.ascontiguousarray(theta.reshape(-1, A))
     Bt = th2.shape[0]
     dt = theta.dtype
-    uu = _matrix_fast(theta, pl) if output is None else output
+    uu = _matrix_fast(theta, pl, sched) if output is None else output
     w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))  # one large GEMM: BLAS's own threads
     del uu
     w = np.ascontiguousarray(_sum_to(w, theta.shape[:-1] + (n, n)).reshape(Bt, n, n), dtype=dt)
     lays, natural = _slab_layouts(pl)
     K = pl.num_meet
     order = (lays[K - 1][:, None] * t + np.arange(t)).reshape(-1)
-    cs = _cossin(th2)
+    rd = _rounds(sched)
     with _threads.serial_blas(_workers()) as W:
         a = np.empty((Bt, N, N), dtype=dt)
         _run(lambda jr: eb.antisym_gather(w, order, n, L, a, jr[0], jr[1]), _ranges(Bt * N, W))
@@ -790,23 +818,26 @@ def _matrix_vjp_fast(theta, cotangent, pl, output):
         pan = np.empty((NB, L, N), dtype=dt)
         zbufs = [np.empty((L, N), dtype=dt) for _ in _panel_split(NB, W)]
         d = np.zeros((Bt, A + 1), dtype=dt)
-        perms, inv = _kernel_perms(t)
         ar = np.arange(NB)
-        blk = np.empty((Bt, NB, L, L), dtype=dt)
+        blk = np.empty((Bt * NB, L, L), dtype=dt)
+        dk = np.empty((Bt * NB, t * t), dtype=dt)
         for k in range(K - 1, -1, -1):
-            diag = np.ascontiguousarray(np.moveaxis(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :], 0, 1))
-            dk = np.empty((Bt, t * t, NB), dtype=dt)
-            # the stage's blocks and their angle cotangents in one pass (the VJP builds the blocks)
-            _run(lambda jr: eb.meet_blocks_vjp(cs, pl.meet_slots, k * NB, pl.levels, perms, inv, diag, dk,
-                                               blk, jr[0], jr[1]), _ranges(Bt * NB, W))
-            del diag
-            d[:, pl.meet_slots[:, k * NB: (k + 1) * NB]] = dk
+            diag = np.ascontiguousarray(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :].swapaxes(0, 1))
+            diag = diag.reshape(Bt * NB, L, L)
+            sl = rd.slots[k * NB: (k + 1) * NB]
+            c, s = _coefficients(th2, sl)
+            # the stage's angle cotangents and, from the same pass, its blocks
+            _run(lambda jr: eb.rounds_blocks_vjp(c, s, rd.pi, rd.pj, diag, dk, blk, rd.cw, dt.type(0),
+                                                 jr[0], jr[1]), _ranges(Bt * NB, W))
+            del diag, c, s
+            d[:, sl] = dk.reshape(Bt, NB, t * t)
             if k == 0 and not pl.rr_v:
                 break
             nxt = _inverse(lays[k - 1]) if k > 0 else natural
             to_next = nxt[lays[k]]
+            blk4 = blk.reshape(Bt, NB, L, L)
             for b in range(Bt):
-                _conjugate(a[b], blk[b], to_next, t, a2[b], pan, zbufs, W)
+                _conjugate(a[b], blk4[b], to_next, t, a2[b], pan, zbufs, W)
             a, a2 = a2, a
         del a2, pan, zbufs, blk
     if pl.rr_v:
@@ -834,7 +865,7 @@ def matrix(theta, schedule, u=None):
     """``U(theta)`` ``(..., n, n)``: the first stage's blocks placed on the diagonal, then the stages."""
     pl = plan(schedule, u or granularity(schedule))
     if _fast(pl):
-        return _matrix_fast(theta, pl)
+        return _matrix_fast(theta, pl, schedule)
     blocks = _blocks(theta, pl)
     return _matrix_from_blocks(blocks, pl)[..., : pl.n, : pl.n].copy()
 
@@ -913,7 +944,7 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
     n = schedule.n
     pl = plan(schedule, u or granularity(schedule))
     if _fast(pl):
-        return _matrix_vjp_fast(theta, cotangent, pl, output)
+        return _matrix_vjp_fast(theta, cotangent, pl, output, schedule)
     keep = []
     blocks = _blocks(theta, pl, keep)
     uu = _matrix_from_blocks(blocks, pl)[..., :n, :n] if output is None else output
