@@ -495,45 +495,54 @@ def _eb():
     return bl._engine()
 
 
-@pytest.mark.parametrize("u", [2, 4, 8, 16])
+@pytest.mark.parametrize("n,t", [(16, 8), (40, 8), (64, 16), (70, 32)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_compiled_blocks_and_block_vjp_match_numpy(u, dtype, rng):
-    """engine.blocks.meet_blocks / meet_blocks_vjp against the NumPy block recursion."""
-    R, Bt = 3, 2
-    lev = u.bit_length() - 1
-    A = 5 * u * u
-    theta = rng.uniform(-np.pi, np.pi, (Bt, A)).astype(dtype)
-    slots = rng.permutation(A + 1)[: u * u * (R + 2)].reshape(u * u, R + 2).astype(np.int32)
-    slots[0, 1] = A  # a dropped pair: angle 0
-    r0 = 1
-    ext = np.concatenate([theta, np.zeros((Bt, 1), dtype)], axis=-1)
-    ang = ext[:, slots[:, r0: r0 + R]]  # (Bt, u*u, R)
-    ref = bl._natural(bl.build_meet(ang, lev), u)
-    perms, inv = bl._kernel_perms(u)
-    out = np.empty((Bt, R, 2 * u, 2 * u), dtype=dtype)
-    cs = bl._cossin(theta)
-    _eb().meet_blocks(cs, slots, r0, lev, perms, inv, out, 0, Bt * R)
-    _close(out, ref, dtype)
-    split = np.full_like(out, np.nan)  # jobs split in two ranges: the same numbers
-    for j0, j1 in bl._ranges(Bt * R, 2):
-        _eb().meet_blocks(cs, slots, r0, lev, perms, inv, split, j0, j1)
-    np.testing.assert_array_equal(split, out)
-    g = rng.standard_normal((Bt, R, 2 * u, 2 * u))
-    w = g @ np.swapaxes(ref.astype(np.float64), -1, -2)
-    a = (w - np.swapaxes(w, -1, -2)).astype(dtype)
-    order, _ = bl._storage(u)
-    a_st = a[..., order, :][..., order]
-    dref = bl.meet_vjp(ang.astype(np.float64), a_st.astype(np.float64), lev)
-    d = np.empty((Bt, u * u, R), dtype=dtype)
-    blocks = np.empty_like(out)
-    _eb().meet_blocks_vjp(cs, slots, r0, lev, perms, inv, a, d, blocks, 0, Bt * R)
-    _close(d, dref, dtype, 4 * u)
-    np.testing.assert_array_equal(blocks, out)
-    d2, blocks2 = np.full_like(d, np.nan), np.full_like(blocks, np.nan)
+def test_compiled_round_blocks_and_block_vjp_match_numpy(n, t, dtype, rng):
+    """engine.blocks.rounds_blocks / rounds_blocks_vjp (meeting blocks built round by round, the
+    slab path's block work) against the NumPy block recursion of the same schedule's plan; any split
+    of the blocks into job ranges gives bitwise the same numbers."""
+    s = S.team_schedule(n, t)
+    pl, rd = bl.plan(s, t), bl._rounds(s)
+    K, NB, L, A = pl.num_meet, pl.meet_teams.shape[1], 2 * t, s.num_angles
+    R, Bt = K * NB, 2
+    theta = rng.uniform(-np.pi, np.pi, (Bt, A))
+    ang = bl._ext(theta)[:, pl.meet_slots[:, :R]]  # (Bt, t*t, R): leaves of the recursion
+    ref = bl._natural(bl.build_meet(ang, pl.levels), t)  # float64
+    th = theta.astype(dtype)
+    blocks = bl._block_range(np.ascontiguousarray(th), pl, s, 0, R, 1)
+    _close(blocks, ref, dtype)
+    c, sn = bl._coefficients(th, rd.slots)
+    split = np.full((Bt * R, L, L), np.nan, dtype)
     for j0, j1 in bl._ranges(Bt * R, 3):
-        _eb().meet_blocks_vjp(cs, slots, r0, lev, perms, inv, a, d2, blocks2, j0, j1)
-    np.testing.assert_array_equal(d2, d)
-    np.testing.assert_array_equal(blocks2, blocks)
+        _eb().rounds_blocks(c, sn, rd.pi, rd.pj, split, rd.cw, j0, j1)
+    np.testing.assert_array_equal(split.reshape(blocks.shape), blocks)
+    # VJP: leaf cotangents of the recursion, mapped to angle slots, against the kernel's per-rotation ones
+    w = rng.standard_normal((Bt, R, L, L)) @ np.swapaxes(ref, -1, -2)
+    a = w - np.swapaxes(w, -1, -2)
+    order, _ = bl._storage(t)
+    dref_leaf = bl.meet_vjp(ang, a[..., order, :][..., order], pl.levels)  # (Bt, t*t, R)
+    dref = np.zeros((Bt, A + 1))
+    dref[:, pl.meet_slots[:, :R]] = dref_leaf
+    a32 = np.ascontiguousarray(a.astype(dtype).reshape(Bt * R, L, L))
+    out = []
+    for parts in (1, 2):
+        d = np.full((Bt * R, t * t), np.nan, dtype)
+        blk = np.full((Bt * R, L, L), np.nan, dtype)
+        for j0, j1 in bl._ranges(Bt * R, parts):
+            _eb().rounds_blocks_vjp(c, sn, rd.pi, rd.pj, a32, d, blk, rd.cw, dtype(0), j0, j1)
+        out.append((d, blk))
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
+    d, blk = out[0]
+    got = np.zeros((Bt, A + 1))
+    got[:, rd.slots] = d.reshape(Bt, R, t * t)
+    valid = np.zeros(A + 1, bool)
+    valid[rd.slots] = True
+    valid[A] = False
+    leaves = np.unique(pl.meet_slots[:, :R])
+    np.testing.assert_array_equal(np.flatnonzero(valid), leaves[leaves < A])  # the same angles
+    _close(got[:, valid], dref[:, valid], dtype, 4 * t)
+    _close(blk, ref.reshape(Bt * R, L, L), dtype)  # the undone identity is the block (to rounding)
 
 
 def _fast_sizes():

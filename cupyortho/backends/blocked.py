@@ -577,18 +577,6 @@ def _engine():
     return blocks
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel_perms(u):
-    """``(perms, inv)`` for the compiled block kernels: ``perms[l, :2^(l+1)]`` the ``Y_2`` storage
-    permutation of level ``l``, ``inv`` the storage position of each natural local index."""
-    levels = int(u).bit_length() - 1
-    perms = np.zeros((max(levels, 1), 2 * u), dtype=np.int64)
-    perms[0, :2] = [0, 1]
-    for lev in range(levels):
-        perms[lev, : 2 ** (lev + 1)] = _y2_perm(2 ** lev)[0]
-    return perms, np.ascontiguousarray(_storage(u)[1])
-
-
 def _fast(pl):
     return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0
 
@@ -604,18 +592,6 @@ def _inverse(perm):
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
     return inv
-
-
-def _cossin(th2):
-    """``(Bt, A + 1, 2)`` cosines and sines of ``th2`` ``(Bt, A)`` for the compiled kernels; slot
-    ``A`` is the zero angle of dropped pairs.  Vectorized NumPy: far cheaper than a ``cos`` and
-    ``sin`` call per leaf inside the kernels."""
-    Bt, A = th2.shape
-    cs = np.empty((Bt, A + 1, 2), dtype=th2.dtype)
-    np.cos(th2, out=cs[:, :A, 0])
-    np.sin(th2, out=cs[:, :A, 1])
-    cs[:, A] = (1, 0)
-    return cs
 
 
 def _workers():
