@@ -511,7 +511,7 @@ def test_compiled_round_blocks_and_block_vjp_match_numpy(n, t, dtype, rng):
     th = theta.astype(dtype)
     blocks = bl._block_range(np.ascontiguousarray(th), pl, s, 0, R, 1)
     _close(blocks, ref, dtype)
-    c, sn = bl._coefficients(th, rd.slots)
+    c, sn = bl._coefficients(bl._ext(th), rd.slots)
     split = np.full((Bt * R, L, L), np.nan, dtype)
     for j0, j1 in bl._ranges(Bt * R, 3):
         _eb().rounds_blocks(c, sn, rd.pi, rd.pj, split, rd.cw, j0, j1)
