@@ -31,7 +31,8 @@ Sections (each table is measured in one run, so the ratios survive a noisy machi
 
 ``--quick`` runs every section at small sizes (a smoke run, seconds).
 
-Writes ``results.csv``, ``materialize.png`` (log-log, time vs n, one line per method),
+Writes ``results.csv``, ``materialize.png`` (log-log, time vs n, one line per method), ``apply.png``
+(log-log, fwd+bwd time / matmul vs k, one panel per n),
 ``results.md`` (the tables) under ``--out``; prints the tables too.  Timings: the minimum over
 repeats after one warm-up call.  The machine's load average is recorded with every table.
 """
@@ -429,6 +430,32 @@ def plot(rows, path):
     fig.savefig(path, dpi=110)
 
 
+def plot_apply(rows, path):
+    """Apply fwd+bwd: time / one n x n matmul against k, log-log, one panel per n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    app = [r for r in rows if r["section"] == "apply"]
+    ns = sorted({r["n"] for r in app})
+    fig, axes = plt.subplots(1, len(ns), figsize=(6 * len(ns), 4.5), squeeze=False)
+    for col, n in enumerate(ns):
+        ax = axes[0][col]
+        for method in dict.fromkeys(r["method"] for r in app):
+            pts = sorted((r["k"], r["fwd_bwd_ratio"]) for r in app if r["n"] == n and r["method"] == method)
+            if pts:
+                xs, ys = zip(*pts)
+                ax.loglog(xs, ys, "o-", label=method)
+        ax.set_xlabel("k (columns of X)")
+        ax.set_ylabel("fwd+bwd time / one n x n matmul")
+        ax.set_title(f"apply Y = U X, n = {n}, float32")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -477,6 +504,8 @@ def main():
         (out / f"results{suffix}.md").write_text(md + "\n")
         if any(r["section"] == "materialize" for r in rows):
             plot(rows, out / f"materialize{suffix}.png")
+        if any(r["section"] == "apply" for r in rows):
+            plot_apply(rows, out / f"apply{suffix}.png")
         return md
 
     if "materialize" in args.sections:

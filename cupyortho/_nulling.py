@@ -22,11 +22,32 @@ product of ``F_k = G(k, k+1, pi)`` (``F_k`` present when an odd number of ``d_0.
 (angle + pi) or, through round ``n-1`` (which negates the angles of pairs ``(k-1, k)`` and
 ``(k+1, k+2)`` there), round ``n-2``.
 
+Frames (St(n, m), ``1 <= m <= n - 1``): brick's band (``docs/conventions.md``, "Brick: the band
+St(n, m)") is nulled the same way on the ``n x m`` frame ``W = Q``.  The slots of the band with
+``s = round + pair <= m - 2`` (the top-left triangle of the (round, pair) grid) rotate only the first
+``m`` coordinates and act before every other band slot that touches them, so on ``I[:, :m]`` they are
+a right factor ``R_m`` in SO(m): they are undone as **column** steps on ``W``; the other band slots
+are **row** steps.  The order is Clements' alternation of groups of equal ``s``: column groups
+``s = 0, 2, ..., <= m - 2`` (rounds ascending) alternate with row groups of ``s`` descending (rounds
+descending), and once the column groups are used up the remaining row groups follow.  The ``g``-th
+group (counting both kinds) nulls the matrix anti-diagonal ``r - c = n - 1 - g``: a column step on
+pair ``p`` nulls ``W[p + a, p]``, a row step on pair ``p`` nulls ``W[p + 1, p + 1 - a]``,
+``a = n - 1 - g``.  Entries nulled earlier stay zero (checked symbolically for every n <= 25 and
+every m, and by the round trips in ``tests/test_brick.py``), so ``W = I[:, :m] D`` at the end,
+``Q = L I[:, :m] D R_m``.  ``D R_m = R_m' D`` (column-step angles times ``d_p d_{p+1}``), and
+``I[:, :m] D`` (no determinant condition for ``m < n``) is absorbed by adding pi to the angle of a
+round-0/1 slot: on pair ``(i, i+1)`` that inserts -1 on coordinates ``i, i+1``, which, moved to the
+input, negates the round-0 angles of pairs ``i - 1, i + 1`` (when the slot is in round 1) and flips
+columns ``i, i+1`` of ``I[:, :m]``; pair ``(m-1, m)`` flips column ``m - 1`` alone.  Every step rotates
+two rows (``O(m)``) or two columns (``O(n)``, only the ``~m^2/4`` column steps): ``O(n m^2)``.
+
 The sweeps run in compiled loops (numba, ``cache=True``, compiled at first use); each of the
 ``n(n-1)/2`` steps rotates two rows or two columns: ``O(n^3)`` in all.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -218,16 +239,106 @@ def brick_unitary_params(flat):
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _frame_plan(n: int, m: int):
+    """Nulling plan of brick's St(n, m) band (``1 <= m <= n - 1``), in nulling order.
+
+    Returns int64 arrays ``(kind, q, p, target)``: ``kind`` 0 = column step on columns ``p, p+1``
+    nulling ``W[target, p]``, 1 = row step on rows ``p, p+1`` nulling ``W[p+1, target]``; ``q`` the
+    angle index in the band's round-major layout.  See the module docstring ("Frames").
+    """
+    sched = _sched.brick_schedule(n).restrict(m)
+    rnd = np.repeat(np.arange(sched.num_rounds), np.diff(sched.round_offsets))
+    p = sched.pair_i
+    s = rnd + p                      # anti-diagonal of the (round, pair) grid, always even
+    col = s <= m - 2                 # the top-left triangle: rotations inside the first m coordinates
+    n_col = m // 2                   # column groups s = 0, 2, ..., <= m - 2
+    rs = np.unique(s[~col])[::-1]    # row groups, s descending
+    rank = np.searchsorted(-rs, -s)  # index of a row step's group in rs
+    pos = np.where(col, s, np.where(rank < n_col, 2 * rank + 1, n_col + rank))
+    a = n - 1 - pos                  # the matrix anti-diagonal r - c this group nulls
+    key = np.where(col, rnd, -rnd)   # column groups: rounds ascending; row groups: descending
+    order = np.lexsort((key, pos))
+    target = np.where(col, p + a, p + 1 - a)
+    out = tuple(np.ascontiguousarray(x[order], dtype=np.int64)
+                for x in (np.where(col, 0, 1), np.arange(sched.num_angles), p, target))
+    return out, sched
+
+
+def _sweep_frame(W, kind, qs, ps, targets, theta):  # pragma: no cover - compiled by numba
+    n, m = W.shape
+    for step in range(kind.shape[0]):
+        p = ps[step]
+        if kind[step] == 0:  # columns p, p+1: W <- W G(p, p+1, t)^T nulls W[r, p]
+            r = targets[step]
+            t = np.arctan2(W[r, p], W[r, p + 1])
+            co = np.cos(t)
+            si = np.sin(t)
+            for k in range(n):
+                x = W[k, p]
+                y = W[k, p + 1]
+                W[k, p] = co * x - si * y
+                W[k, p + 1] = si * x + co * y
+            W[r, p] = 0.0
+        else:  # rows p, p+1: W <- G(p, p+1, t)^T W nulls W[p+1, c]
+            c = targets[step]
+            t = np.arctan2(W[p + 1, c], W[p, c])
+            co = np.cos(t)
+            si = np.sin(t)
+            for k in range(m):
+                x = W[p, k]
+                y = W[p + 1, k]
+                W[p, k] = co * x + si * y
+                W[p + 1, k] = co * y - si * x
+            W[p + 1, c] = 0.0
+        theta[qs[step]] = t
+
+
+def _band_slot(sched, rnd, i):
+    """Index of the band's angle of pair (i, i+1) in round rnd, or -1 when the band has none."""
+    if rnd < 0 or rnd >= sched.num_rounds:
+        return -1
+    lo, hi = int(sched.round_offsets[rnd]), int(sched.round_offsets[rnd + 1])
+    k = lo + int(np.searchsorted(sched.pair_i[lo:hi], i))
+    return k if k < hi and sched.pair_i[k] == i else -1
+
+
+def _one_frame(Q, n, m):
+    (kind, qs, ps, targets), sched = _frame_plan(n, m)
+    W = np.array(Q, dtype=np.float64, order="C", copy=True)
+    theta = np.zeros(sched.num_angles)
+    _jit("_sweep_frame")(W, kind, qs, ps, targets, theta)
+    # W = I[:, :m] D.  Q = L I D R_m (R_m: the column steps, inside the first m coordinates), and
+    # D R_m = R_m' D with each column-step angle times d_p d_{p+1}.
+    d = np.where(np.diagonal(W) < 0, -1.0, 1.0)
+    c = kind == 0
+    theta[qs[c]] *= d[ps[c]] * d[ps[c] + 1]
+    # Q = L R_m' I D: flip the columns with d = -1.  Adding pi to the angle of the first-or-second
+    # round pair (i, i+1) inserts -1 on coordinates i, i+1 there; moved to the input it negates the
+    # round-0 angles of pairs i-1, i+1 (when it sits in round 1) and flips columns i, i+1 (< m) of
+    # I[:, :m].  Flips of (i, i+1), i = 0..m-2, then (m-1, m), which flips column m-1 alone.
+    flips = d < 0
+    for i in range(m):
+        if not flips[i]:
+            continue
+        r = i % 2
+        theta[_band_slot(sched, r, i)] += np.pi
+        if r == 1:
+            for nb in (i - 1, i + 1):
+                q = _band_slot(sched, 0, nb)
+                if q >= 0:
+                    theta[q] = -theta[q]
+        flips[i] = False
+        if i + 1 < m:
+            flips[i + 1] = not flips[i + 1]
+    return _wrap(theta)
+
+
 def brick_frame_angles(flat):
-    """Angles of brick's St(n, n-1) restriction (all of brick) for frames ``(B, n, n-1)``: each frame
-    is completed to SO(n) by the unit vector orthogonal to it, signed so det = +1, then nulled."""
+    """Angles of brick's St(n, m) band (``1 <= m <= n - 1``) for frames ``(B, n, m)`` (float64, checked
+    orthonormal by the caller), in the band's round-major layout, in :math:`(-\\pi, \\pi]`."""
     B, n, m = flat.shape
-    full = np.empty((B, n, n))
-    full[:, :, :m] = flat
+    out = np.empty((B, _sched.brick_schedule(n).restrict(m).num_angles))
     for b in range(B):
-        q, _ = np.linalg.qr(flat[b], mode="complete")
-        v = q[:, -1]
-        full[b, :, -1] = v
-        if np.linalg.det(full[b]) < 0:
-            full[b, :, -1] = -v
-    return brick_angles(full)
+        out[b] = _one_frame(flat[b], n, m)
+    return out

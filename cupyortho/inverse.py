@@ -718,7 +718,7 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto
     sched = _sched.get_schedule(schedule, n, m)
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
-    if _nulling.is_brick(sched) and m == n - 1:  # the band is all of brick: complete, then null
+    if _nulling.is_brick(sched):  # exact constructive inverse of the band, no solve (cupyortho/_nulling.py)
         out = _nulling.brick_frame_angles(_reorthonormalize(flat))
         return _finish(out.reshape(batch + (sched.num_angles,)), dtype, was_cupy)
     out = _solve_each(sched, flat, atol, solver, restarts, sweeps, max_steps, time_limit)
