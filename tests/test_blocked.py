@@ -693,3 +693,16 @@ def test_slab_path_waits_for_every_worker_on_error():
     with pytest.raises(ValueError, match="chunk 0"):
         bl._run(fn, [0, 1, 2])
     assert sorted(done) == [1, 2]
+
+
+def test_without_numba_the_numpy_stages_run(rng, monkeypatch):
+    """The slab path needs Numba; without it (the strategy's fallback) the NumPy stages give U."""
+    from cupyortho import _strategy
+
+    n, t = 24, 8
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    monkeypatch.setattr(_strategy, "engine_available", lambda: False)
+    assert not bl._fast(bl.plan(s, t))
+    monkeypatch.setattr(bl, "_engine", lambda: (_ for _ in ()).throw(ImportError("no numba")))
+    _close(bl.matrix(th, s), nb.rounds_matrix(th, s), np.float64, 10)

@@ -578,7 +578,11 @@ def _engine():
 
 
 def _fast(pl):
-    return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0
+    """Whether ``pl`` takes the compiled slab path (which needs Numba; without it the NumPy stages
+    run, the strategy's fallback when Numba is not installed)."""
+    from .. import _strategy
+
+    return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0 and _strategy.engine_available()
 
 
 def _slab_layouts(pl):
