@@ -34,6 +34,7 @@ _numba_saved = None  # numba's count (in the thread that first set one) before c
 _local = threading.local()  # .budgets: stack of framework budgets entered in this thread
 _scope = {"depth": 0, "saved": None}  # BLAS override shared by the budgets of all threads
 _controller = {"key": None, "libs": None}
+_serial = {"depth": 0, "saved": None}  # BLAS at one thread while cupyortho's workers run GEMMs
 
 
 def _check_count(n, name: str = "n") -> int:
@@ -160,11 +161,46 @@ def with_numba_threads(fn, load: bool = False):
     return call
 
 
+def get_setting() -> Optional[int]:
+    """The count in force for this call: a framework budget, else :func:`set_num_threads`'s value,
+    else None (nothing set: every pool keeps its default)."""
+    return _requested()
+
+
 def pool_size(limit: int) -> int:
     """Workers for cupyortho's own Python thread pools: the current setting (or the CPUs available),
     at most ``limit``."""
     n = _requested()
     return max(1, min(limit, available_cpus() if n is None else n))
+
+
+@contextlib.contextmanager
+def serial_blas(workers: int) -> Iterator[int]:
+    """Context for code that runs independent GEMMs (and ``nogil`` compiled kernels) on ``workers``
+    of cupyortho's own threads, one pool for all of it (the blocked backend's slab path): BLAS is
+    single-threaded inside, so no OpenBLAS worker spins beside cupyortho's threads, and gets its
+    counts back when the last such context (of any thread) is left.
+
+    Yields the number of workers to use: ``workers``, or 1 when BLAS could not be set to one thread
+    (OpenBLAS ignores a request made from a thread other than the main one; BLAS then keeps its own
+    threads and the work runs in the calling thread).  With ``workers <= 1`` nothing is touched.
+    """
+    if workers <= 1:
+        yield 1
+        return
+    with _lock:
+        if _serial["depth"] == 0:
+            _serial["saved"] = _set_blas(1)
+        _serial["depth"] += 1
+        ok = all(c == 1 for c in blas_threads())
+    try:
+        yield workers if ok else 1
+    finally:
+        with _lock:
+            _serial["depth"] -= 1
+            if _serial["depth"] == 0:
+                _restore_blas(_serial["saved"])
+                _serial["saved"] = None
 
 
 # --------------------------------------------------------------------------- public setting

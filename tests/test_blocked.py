@@ -495,35 +495,54 @@ def _eb():
     return bl._engine()
 
 
-@pytest.mark.parametrize("u", [2, 4, 8, 16])
+@pytest.mark.parametrize("n,t", [(16, 8), (40, 8), (64, 16), (70, 32)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_compiled_blocks_and_block_vjp_match_numpy(u, dtype, rng):
-    """engine.blocks.meet_blocks / meet_blocks_vjp against the NumPy block recursion."""
-    R, Bt = 3, 2
-    lev = u.bit_length() - 1
-    A = 5 * u * u
-    theta = rng.uniform(-np.pi, np.pi, (Bt, A)).astype(dtype)
-    slots = rng.permutation(A + 1)[: u * u * (R + 2)].reshape(u * u, R + 2).astype(np.int32)
-    slots[0, 1] = A  # a dropped pair: angle 0
-    r0 = 1
-    ext = np.concatenate([theta, np.zeros((Bt, 1), dtype)], axis=-1)
-    ang = ext[:, slots[:, r0: r0 + R]]  # (Bt, u*u, R)
-    ref = bl._natural(bl.build_meet(ang, lev), u)
-    perms, inv = bl._kernel_perms(u)
-    out = np.empty((Bt, R, 2 * u, 2 * u), dtype=dtype)
-    _eb().meet_blocks(theta, slots, r0, lev, perms, inv, out, 2)
-    _close(out, ref, dtype)
-    g = rng.standard_normal((Bt, R, 2 * u, 2 * u))
-    w = g @ np.swapaxes(ref.astype(np.float64), -1, -2)
-    a = (w - np.swapaxes(w, -1, -2)).astype(dtype)
-    order, _ = bl._storage(u)
-    a_st = a[..., order, :][..., order]
-    dref = bl.meet_vjp(ang.astype(np.float64), a_st.astype(np.float64), lev)
-    d = np.empty((Bt, u * u, R), dtype=dtype)
-    blocks = np.empty_like(out)
-    _eb().meet_blocks_vjp(theta, slots, r0, lev, perms, inv, a, d, blocks, 2)
-    _close(d, dref, dtype, 4 * u)
-    np.testing.assert_array_equal(blocks, out)
+def test_compiled_round_blocks_and_block_vjp_match_numpy(n, t, dtype, rng):
+    """engine.blocks.rounds_blocks / rounds_blocks_vjp (meeting blocks built round by round, the
+    slab path's block work) against the NumPy block recursion of the same schedule's plan; any split
+    of the blocks into job ranges gives bitwise the same numbers."""
+    s = S.team_schedule(n, t)
+    pl, rd = bl.plan(s, t), bl._rounds(s)
+    K, NB, L, A = pl.num_meet, pl.meet_teams.shape[1], 2 * t, s.num_angles
+    R, Bt = K * NB, 2
+    theta = rng.uniform(-np.pi, np.pi, (Bt, A))
+    ang = bl._ext(theta)[:, pl.meet_slots[:, :R]]  # (Bt, t*t, R): leaves of the recursion
+    ref = bl._natural(bl.build_meet(ang, pl.levels), t)  # float64
+    th = theta.astype(dtype)
+    blocks = bl._block_range(np.ascontiguousarray(th), pl, s, 0, R, 1)
+    _close(blocks, ref, dtype)
+    c, sn = bl._coefficients(th, rd.slots)
+    split = np.full((Bt * R, L, L), np.nan, dtype)
+    for j0, j1 in bl._ranges(Bt * R, 3):
+        _eb().rounds_blocks(c, sn, rd.pi, rd.pj, split, rd.cw, j0, j1)
+    np.testing.assert_array_equal(split.reshape(blocks.shape), blocks)
+    # VJP: leaf cotangents of the recursion, mapped to angle slots, against the kernel's per-rotation ones
+    w = rng.standard_normal((Bt, R, L, L)) @ np.swapaxes(ref, -1, -2)
+    a = w - np.swapaxes(w, -1, -2)
+    order, _ = bl._storage(t)
+    dref_leaf = bl.meet_vjp(ang, a[..., order, :][..., order], pl.levels)  # (Bt, t*t, R)
+    dref = np.zeros((Bt, A + 1))
+    dref[:, pl.meet_slots[:, :R]] = dref_leaf
+    a32 = np.ascontiguousarray(a.astype(dtype).reshape(Bt * R, L, L))
+    out = []
+    for parts in (1, 2):
+        d = np.full((Bt * R, t * t), np.nan, dtype)
+        blk = np.full((Bt * R, L, L), np.nan, dtype)
+        for j0, j1 in bl._ranges(Bt * R, parts):
+            _eb().rounds_blocks_vjp(c, sn, rd.pi, rd.pj, a32, d, blk, rd.cw, dtype(0), j0, j1)
+        out.append((d, blk))
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
+    d, blk = out[0]
+    got = np.zeros((Bt, A + 1))
+    got[:, rd.slots] = d.reshape(Bt, R, t * t)
+    valid = np.zeros(A + 1, bool)
+    valid[rd.slots] = True
+    valid[A] = False
+    leaves = np.unique(pl.meet_slots[:, :R])
+    np.testing.assert_array_equal(np.flatnonzero(valid), leaves[leaves < A])  # the same angles
+    _close(got[:, valid], dref[:, valid], dtype, 4 * t)
+    _close(blk, ref.reshape(Bt * R, L, L), dtype)  # the undone identity is the block (to rounding)
 
 
 def _fast_sizes():
@@ -564,7 +583,7 @@ def test_antisymmetric_half_sweep_equals_full_conjugation(rng):
     th = _theta(rng, s.num_angles, np.float64)
     N, L, T = pl.N, 2 * t, pl.N // t
     k = 3
-    blk = bl._stage_blocks(th[None], pl, k)[0]
+    blk = bl._stage_blocks(th[None], pl, k, s)[0]
     lay, nxt_lay = pl.meet_teams[k].reshape(-1), pl.meet_teams[k - 1].reshape(-1)
     w = rng.standard_normal((N, N))
     a = w - w.T
@@ -611,7 +630,9 @@ def test_compiled_matrix_vjp_finite_differences_and_dot(rng):
 
 
 def test_compiled_matrix_path_is_thread_count_invariant_and_pure(rng):
-    import numba
+    """The slab path splits its blocks, GEMMs and scatters over cupyortho's worker threads
+    (cupyortho.threads): 1 and 2 workers give bitwise equal results, inputs are not modified."""
+    import cupyortho as co
 
     n, t = 40, 8
     s = S.team_schedule(n, t)
@@ -619,15 +640,56 @@ def test_compiled_matrix_path_is_thread_count_invariant_and_pure(rng):
     g = rng.standard_normal((2, n, n))
     u = bl.matrix(th, s)
     copies = [a.copy() for a in (th, g, u)]
-    old = numba.get_num_threads()
-    try:
-        res = []
-        for k in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(k)
+    res, used = [], []
+    for k in (1, 2):
+        with co.threads(k):
+            used.append(bl._workers())
             res.append((bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.matrix_vjp(th, g, s, output=u)))
-    finally:
-        numba.set_num_threads(old)
+    assert used == [1, min(2, bl.THREADS)]
     for a, b in zip(res[0], res[-1]):
         np.testing.assert_array_equal(a, b)
     for a, c in zip((th, g, u), copies):
         np.testing.assert_array_equal(a, c)
+
+
+def test_slab_path_splits_work_over_workers(rng, monkeypatch):
+    """With 2 workers every parallel step of the slab path hands chunks to the pool (so the test
+    above compares a real split), and BLAS runs single-threaded inside it."""
+    import cupyortho as co
+    from cupyortho import _threads
+
+    if bl.THREADS < 2:
+        pytest.skip("one CPU: no worker split")
+    n, t = 40, 8
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    g = rng.standard_normal((n, n))
+    seen = []
+    real = bl._run
+
+    def spy(fn, chunks):
+        seen.append((len(chunks), _threads.blas_threads()))
+        return real(fn, chunks)
+
+    monkeypatch.setattr(bl, "_run", spy)
+    with co.threads(2):
+        bl.matrix_vjp(th, g, s)
+    assert seen and all(k == 2 for k, _ in seen)
+    assert all(all(c == 1 for c in blas) for _, blas in seen)
+
+
+def test_slab_path_waits_for_every_worker_on_error():
+    """_run re-raises a worker's exception only after every chunk is done."""
+    import time
+
+    done = []
+
+    def fn(c):
+        if c == 0:
+            raise ValueError("chunk 0")
+        time.sleep(0.05)
+        done.append(c)
+
+    with pytest.raises(ValueError, match="chunk 0"):
+        bl._run(fn, [0, 1, 2])
+    assert sorted(done) == [1, 2]

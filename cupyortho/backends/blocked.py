@@ -577,18 +577,6 @@ def _engine():
     return blocks
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel_perms(u):
-    """``(perms, inv)`` for the compiled block kernels: ``perms[l, :2^(l+1)]`` the ``Y_2`` storage
-    permutation of level ``l``, ``inv`` the storage position of each natural local index."""
-    levels = int(u).bit_length() - 1
-    perms = np.zeros((max(levels, 1), 2 * u), dtype=np.int64)
-    perms[0, :2] = [0, 1]
-    for lev in range(levels):
-        perms[lev, : 2 ** (lev + 1)] = _y2_perm(2 ** lev)[0]
-    return perms, np.ascontiguousarray(_storage(u)[1])
-
-
 def _fast(pl):
     return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0
 
@@ -606,19 +594,88 @@ def _inverse(perm):
     return inv
 
 
-def _stage_blocks(th2, pl, k):
+def _workers():
+    """Worker threads of the slab path, at most THREADS: cupyortho's setting (docs/threads.md), or,
+    with none, as many as NumPy's BLAS would use (the threads this path's GEMMs take over)."""
+    if _threads.get_setting() is None:
+        return max(1, min([THREADS] + _threads.blas_threads()))
+    return _threads.pool_size(THREADS)
+
+
+def _ranges(jobs, parts):
+    """``parts`` contiguous ``(j0, j1)`` job ranges covering ``0..jobs`` (none empty)."""
+    parts = max(1, min(parts, jobs))
+    return [(jobs * p // parts, jobs * (p + 1) // parts) for p in range(parts)]
+
+
+def _run(fn, chunks):
+    """``fn(chunk)`` for every chunk: the last in the calling thread, the others on the worker
+    pool; returns when all are done (the first exception is raised after every chunk finished, so
+    no worker still writes into the caller's buffers)."""
+    global _pool
+    if len(chunks) == 1:
+        fn(chunks[0])
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cupyortho")
+    futs = [_pool.submit(fn, c) for c in chunks[:-1]]
+    err = None
+    try:
+        fn(chunks[-1])
+    except BaseException as exc:  # noqa: B902 - re-raised below, after the workers are done
+        err = exc
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as exc:  # noqa: B902
+            err = err or exc
+    if err is not None:
+        raise err
+
+
+class _Rounds:
+    """The meeting blocks of a team schedule's slab path, round by round (from the one team-block
+    plan's :func:`~cupyortho.backends.team_plan.kernel_tables`): ``slots`` ``(K * NB, t * t)`` the
+    angle slot of every rotation of every meeting block (stage ``k`` holds blocks ``k * NB ..``, in
+    the order of ``plan.meet_teams``; slot ``A``: the zero angle of an absent rotation), ``pi, pj``
+    ``(t * t,)`` the local rows of each rotation, the same for every block, in application order."""
+
+    def __init__(self, schedule):
+        kt = _team_plan.kernel_tables(schedule)
+        A = schedule.num_angles
+        ang = kt.block_angle[1:]
+        self.slots = np.ascontiguousarray(np.where(ang < 0, A, ang).reshape(-1, ang.shape[-2] * ang.shape[-1]))
+        self.pi = np.ascontiguousarray(kt.local_i[1, 0].reshape(-1))
+        self.pj = np.ascontiguousarray(kt.local_j[1, 0].reshape(-1))
+        self.cw = min(32, kt.L)
+
+
+def _rounds(schedule):
+    return _team_plan._cached(schedule, "slab_rounds", lambda: _Rounds(schedule))
+
+
+def _coefficients(th2, slots):
+    """``(c, s)`` ``(Bt * R, P)`` of the rotations with angle slots ``slots`` ``(R, P)``."""
+    ang = _ext(th2)[:, slots].reshape(-1, slots.shape[-1])
+    return np.cos(ang), np.sin(ang)
+
+
+def _block_range(th2, pl, sched, r0, R, W):
+    """Natural-order blocks ``(Bt, R, 2t, 2t)`` of the meeting blocks ``r0 .. r0 + R - 1`` (compiled,
+    by rounds), split over ``W`` workers."""
+    rd = _rounds(sched)
+    c, s = _coefficients(th2, rd.slots[r0: r0 + R])
+    L = 2 * pl.t
+    out = np.empty((c.shape[0], L, L), dtype=th2.dtype)
+    eb = _engine()
+    _run(lambda jr: eb.rounds_blocks(c, s, rd.pi, rd.pj, out, rd.cw, jr[0], jr[1]), _ranges(out.shape[0], W))
+    return out.reshape(th2.shape[0], R, L, L)
+
+
+def _stage_blocks(th2, pl, k, sched):
     """Natural-order blocks ``(Bt, NB, 2t, 2t)`` of meeting stage ``k`` (compiled)."""
     NB = pl.meet_teams.shape[1]
-    perms, inv = _kernel_perms(pl.u)
-    out = np.empty((th2.shape[0], NB, 2 * pl.u, 2 * pl.u), dtype=th2.dtype)
-    _engine().meet_blocks(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, out, _numba_threads())
-    return out
-
-
-def _numba_threads():
-    import numba
-
-    return numba.get_num_threads()
+    return _block_range(th2, pl, sched, k * NB, NB, 1)
 
 
 def _rr_diag(theta2, pl):
@@ -626,7 +683,7 @@ def _rr_diag(theta2, pl):
     return build_rr(_ext(theta2)[..., pl.rr_slots], pl.rr_v)
 
 
-def _matrix_fast(theta, pl):
+def _matrix_fast(theta, pl, sched):
     n, t, N = pl.n, pl.t, pl.N
     T = N // t
     batch = theta.shape[:-1]
@@ -634,35 +691,52 @@ def _matrix_fast(theta, pl):
     Bt = th2.shape[0]
     lays, natural = _slab_layouts(pl)
     K = pl.num_meet
-    blocks = [_stage_blocks(th2, pl, k) for k in range(K)]
+    NB = pl.meet_teams.shape[1]
     out = np.empty((Bt, n, n), dtype=theta.dtype)
     y = np.empty((N, N), dtype=theta.dtype)
     ynext = np.empty((N, N), dtype=theta.dtype)
     rr = _rr_diag(th2, pl) if pl.rr_v else None
-    for b in range(Bt):
-        # stage 0 applied to the identity, rows in stage 1's slab layout, columns natural
-        y[...] = 0
-        pos = _inverse(lays[0])
-        y4 = y.reshape(T, t, T, t)
-        if rr is None:
-            y4[pos, :, natural, :] = np.eye(t, dtype=y.dtype)
-        else:
-            y4[pos, :, natural, :] = rr[b]
-        for k in range(K):
-            teams = pl.meet_teams[k]
-            nxt = _inverse(lays[k + 1]) if k + 1 < K else natural
-            blk = blocks[k][b]
-            for j in range(teams.shape[0]):
-                src = y[2 * j * t: (2 * j + 2) * t]
-                pa, pb = nxt[teams[j, 0]], nxt[teams[j, 1]]
-                np.matmul(blk[j, :t], src, out=ynext[pa * t: (pa + 1) * t])
-                np.matmul(blk[j, t:], src, out=ynext[pb * t: (pb + 1) * t])
-            y, ynext = ynext, y
-        out[b] = y[:n, :n]
+    with _threads.serial_blas(_workers()) as W:
+        blocks = _block_range(th2, pl, sched, 0, K * NB, W)  # every stage's blocks, one pass
+        for b in range(Bt):
+            # stage 0 applied to the identity, rows in stage 1's slab layout, columns natural
+            y[...] = 0
+            pos = _inverse(lays[0])
+            y4 = y.reshape(T, t, T, t)
+            if rr is None:
+                y4[pos, :, natural, :] = np.eye(t, dtype=y.dtype)
+            else:
+                y4[pos, :, natural, :] = rr[b]
+            for k in range(K):
+                teams = pl.meet_teams[k]
+                nxt = _inverse(lays[k + 1]) if k + 1 < K else natural
+                blk = blocks[b, k * NB: (k + 1) * NB]
+
+                def gemms(js, y=y, ynext=ynext, blk=blk, teams=teams, nxt=nxt):
+                    for j in js:  # block j: two GEMMs, outputs straight to the next layout
+                        src = y[2 * j * t: (2 * j + 2) * t]
+                        pa, pb = nxt[teams[j, 0]], nxt[teams[j, 1]]
+                        np.matmul(blk[j, :t], src, out=ynext[pa * t: (pa + 1) * t])
+                        np.matmul(blk[j, t:], src, out=ynext[pb * t: (pb + 1) * t])
+
+                _run(gemms, [range(w, NB, W) for w in range(min(W, NB))])
+                y, ynext = ynext, y
+            out[b] = y[:n, :n]
     return out.reshape(batch + (n, n))
 
 
-def _conjugate(a, blk, to_next, t, out, pan=None, zbuf=None):
+def _panel_split(NB, W):
+    """Row panels ``0..NB-1`` of the half sweep for ``W`` workers: panel ``I`` costs ``~NB - I``,
+    so the panels go in pairs ``(I, NB-1-I)`` of equal cost, pairs dealt round robin."""
+    order = []
+    for I in range((NB + 1) // 2):
+        order += [I] if I == NB - 1 - I else [I, NB - 1 - I]
+    pairs = [order[i: i + 2] for i in range(0, len(order), 2)]
+    W = max(1, min(W, len(pairs)))
+    return [sum(pairs[w::W], []) for w in range(W)]
+
+
+def _conjugate(a, blk, to_next, t, out, pan=None, zbufs=None, W=1):
     """One step of the two-sided sweep: ``out <- S^T a S`` for one block-diagonal stage.
 
     ``a`` ``(N, N)`` antisymmetric, rows and columns in the stage's slab layout, of which only the
@@ -671,63 +745,77 @@ def _conjugate(a, blk, to_next, t, out, pan=None, zbuf=None):
     of each current slab in the next layout.  Only the blocks ``I <= J`` of ``P_I^T a_IJ P_J`` are
     formed, ``N^3 / (2t)`` multiply-adds instead of twice that for both sides in full; the compiled
     scatter writes them (and their negative transposes) into the upper block triangle of ``out``
-    in the next layout.  ``pan`` ``(1, NB, L, N)`` and ``zbuf`` ``(L, N)``: optional scratch."""
+    in the next layout.  Row panels are split over ``W`` workers (:func:`_panel_split`); each
+    scatters the two team slabs of its own panels.  ``pan`` ``(NB, L, N)`` and ``zbufs`` (``W``
+    arrays ``(L, N)``): optional scratch."""
     N = a.shape[-1]
     L = 2 * t
     NB = N // L
+    split = _panel_split(NB, W)
     if pan is None:
-        pan = np.empty((1, NB, L, N), dtype=a.dtype)
-    if zbuf is None:
-        zbuf = np.empty((L, N), dtype=a.dtype)
-    for I in range(NB):
-        c0 = I * L
-        np.matmul(blk[I].T, a[c0: c0 + L, c0:], out=zbuf[:, c0:])
-        zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
-        cv = np.swapaxes(pan[0, I].reshape(L, NB, L)[:, I:], 0, 1)
-        np.matmul(zv, blk[I:], out=cv)
-    _engine().scatter_mirror(pan, to_next, t, out[None])
+        pan = np.empty((NB, L, N), dtype=a.dtype)
+    if zbufs is None:
+        zbufs = [np.empty((L, N), dtype=a.dtype) for _ in split]
+    eb = _engine()
+
+    def panels(w):
+        zbuf = zbufs[w]
+        for I in split[w]:
+            c0 = I * L
+            np.matmul(blk[I].T, a[c0: c0 + L, c0:], out=zbuf[:, c0:])
+            zv = np.swapaxes(zbuf.reshape(L, NB, L)[:, I:], 0, 1)
+            cv = np.swapaxes(pan[I].reshape(L, NB, L)[:, I:], 0, 1)
+            np.matmul(zv, blk[I:], out=cv)
+            eb.scatter_mirror(pan, to_next, t, out, 2 * I, 2 * I + 2)
+
+    _run(panels, list(range(len(split))))
 
 
-def _matrix_vjp_fast(theta, cotangent, pl, output):
+def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
     eb = _engine()
     n, t, N, A = pl.n, pl.t, pl.N, pl.A
     T, NB, L = N // t, N // (2 * t), 2 * t
     th2 = np.ascontiguousarray(theta.reshape(-1, A))
     Bt = th2.shape[0]
     dt = theta.dtype
-    uu = _matrix_fast(theta, pl) if output is None else output
-    w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))
+    uu = _matrix_fast(theta, pl, sched) if output is None else output
+    w = np.matmul(cotangent, np.swapaxes(uu, -1, -2))  # one large GEMM: BLAS's own threads
     del uu
     w = np.ascontiguousarray(_sum_to(w, theta.shape[:-1] + (n, n)).reshape(Bt, n, n), dtype=dt)
     lays, natural = _slab_layouts(pl)
     K = pl.num_meet
     order = (lays[K - 1][:, None] * t + np.arange(t)).reshape(-1)
-    a = np.empty((Bt, N, N), dtype=dt)
-    eb.antisym_gather(w, order, n, L, a)
-    del w
-    a2 = np.empty_like(a)
-    pan = np.empty((1, NB, L, N), dtype=dt)
-    zbuf = np.empty((L, N), dtype=dt)
-    d = np.zeros((Bt, A + 1), dtype=dt)
-    perms, inv = _kernel_perms(t)
-    ar = np.arange(NB)
-    parts = _numba_threads()
-    blk = np.empty((Bt, NB, L, L), dtype=dt)
-    for k in range(K - 1, -1, -1):
-        diag = np.ascontiguousarray(np.moveaxis(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :], 0, 1))
-        dk = np.empty((Bt, t * t, NB), dtype=dt)
-        # the stage's blocks and their angle cotangents in one pass (the VJP builds the blocks)
-        eb.meet_blocks_vjp(th2, pl.meet_slots, k * NB, pl.levels, perms, inv, diag, dk, blk, parts)
-        del diag
-        d[:, pl.meet_slots[:, k * NB: (k + 1) * NB]] = dk
-        if k == 0 and not pl.rr_v:
-            break
-        nxt = _inverse(lays[k - 1]) if k > 0 else natural
-        to_next = nxt[lays[k]]
-        for b in range(Bt):
-            _conjugate(a[b], blk[b], to_next, t, a2[b], pan, zbuf)
-        a, a2 = a2, a
-    del a2, pan, zbuf, blk
+    rd = _rounds(sched)
+    with _threads.serial_blas(_workers()) as W:
+        a = np.empty((Bt, N, N), dtype=dt)
+        _run(lambda jr: eb.antisym_gather(w, order, n, L, a, jr[0], jr[1]), _ranges(Bt * N, W))
+        del w
+        a2 = np.empty_like(a)
+        pan = np.empty((NB, L, N), dtype=dt)
+        zbufs = [np.empty((L, N), dtype=dt) for _ in _panel_split(NB, W)]
+        d = np.zeros((Bt, A + 1), dtype=dt)
+        ar = np.arange(NB)
+        blk = np.empty((Bt * NB, L, L), dtype=dt)
+        dk = np.empty((Bt * NB, t * t), dtype=dt)
+        for k in range(K - 1, -1, -1):
+            diag = np.ascontiguousarray(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :].swapaxes(0, 1))
+            diag = diag.reshape(Bt * NB, L, L)
+            sl = rd.slots[k * NB: (k + 1) * NB]
+            c, s = _coefficients(th2, sl)
+            # the stage's angle cotangents and, from the same pass, its blocks
+            _run(lambda jr: eb.rounds_blocks_vjp(c, s, rd.pi, rd.pj, diag, dk, blk, rd.cw, dt.type(0),
+                                                 jr[0], jr[1]), _ranges(Bt * NB, W))
+            del diag, c, s
+            d[:, sl] = dk.reshape(Bt, NB, t * t)
+            if k == 0 and not pl.rr_v:
+                break
+            nxt = _inverse(lays[k - 1]) if k > 0 else natural
+            to_next = nxt[lays[k]]
+            blk4 = blk.reshape(Bt, NB, L, L)
+            for b in range(Bt):
+                _conjugate(a[b], blk4[b], to_next, t, a2[b], pan, zbufs, W)
+            a, a2 = a2, a
+        del a2, pan, zbufs, blk
     if pl.rr_v:
         at = np.arange(T)
         arr = np.moveaxis(a.reshape(Bt, T, t, T, t)[:, at, :, at, :], 0, 1)
@@ -753,7 +841,7 @@ def matrix(theta, schedule, u=None):
     """``U(theta)`` ``(..., n, n)``: the first stage's blocks placed on the diagonal, then the stages."""
     pl = plan(schedule, u or granularity(schedule))
     if _fast(pl):
-        return _matrix_fast(theta, pl)
+        return _matrix_fast(theta, pl, schedule)
     blocks = _blocks(theta, pl)
     return _matrix_from_blocks(blocks, pl)[..., : pl.n, : pl.n].copy()
 
@@ -832,7 +920,7 @@ def matrix_vjp(theta, cotangent, schedule, output=None, u=None):
     n = schedule.n
     pl = plan(schedule, u or granularity(schedule))
     if _fast(pl):
-        return _matrix_vjp_fast(theta, cotangent, pl, output)
+        return _matrix_vjp_fast(theta, cotangent, pl, output, schedule)
     keep = []
     blocks = _blocks(theta, pl, keep)
     uu = _matrix_from_blocks(blocks, pl)[..., :n, :n] if output is None else output
