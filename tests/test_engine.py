@@ -251,13 +251,58 @@ def test_locality_order_is_bitwise_round_order():
             plan = E._plan_cached(sched, budget)
             t = theta[plan.aidx][None]
             y = x.copy()
-            E._k().so_apply(y, np.cos(t), np.sin(t), np.zeros(1, np.int64), plan.pi, plan.pj, 16, False)
+            E._k().so_apply(y, np.cos(t), np.sin(t), 1.0, np.zeros(1, np.int64), plan.kind, plan.idx, 16, 8, False)
             outs.append(y)
         for y in outs[1:]:
             np.testing.assert_array_equal(y, outs[0])
     stage, _ = E._k().locality_stages(16, *(np.asarray(a) for a in (
         S.team_schedule(16, 4).pair_i, S.team_schedule(16, 4).pair_j, S.team_schedule(16, 4).round_offsets)), 8)
     assert stage.max() + 1 < S.team_schedule(16, 4).num_rounds  # rounds were grouped
+
+
+def test_team_meetings_run_as_register_blocks():
+    """The planner turns every 4-round meeting block of a team schedule into one 8-row block op
+    (and nothing else: circle pairs, the intra-team round robin's first stage, a block whose pairs are
+    written (j, i)); results agree with the reference either way, in both directions."""
+    rng = np.random.default_rng(7)
+    K = E._k()
+    n = 64
+    team = S.team_schedule(n, 8)
+    plan = E._so_plan(team, np.float32)
+    blocks = int(plan.kind.sum())
+    first = n // 8 * 28  # RR(8) of every 8 coordinates: 7 rounds of 4 pairs, no 4-round block
+    assert blocks * K.BLOCK_ROTS == team.num_angles - first
+    assert plan.kind.size == blocks + first and plan.idx.size == 8 * blocks + 2 * first
+    assert int(E._so_plan(S.circle_schedule(n), np.float32).kind.sum()) == 0
+    # one block of the pattern, and the same rotations with one pair written (j, i): not a block
+    rounds = [[(2 * q, 2 * ((q + sh) % 4) + 1) for q in range(4)] for sh in (0, 2, 1, 3)]
+    swapped = [list(r) for r in rounds]
+    swapped[2][1] = swapped[2][1][::-1]
+    for rr, want in ((rounds, 1), (swapped, 0)):
+        sched = S.Schedule.from_rounds(8, rr)
+        assert int(E._so_plan(sched, np.float64).kind.sum()) == want
+        th = rng.uniform(-np.pi, np.pi, sched.num_angles)
+        x, g = rng.standard_normal((8, 21)), rng.standard_normal((8, 21))
+        for tr in (False, True):
+            close(E.apply(th, x, sched, tr), nb.rounds_apply(th, x, sched, tr), np.float64, "apply")
+            for a, b in zip(E.apply_vjp(th, x, g, sched, tr), nb.rounds_apply_vjp(th, x, g, sched, tr)):
+                close(a, b, np.float64, "apply_vjp")
+
+
+def test_coefficients_follow_theta_changed_in_place():
+    """The backward pass reuses the forward's cos/sin only for equal angle values: changing theta
+    in place between the calls gives the gradient of the new theta."""
+    rng = np.random.default_rng(8)
+    sched = S.team_schedule(16, 4)
+    theta = rng.uniform(-np.pi, np.pi, sched.num_angles)
+    x, g = rng.standard_normal((16, 5)), rng.standard_normal((16, 5))
+    y = E.apply(theta, x, sched)
+    d_same = E.apply_vjp(theta, x, g, sched, output=y)[0]
+    close(d_same, nb.rounds_apply_vjp(theta, x, g, sched)[0], np.float64, "same theta")
+    theta[3] += 0.5
+    y2 = nb.rounds_apply(theta, x, sched)
+    d_new = E.apply_vjp(theta, x, g, sched, output=y2)[0]
+    close(d_new, nb.rounds_apply_vjp(theta, x, g, sched)[0], np.float64, "theta changed in place")
 
 
 def test_public_api_runs_the_engine():

@@ -92,6 +92,11 @@ def _run(name, work, y, cw, *args):
     return getattr(K, name)(y, *args)
 
 
+def _lanes(dtype):
+    """Lanes of one 64-byte tile of the SO(n) kernels (16 float32, 8 float64)."""
+    return 64 // np.dtype(dtype).itemsize
+
+
 def _budget(cw, itemsize, arrays):
     """Rows per component: a power of two with ``rows * cw * itemsize * arrays`` about L1_BYTES."""
     rows = max(2, L1_BYTES // max(1, cw * itemsize * arrays))
@@ -99,7 +104,8 @@ def _budget(cw, itemsize, arrays):
 
 
 class _Plan:
-    """Processing order of a schedule's pairs for one row budget (see :func:`kernels.locality_stages`)."""
+    """Processing order of a schedule's pairs for one row budget (see :func:`kernels.locality_stages`)
+    and its op stream of 8-row blocks and single rotations (:func:`kernels.block_ops`)."""
 
     def __init__(self, schedule, budget):
         K = _k()
@@ -108,14 +114,23 @@ class _Plan:
         pj = np.ascontiguousarray(schedule.pair_j, dtype=np.int64)
         off = np.ascontiguousarray(schedule.round_offsets, dtype=np.int64)
         if budget >= n:
-            order = np.arange(pi.size)
+            outer = np.zeros(pi.size, dtype=np.int64)
         else:
             stage, root = K.locality_stages(n, pi, pj, off, budget)
-            order = np.argsort(stage * n + root, kind="stable")
+            outer = stage * n + root
+        # inside a component, the 8-row groups (team meeting blocks of 4 rounds) in stage order
+        stage8, root8 = K.locality_stages(n, pi, pj, off, K.BLOCK_ROWS)
+        inner = stage8 * n + root8
+        order = np.lexsort((inner, outer))  # stable: round order kept inside a group
         self.pi = np.ascontiguousarray(pi[order])
         self.pj = np.ascontiguousarray(pj[order])
+        o, i = outer[order], inner[order]
+        cut = np.flatnonzero((o[1:] != o[:-1]) | (i[1:] != i[:-1])) + 1
+        gstart = np.concatenate([[0], cut, [order.size]]).astype(np.int64)
+        self.kind, self.idx = K.block_ops(self.pi, self.pj, gstart)
         aidx = np.asarray(schedule.angle_index, dtype=np.int64)[order]
         self.aidx = np.ascontiguousarray(aidx)
+        self.aidx32 = self.aidx.astype(np.int32)  # the kernels' copy (half the bytes to stream)
         self.num_angles = int(schedule.num_angles)
         # gradients scatter back by assignment when every angle has exactly one pair, else by sums
         self.bijective = aidx.size == self.num_angles and np.array_equal(
@@ -133,6 +148,52 @@ def _plan_cached(schedule, budget):
 
 def _plan(schedule, cw, itemsize, arrays):
     return _plan_cached(schedule, _budget(cw, itemsize, arrays))
+
+
+COEF_CACHE_MAX = 1 << 22
+"""Largest ``c, s`` (elements) that :func:`_so_coef` keeps for the next pass."""
+_coef_cache = None  # (plan, dtype, copy of theta, c, s): the last coefficients computed
+
+
+def _so_coef(theta, plan, dtype):
+    """``c, s`` ``(T, P)`` of ``dtype``: cos and sin of ``theta (..., A)`` in processing order
+    (``T`` the flat parameter batch).
+
+    The last result is kept (one entry, at most :data:`COEF_CACHE_MAX` elements) with a copy of its
+    theta: the backward pass of a forward on the same angles (``apply`` then ``apply_vjp``, as every
+    autodiff adapter calls them) finds it after comparing theta's values, instead of gathering the
+    angles and evaluating cos and sin again.  Comparing values, not identities, keeps it exact when
+    the caller changes theta in place between calls.
+    """
+    global _coef_cache
+    ent = _coef_cache
+    if (ent is not None and ent[0] is plan and ent[1] == dtype and ent[2].shape == theta.shape
+            and ent[2].dtype == theta.dtype and np.array_equal(ent[2], theta)):
+        return ent[3], ent[4]
+    t = _gather(theta, theta.shape[:-1], plan.aidx)
+    if t.dtype != dtype:
+        t = t.astype(dtype)
+    c, s = np.cos(t), np.sin(t)
+    if c.size <= COEF_CACHE_MAX:
+        _coef_cache = (plan, np.dtype(dtype), theta.copy(), c, s)
+    return c, s
+
+
+def _so_plan(schedule, dtype):
+    """The plan of the SO(n) tile kernels: the same for every pass and ``k`` (the L1 budget of two
+    buffers one tile wide), so a forward and its backward share coefficients."""
+    itemsize = np.dtype(dtype).itemsize
+    return _plan_cached(schedule, _budget(_lanes(dtype), itemsize, 2))
+
+
+def _so_grad(plan, part, sign, out_shape):
+    """The angle gradient ``(..., A)`` from the partials ``part (B, nc, P)``: chunks added in order,
+    times ``sign``, scattered to the public layout."""
+    B, nc, P = part.shape
+    d = part.sum(axis=1) if nc else np.zeros((B, P), dtype=part.dtype)
+    if sign < 0:
+        np.negative(d, out=d)
+    return _scatter(plan, d).reshape(out_shape + (plan.num_angles,))
 
 
 def _scatter(plan, d):
@@ -179,14 +240,11 @@ def apply(theta, x, schedule, transpose=False):
     y = _work(x, out, x.dtype)
     n, k = x.shape[-2:]
     cw = chunk_width(k, False, y.shape[0])
-    plan = _plan(schedule, cw, x.dtype.itemsize, 1)
+    plan = _so_plan(schedule, x.dtype)
     pb = theta.shape[:-1]
-    t = _gather(theta, pb, plan.aidx)
-    c, s = np.cos(t), np.sin(t)
-    if transpose:
-        s = -s
+    c, s = _so_coef(theta, plan, x.dtype)
     _run("so_apply", plan.pi.size * y.size // n,
-         y, cw, c, s, _tmap(pb, out), plan.pi, plan.pj, cw, bool(transpose))
+         y, cw, c, s, x.dtype.type(-1 if transpose else 1), _tmap(pb, out), plan.kind, plan.idx, cw, _lanes(x.dtype), bool(transpose))
     return y.reshape(out + (n, k))
 
 
@@ -205,21 +263,16 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     yw = _work(y, out, x.dtype)
     gw = _work(cotangent, out, x.dtype)
     cw = chunk_width(k, True)
-    plan = _plan(schedule, cw, x.dtype.itemsize, 2)
+    plan = _so_plan(schedule, x.dtype)
     pb = theta.shape[:-1]
-    t = _gather(theta, pb, plan.aidx)
-    c, s = np.cos(t), np.sin(t)
-    if not transpose:
-        s = -s  # the undo sign: the forward used +s (U) or -s (U^T)
+    c, s = _so_coef(theta, plan, x.dtype)
     B = yw.shape[0]
     nc = -(-k // cw) if k else 0
     part = np.empty((B, nc, plan.pi.size), dtype=x.dtype)
     _run("so_apply_vjp", plan.pi.size * yw.size // n,
-         yw, cw, gw, c, s, _tmap(pb, out), plan.pi, plan.pj, cw, not transpose, part, x.dtype.type(0))
-    d = part.sum(axis=1) if nc else np.zeros((B, plan.pi.size), dtype=x.dtype)
-    if transpose:
-        d = -d
-    d_theta = _scatter(plan, d).reshape(out + (plan.num_angles,))
+         yw, cw, gw, c, s, x.dtype.type(1 if transpose else -1), _tmap(pb, out), plan.kind, plan.idx, cw, _lanes(x.dtype), not transpose, part,
+         x.dtype.type(0))
+    d_theta = _so_grad(plan, part, -1 if transpose else 1, out)
     return _sum_to(d_theta, theta.shape), _sum_to(gw.reshape(out + (n, k)), x.shape)
 
 

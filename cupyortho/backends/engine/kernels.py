@@ -21,7 +21,10 @@ NumPy reference (:mod:`cupyortho.backends.numpy_backend`, :mod:`cupyortho.backen
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # FMA contraction, and reassociation so LLVM vectorizes the column sums of the gradient partials
 # (a vector width fixed at compile time: the same code, hence the same order, for every chunk
@@ -110,11 +113,329 @@ def locality_stages(n, pair_i, pair_j, round_offsets, budget):
     return stage_of_q, root_of_q
 
 
+# --------------------------------------------------------------------------- SIMD tiles (LLVM IR)
+#
+# The SO(n) apply and VJP passes work on *tiles*: ``W`` consecutive columns of a row, one 64-byte
+# vector (``W = 16`` float32, ``8`` float64), in an item's private buffer whose width is padded to a
+# multiple of ``W``.  The operations below are emitted as LLVM vector IR (``numba.extending.
+# intrinsic``): LLVM's loop vectorizer cannot prove that two rows of one buffer do not overlap, so it
+# would add run-time checks and remainder loops around every rotation; here there are none.
+#
+# A *block* is the unit of a team schedule's meeting (``schedule.meeting_stages`` with ``u = 4``):
+# 8 rows, 4 rounds, 16 rotations in the local pattern ``BLOCK`` (slots ``2q`` are one team's rows,
+# ``2q + 1`` the other's; round ``l`` pairs slot ``2q`` with ``2((q + shift_l) mod 4) + 1``, shifts
+# ``0, 2, 1, 3``).  A block loads its 8 row tiles once, applies its 16 rotations in registers and
+# stores them once: half a load and half a store per rotation instead of two of each.
+
+BLOCK = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 5), (2, 7), (4, 1), (6, 3),
+         (0, 3), (2, 5), (4, 7), (6, 1), (0, 7), (2, 1), (4, 3), (6, 5))
+"""Local pattern of a block: rotation ``m`` acts on slots ``BLOCK[m]`` (first slot = row ``i``)."""
+BLOCK_ROWS = 8
+BLOCK_ROTS = 16
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _lanes(dt):
+    return 64 // (4 if dt == types.float32 else 8)
+
+
+def _vec(context, dt):
+    lt = context.get_value_type(dt)
+    return ir.VectorType(lt, _lanes(dt))
+
+
+def _data(context, builder, aty, a):
+    return context.make_array(aty)(context, builder, a).data
+
+
+def _i64(builder, v):
+    return builder.sext(v, _I64) if v.type.width < 64 else v
+
+
+def _vload(builder, base, off, vt):
+    return builder.load(builder.bitcast(builder.gep(base, [off]), vt.as_pointer()), align=4)
+
+
+def _vstore(builder, v, base, off, vt):
+    builder.store(v, builder.bitcast(builder.gep(base, [off]), vt.as_pointer()), align=4)
+
+
+def _splat(builder, x, vt):
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count)
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
+
+
+def _fma(builder, a, b, c):
+    vt = a.type
+    name = "llvm.fma.v%d%s" % (vt.count, "f32" if str(vt.element) == "float" else "f64")
+    return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name),
+                        [a, b, c])
+
+
+def _rotate(builder, a, d, cv, sv, nsv):
+    """``(c a - s d, s a + c d)`` on vectors (``nsv = -s``)."""
+    return _fma(builder, cv, a, builder.fmul(nsv, d)), _fma(builder, cv, d, builder.fmul(sv, a))
+
+
+def _cs(builder, cbase, sbase, off, sgn, vt):
+    """Splats of ``c[off]``, ``sgn * s[off]`` and ``-sgn * s[off]``."""
+    c = builder.load(builder.gep(cbase, [off]))
+    s = builder.fmul(sgn, builder.load(builder.gep(sbase, [off])))
+    return _splat(builder, c, vt), _splat(builder, s, vt), _splat(builder, builder.fneg(s), vt)
+
+
+def _halves(builder, v):
+    """Sum of the two halves of a vector (a vector of half the lanes)."""
+    h = v.type.count // 2
+    und = ir.Constant(v.type, ir.Undefined)
+    lo = builder.shuffle_vector(v, und, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
+    hi = builder.shuffle_vector(v, und, ir.Constant(ir.VectorType(_I32, h), list(range(h, 2 * h))))
+    return builder.fadd(lo, hi)
+
+
+def _hsum(builder, v):
+    """Horizontal sum of one vector, in a fixed tree order."""
+    while v.type.count > 1:
+        v = _halves(builder, v)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _tree(builder, vecs):
+    """Lane sums of ``vecs`` (one vector per rotation, in rotation order) packed into as few vectors
+    as possible, in rotation order: pairs are merged by shuffles, halving the lanes per rotation
+    each level (a fixed order, so fixed bits)."""
+    W = vecs[0].type.count
+    g = W
+    while g > 1 and len(vecs) > 1:
+        h = g // 2
+        lo_idx = [r * g + q for r in range(W // g) for q in range(h)]
+        lo_idx = lo_idx + [W + i for i in lo_idx]
+        hi_idx = [i + h for i in lo_idx]
+        out = []
+        for i in range(0, len(vecs), 2):
+            a, b = vecs[i], vecs[i + 1]
+            lo = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, W), lo_idx))
+            hi = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, W), hi_idx))
+            out.append(builder.fadd(lo, hi))
+        vecs = out
+        g = h
+    return vecs
+
+
+@intrinsic
+def _address(typingctx, a):
+    """Address of an array's data (to align a buffer)."""
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(_data(context, builder, sig.args[0], args[0]), _I64)
+    return types.int64(a), codegen
+
+
+@intrinsic
+def _rot(typingctx, buf, oi, oj, c, s):
+    """One rotation on the tiles at flat offsets ``oi`` (row i) and ``oj`` (row j) of ``buf``."""
+    def codegen(context, builder, sig, args):
+        b, oi_, oj_, c_, s_ = args
+        vt = _vec(context, sig.args[0].dtype)
+        base = _data(context, builder, sig.args[0], b)
+        oi_, oj_ = _i64(builder, oi_), _i64(builder, oj_)
+        cv, sv = _splat(builder, c_, vt), _splat(builder, s_, vt)
+        nsv = _splat(builder, builder.fneg(s_), vt)
+        a, d = _rotate(builder, _vload(builder, base, oi_, vt), _vload(builder, base, oj_, vt), cv, sv, nsv)
+        _vstore(builder, a, base, oi_, vt)
+        _vstore(builder, d, base, oj_, vt)
+        return context.get_dummy_value()
+    return types.void(buf, oi, oj, c, s), codegen
+
+
+@intrinsic
+def _rot_vjp(typingctx, yb, gb, oi, oj, c, s):
+    """One rotation on the tiles of ``yb`` and of ``gb``; returns the tile's sum of
+    ``y_i g_j - y_j g_i`` after it."""
+    def codegen(context, builder, sig, args):
+        y_, g_, oi_, oj_, c_, s_ = args
+        vt = _vec(context, sig.args[0].dtype)
+        yb_ = _data(context, builder, sig.args[0], y_)
+        gb_ = _data(context, builder, sig.args[1], g_)
+        oi_, oj_ = _i64(builder, oi_), _i64(builder, oj_)
+        cv, sv = _splat(builder, c_, vt), _splat(builder, s_, vt)
+        nsv = _splat(builder, builder.fneg(s_), vt)
+        ya, yc = _rotate(builder, _vload(builder, yb_, oi_, vt), _vload(builder, yb_, oj_, vt), cv, sv, nsv)
+        ga, gc = _rotate(builder, _vload(builder, gb_, oi_, vt), _vload(builder, gb_, oj_, vt), cv, sv, nsv)
+        for v, base, off in ((ya, yb_, oi_), (yc, yb_, oj_), (ga, gb_, oi_), (gc, gb_, oj_)):
+            _vstore(builder, v, base, off, vt)
+        prod = _fma(builder, ya, gc, builder.fneg(builder.fmul(yc, ga)))
+        return _hsum(builder, prod)
+    return yb.dtype(yb, gb, oi, oj, c, s), codegen
+
+
+PREFETCH = 512
+"""Positions ahead (in the walk's direction) at which a block prefetches its coefficients."""
+
+
+def _prefetch(builder, base, off, step):
+    """Prefetch ``base[off + step]`` into all cache levels (harmless past the array's ends)."""
+    i8p = ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0")
+    p = builder.bitcast(builder.gep(base, [builder.add(off, ir.Constant(_I64, step))]), i8p)
+    builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
+def _block_rows(builder, idx_base, ip, stride, col):
+    """Flat offsets of the 8 row tiles of a block: rows ``idx[ip + slot]``."""
+    offs = []
+    for q in range(BLOCK_ROWS):
+        r = _i64(builder, builder.load(builder.gep(idx_base, [builder.add(ip, ir.Constant(_I64, q))])))
+        offs.append(builder.add(builder.mul(r, stride), col))
+    return offs
+
+
+def _make_block(reverse):
+    order = tuple(range(BLOCK_ROTS))[::-1] if reverse else tuple(range(BLOCK_ROTS))
+
+    @intrinsic
+    def block(typingctx, buf, idx, ip, c, s, sgn, cf, stride, col):
+        def codegen(context, builder, sig, args):
+            b, ix, ip_, c_, s_, sg, cf_, st_, col_ = args
+            vt = _vec(context, sig.args[0].dtype)
+            base = _data(context, builder, sig.args[0], b)
+            ixb = _data(context, builder, sig.args[1], ix)
+            cb = _data(context, builder, sig.args[3], c_)
+            sb = _data(context, builder, sig.args[4], s_)
+            ip_, cf_, st_, col_ = (_i64(builder, v) for v in (ip_, cf_, st_, col_))
+            offs = _block_rows(builder, ixb, ip_, st_, col_)
+            step = -PREFETCH if reverse else PREFETCH
+            for ptr, o, st in ((cb, cf_, step), (sb, cf_, step), (ixb, ip_, step // 2)):
+                _prefetch(builder, ptr, o, st)
+            x = [_vload(builder, base, o, vt) for o in offs]
+            for m in order:
+                i, j = BLOCK[m]
+                cv, sv, nsv = _cs(builder, cb, sb, builder.add(cf_, ir.Constant(_I64, m)), sg, vt)
+                x[i], x[j] = _rotate(builder, x[i], x[j], cv, sv, nsv)
+            for v, o in zip(x, offs):
+                _vstore(builder, v, base, o, vt)
+            return context.get_dummy_value()
+        return types.void(buf, idx, ip, c, s, sgn, cf, stride, col), codegen
+
+    return block
+
+
+def _make_block_vjp(reverse):
+    order = tuple(range(BLOCK_ROTS))[::-1] if reverse else tuple(range(BLOCK_ROTS))
+
+    @intrinsic
+    def block_vjp(typingctx, yb, gb, idx, ip, c, s, sgn, cf, stride, col, part, pf):
+        def codegen(context, builder, sig, args):
+            y_, g_, ix, ip_, c_, s_, sg, cf_, st_, col_, pt, pf_ = args
+            vt = _vec(context, sig.args[0].dtype)
+            yb_ = _data(context, builder, sig.args[0], y_)
+            gb_ = _data(context, builder, sig.args[1], g_)
+            ixb = _data(context, builder, sig.args[2], ix)
+            cb = _data(context, builder, sig.args[4], c_)
+            sb = _data(context, builder, sig.args[5], s_)
+            pb = _data(context, builder, sig.args[10], pt)
+            ip_, cf_, st_, col_, pf_ = (_i64(builder, v) for v in (ip_, cf_, st_, col_, pf_))
+            offs = _block_rows(builder, ixb, ip_, st_, col_)
+            step = -PREFETCH if reverse else PREFETCH
+            for ptr, o, st in ((cb, cf_, step), (sb, cf_, step), (ixb, ip_, step // 2)):
+                _prefetch(builder, ptr, o, st)
+            y = [_vload(builder, yb_, o, vt) for o in offs]
+            g = [_vload(builder, gb_, o, vt) for o in offs]
+            prods = [None] * BLOCK_ROTS
+            for m in order:
+                i, j = BLOCK[m]
+                cv, sv, nsv = _cs(builder, cb, sb, builder.add(cf_, ir.Constant(_I64, m)), sg, vt)
+                y[i], y[j] = _rotate(builder, y[i], y[j], cv, sv, nsv)
+                g[i], g[j] = _rotate(builder, g[i], g[j], cv, sv, nsv)
+                prods[m] = _fma(builder, y[i], g[j], builder.fneg(builder.fmul(y[j], g[i])))
+            for v, o in zip(y, offs):
+                _vstore(builder, v, yb_, o, vt)
+            for v, o in zip(g, offs):
+                _vstore(builder, v, gb_, o, vt)
+            for q, v in enumerate(_tree(builder, prods)):
+                off = builder.add(pf_, ir.Constant(_I64, q * vt.count))
+                _vstore(builder, builder.fadd(_vload(builder, pb, off, vt), v), pb, off, vt)
+            return context.get_dummy_value()
+        return types.void(yb, gb, idx, ip, c, s, sgn, cf, stride, col, part, pf), codegen
+
+    return block_vjp
+
+
+_block_fwd, _block_rev = _make_block(False), _make_block(True)
+_block_vjp_fwd, _block_vjp_rev = _make_block_vjp(False), _make_block_vjp(True)
+
+
+# --------------------------------------------------------------------------- plan (blocks)
+
+_PAT_I = np.array([a for a, _ in BLOCK], dtype=np.int64)
+_PAT_J = np.array([b for _, b in BLOCK], dtype=np.int64)
+
+
+@njit(cache=True)
+def block_ops(pi, pj, gstart):
+    r"""The op stream of the SO(n) tile kernels for pairs in processing order.
+
+    ``gstart`` holds the first position of every group of consecutive pairs (then ``pi.size``),
+    the components of :func:`locality_stages` at a budget of 8 rows.  A group of 16 pairs that is
+    exactly the pattern :data:`BLOCK` on 8 distinct rows becomes one block op (``kind`` 1, its 8
+    rows in ``idx``); every other pair is a single op (``kind`` 0, ``i, j`` in ``idx``).  Ops cover
+    the positions in order, so the coefficients stay in processing order.
+    """
+    P = pi.size
+    kind = np.empty(P, dtype=np.uint8)
+    idx = np.empty(2 * P, dtype=np.int32)
+    no = 0
+    ni = 0
+    for gi in range(gstart.size - 1):
+        g0 = gstart[gi]
+        g1 = gstart[gi + 1]
+        ok = g1 - g0 == 16
+        if ok:
+            rows = np.empty(8, dtype=np.int64)
+            for q in range(4):
+                rows[2 * q] = pi[g0 + q]
+                rows[2 * q + 1] = pj[g0 + q]
+            for a in range(8):
+                for b2 in range(a):
+                    if rows[a] == rows[b2]:
+                        ok = False
+            if ok:
+                for m in range(16):
+                    if pi[g0 + m] != rows[_PAT_I[m]] or pj[g0 + m] != rows[_PAT_J[m]]:
+                        ok = False
+        if ok:
+            kind[no] = 1
+            no += 1
+            for q in range(8):
+                idx[ni + q] = rows[q]
+            ni += 8
+        else:
+            for q in range(g0, g1):
+                kind[no] = 0
+                no += 1
+                idx[ni] = pi[q]
+                idx[ni + 1] = pj[q]
+                ni += 2
+    return kind[:no].copy(), idx[:ni].copy()
+
+
+
 # --------------------------------------------------------------------------- SO(n)
 #
-# Each item copies its columns into private buffers ``(n, cw)`` (zero-padded past ``k``: rotations
-# keep zeros zero and add exact zeros to the partials), so the inner loops run over contiguous rows
-# of a fixed width with no aliasing, then copies the result back.
+# Each item copies its columns into private buffers ``(n, cwp)`` (``cwp`` the chunk width rounded
+# up to whole tiles, 64-byte aligned, zero-padded past ``k``: rotations keep zeros zero and add
+# exact zeros to the partials), runs the op stream tile by tile, then copies the result back.
+
+@njit(**_OPTS)
+def _tiles(y, n, cwp, W):
+    """A 64-byte aligned ``(n, cwp)`` buffer of ``y``'s dtype."""
+    flat = np.empty(n * cwp + W, dtype=y.dtype)
+    off = ((-(_address(flat) // (64 // W))) % W + W) % W
+    return flat[off:off + n * cwp].reshape((n, cwp))
+
 
 @njit(**_OPTS)
 def _pack(buf, y, b, c0, c1):
@@ -137,97 +458,153 @@ def _unpack(y, buf, b, c0, c1):
 
 
 @njit(**_OPTS)
-def _so_apply_item(y, c, s, tmap, pi, pj, cw, reverse, w):
+def _so_apply_item(y, c, s, sgn, tmap, kind, idx, cw, W, reverse, w):
     B, n, k = y.shape
-    P = pi.size
+    P = c.shape[1]
     nc = (k + cw - 1) // cw
     b = w // nc
     c0 = (w % nc) * cw
     c1 = min(k, c0 + cw)
     t = tmap[b]
-    buf = np.empty((n, cw), dtype=y.dtype)
+    cf = t * P
+    cwp = (cw + W - 1) // W * W
+    nt = cwp // W
+    buf = _tiles(y, n, cwp, W)
     _pack(buf, y, b, c0, c1)
-    for p0 in range(P):
-        p = P - 1 - p0 if reverse else p0
-        cc = c[t, p]
-        ss = s[t, p]
-        i = pi[p]
-        j = pj[p]
-        for col in range(cw):
-            a = buf[i, col]
-            d = buf[j, col]
-            buf[i, col] = cc * a - ss * d
-            buf[j, col] = ss * a + cc * d
+    if reverse:
+        p = P
+        ip = idx.size
+        for o in range(kind.size - 1, -1, -1):
+            if kind[o]:
+                p -= 16
+                ip -= 8
+                for tl in range(nt):
+                    _block_rev(buf, idx, ip, c, s, sgn, cf + p, cwp, tl * W)
+            else:
+                p -= 1
+                ip -= 2
+                oi = idx[ip] * cwp
+                oj = idx[ip + 1] * cwp
+                cc = c[t, p]
+                ss = sgn * s[t, p]
+                for tl in range(nt):
+                    _rot(buf, oi + tl * W, oj + tl * W, cc, ss)
+    else:
+        p = 0
+        ip = 0
+        for o in range(kind.size):
+            if kind[o]:
+                for tl in range(nt):
+                    _block_fwd(buf, idx, ip, c, s, sgn, cf + p, cwp, tl * W)
+                p += 16
+                ip += 8
+            else:
+                oi = idx[ip] * cwp
+                oj = idx[ip + 1] * cwp
+                cc = c[t, p]
+                ss = sgn * s[t, p]
+                for tl in range(nt):
+                    _rot(buf, oi + tl * W, oj + tl * W, cc, ss)
+                p += 1
+                ip += 2
     _unpack(y, buf, b, c0, c1)
 
 
 @njit(parallel=True, **_OPTS)
-def so_apply(y, c, s, tmap, pi, pj, cw, reverse):
-    """In place: the rotations ``p`` (rows ``pi[p], pj[p]``) applied to every column of ``y``."""
+def so_apply(y, c, s, sgn, tmap, kind, idx, cw, W, reverse):
+    """In place: the op stream (:func:`block_ops`; position ``p`` uses ``c[t, p], sgn * s[t, p]``)
+    applied to every column of ``y``; ``W`` lanes per tile (64 bytes)."""
     for w in prange(y.shape[0] * ((y.shape[2] + cw - 1) // cw)):
-        _so_apply_item(y, c, s, tmap, pi, pj, cw, reverse, w)
+        _so_apply_item(y, c, s, sgn, tmap, kind, idx, cw, W, reverse, w)
 
 
 @njit(**_OPTS)
-def so_apply_serial(y, c, s, tmap, pi, pj, cw, reverse):
+def so_apply_serial(y, c, s, sgn, tmap, kind, idx, cw, W, reverse):
     """:func:`so_apply` on the calling thread (small passes: no parallel region)."""
     for w in range(y.shape[0] * ((y.shape[2] + cw - 1) // cw)):
-        _so_apply_item(y, c, s, tmap, pi, pj, cw, reverse, w)
+        _so_apply_item(y, c, s, sgn, tmap, kind, idx, cw, W, reverse, w)
 
 
 @njit(**_OPTS)
-def _so_apply_vjp_item(y, g, c, s, tmap, pi, pj, cw, reverse, part, zero, w):
+def _so_apply_vjp_item(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, zero, w):
     B, n, k = y.shape
-    P = pi.size
+    P = c.shape[1]
     nc = (k + cw - 1) // cw
     b = w // nc
     h = w % nc
     c0 = h * cw
     c1 = min(k, c0 + cw)
     t = tmap[b]
-    yb = np.empty((n, cw), dtype=y.dtype)
-    gb = np.empty((n, cw), dtype=y.dtype)
+    cf = t * P
+    pf = (b * nc + h) * P
+    cwp = (cw + W - 1) // W * W
+    nt = cwp // W
+    yb = _tiles(y, n, cwp, W)
+    gb = _tiles(y, n, cwp, W)
     _pack(yb, y, b, c0, c1)
     _pack(gb, g, b, c0, c1)
-    for p0 in range(P):
-        p = P - 1 - p0 if reverse else p0
-        cc = c[t, p]
-        ss = s[t, p]
-        i = pi[p]
-        j = pj[p]
-        acc = zero
-        for col in range(cw):
-            a = yb[i, col]
-            d = yb[j, col]
-            ya = cc * a - ss * d
-            yc = ss * a + cc * d
-            yb[i, col] = ya
-            yb[j, col] = yc
-            e = gb[i, col]
-            f = gb[j, col]
-            ga = cc * e - ss * f
-            gc = ss * e + cc * f
-            gb[i, col] = ga
-            gb[j, col] = gc
-            acc += ya * gc - yc * ga
-        part[b, h, p] = acc
+    if reverse:
+        p = P
+        ip = idx.size
+        for o in range(kind.size - 1, -1, -1):
+            if kind[o]:
+                p -= 16
+                ip -= 8
+                for q in range(16):
+                    part[b, h, p + q] = zero
+                for tl in range(nt):
+                    _block_vjp_rev(yb, gb, idx, ip, c, s, sgn, cf + p, cwp, tl * W, part, pf + p)
+            else:
+                p -= 1
+                ip -= 2
+                oi = idx[ip] * cwp
+                oj = idx[ip + 1] * cwp
+                cc = c[t, p]
+                ss = sgn * s[t, p]
+                acc = zero
+                for tl in range(nt):
+                    acc += _rot_vjp(yb, gb, oi + tl * W, oj + tl * W, cc, ss)
+                part[b, h, p] = acc
+    else:
+        p = 0
+        ip = 0
+        for o in range(kind.size):
+            if kind[o]:
+                for q in range(16):
+                    part[b, h, p + q] = zero
+                for tl in range(nt):
+                    _block_vjp_fwd(yb, gb, idx, ip, c, s, sgn, cf + p, cwp, tl * W, part, pf + p)
+                p += 16
+                ip += 8
+            else:
+                oi = idx[ip] * cwp
+                oj = idx[ip + 1] * cwp
+                cc = c[t, p]
+                ss = sgn * s[t, p]
+                acc = zero
+                for tl in range(nt):
+                    acc += _rot_vjp(yb, gb, oi + tl * W, oj + tl * W, cc, ss)
+                part[b, h, p] = acc
+                p += 1
+                ip += 2
     _unpack(y, yb, b, c0, c1)
     _unpack(g, gb, b, c0, c1)
 
 
 @njit(parallel=True, **_OPTS)
-def so_apply_vjp(y, g, c, s, tmap, pi, pj, cw, reverse, part, zero):
-    """In place, walking back: undo each rotation on ``y`` and ``g`` (``s`` already the undo sign),
-    then ``part[b, h, p] = sum_cols(y_i g_j - y_j g_i)`` over chunk ``h``."""
+def so_apply_vjp(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, zero):
+    """In place, walking the op stream (back when ``reverse``): undo each rotation on ``y`` and ``g``
+    (``sgn`` the undo sign), then ``part[b, h, p] = sum_cols(y_i g_j - y_j g_i)`` over chunk
+    ``h`` (a fixed summation order: lanes by a shuffle tree, tiles in order)."""
     for w in prange(y.shape[0] * ((y.shape[2] + cw - 1) // cw)):
-        _so_apply_vjp_item(y, g, c, s, tmap, pi, pj, cw, reverse, part, zero, w)
+        _so_apply_vjp_item(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, zero, w)
 
 
 @njit(**_OPTS)
-def so_apply_vjp_serial(y, g, c, s, tmap, pi, pj, cw, reverse, part, zero):
+def so_apply_vjp_serial(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, zero):
     """:func:`so_apply_vjp` on the calling thread (small passes: no parallel region)."""
     for w in range(y.shape[0] * ((y.shape[2] + cw - 1) // cw)):
-        _so_apply_vjp_item(y, g, c, s, tmap, pi, pj, cw, reverse, part, zero, w)
+        _so_apply_vjp_item(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, zero, w)
 
 
 @njit(**_OPTS)
