@@ -460,6 +460,65 @@ def test_tokens_name_every_schedule():
             co.from_token(bad)
 
 
+_MADE_ELSEWHERE = """
+import json, sys
+import cupyortho as co
+made = [co.team_schedule(64, 8).truncate(5), co.brick_schedule(9).truncate(2).restrict(3),
+        co.get_schedule("brick", 8, 3).truncate(2), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]),
+        co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]).truncate(2).restrict(4)]
+tokens = [s.token for s in made]
+co.schedule.MAX_TOKEN_CHARS = 40  # too small for user rounds: a digest token, valid only here
+big = co.Schedule.from_rounds(7, [[(0, 6), (1, 5)], [(2, 4)], [(3, 6)]]).token
+if len(sys.argv) > 1:
+    import torch, cupyortho.torch as ct
+    torch.save(ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2)).state_dict(), sys.argv[1])
+print(json.dumps(tokens + [big]))
+"""
+
+
+def test_tokens_resolve_in_another_process(tmp_path):
+    """Tokens describe their schedule: written by one process, resolved by another (a state_dict, a DDP
+    message).  User rounds beyond MAX_TOKEN_CHARS get a digest whose error says what to do."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    path = tmp_path / "layer.pt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(co.__file__))] + sys.path))
+    out = subprocess.run([sys.executable, "-c", _MADE_ELSEWHERE, str(path)], capture_output=True, text=True,
+                         env=env, timeout=240, check=True).stdout
+    *tokens, big = json.loads(out.strip().splitlines()[-1])
+    here = [co.team_schedule(64, 8).truncate(5), co.brick_schedule(9).truncate(2).restrict(3),
+            co.get_schedule("brick", 8, 3).truncate(2), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]),
+            co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]).truncate(2).restrict(4)]
+    assert tokens[0] == "team:64:t=8|trunc=5" and tokens[1] == "brick:9|trunc=2|m=3"
+    for token, s in zip(tokens, here):
+        r = co.from_token(token)
+        assert r is s and r.token == token
+        np.testing.assert_array_equal(r.pair_i, s.pair_i)
+        np.testing.assert_array_equal(r.pair_j, s.pair_j)
+    assert big.startswith("rounds:7:#")
+    with pytest.raises(ScheduleError, match="Pass the Schedule object itself"):
+        co.from_token(big)
+    state = torch.load(path)
+    layer = ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2))
+    layer.load_state_dict(state)
+    with pytest.raises(co.errors.CupyorthoError, match="schedule"):
+        ct.Orthogonal(16, schedule=co.team_schedule(16, 4).truncate(2)).load_state_dict(state)
+    import base64
+    import zlib
+
+    wrong_counts = base64.urlsafe_b64encode(zlib.compress(np.array([2, 1, 1, 0, 1], "<u4").tobytes())).decode()
+    for bad in ["rounds:6:z=!!", "rounds:6:z=AAAA", f"rounds:6:z={wrong_counts}", "brick:8|cut=2",
+                "brick:8|trunc=x", "rounds:6:q=1"]:
+        with pytest.raises(ScheduleError, match="token"):
+            co.from_token(bad)
+
+
 def test_truncated_theta_applies_through_tokens(rng):
     s = co.circle_schedule(10).truncate(4)
     theta = rng.uniform(-1, 1, s.num_angles)
