@@ -64,12 +64,15 @@ _REAL = _v.REAL
 _ANY = _v.ANY
 
 
-def num_unitary_params(n: int, special: bool = False) -> int:
+def num_unitary_params(n: int, special: bool = False, schedule=None) -> int:
     """Number of real parameters of U(n) (``n*n``) or, with ``special=True``, of SU(n) (``n*n - 1``).
 
-    Layout: ``[theta (n(n-1)/2), phi (n(n-1)/2), delta (n, or n - 1 for SU(n))]``.
+    Layout: ``[theta (A), phi (A), delta (n, or n - 1 for SU(n))]``, ``A = n(n-1)/2`` for the full
+    schedules; for a truncated schedule (``Schedule.truncate(k)``, ``Schedule.from_rounds``)
+    ``A = schedule.num_angles``, so ``2*A + n`` (``- 1``).  Raises ScheduleError for a Stiefel
+    restriction or a schedule built for another n.
     """
-    return _v.num_unitary_params(n, special)
+    return _v.num_unitary_params(n, special, schedule)
 
 
 # --------------------------------------------------------------------------- checks
@@ -85,19 +88,19 @@ def _arrays(backend, check_finite, **arrays):
     return out
 
 
-def _full(params, n, special, xp):
+def _full(params, sched, special, xp):
     """SU(n) parameters -> U(n) layout, appending ``delta[n-1] = -sum(delta[:n-1])`` (linear)."""
     if not special:
         return params
-    a = n * (n - 1) // 2
+    a = sched.num_angles
     return xp.concatenate([params, -params[..., 2 * a:].sum(axis=-1, keepdims=True)], axis=-1)
 
 
-def _reduce(d_full, n, special):
+def _reduce(d_full, sched, special):
     """Pull a U(n)-layout cotangent back to SU(n) parameters (transpose of :func:`_full`)."""
     if not special:
         return d_full
-    a = n * (n - 1) // 2
+    a = sched.num_angles
     d = d_full[..., :-1].copy()
     d[..., 2 * a:] -= d_full[..., -1:]
     return d
@@ -137,7 +140,7 @@ def unitary(params, *, n=None, special=False, schedule=None, check_finite=True):
     cdt = backend.complex_dtype(params.dtype)
     if _v.is_empty(params):
         return _v.zeros(backend.xp, params.shape[:-1] + (sched.n, sched.n), cdt)
-    return backend.unitary(_full(params, sched.n, special, backend.xp), sched, cdt)
+    return backend.unitary(_full(params, sched, special, backend.xp), sched, cdt)
 
 
 def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None, check_finite=True):
@@ -165,7 +168,7 @@ def unitary_apply(params, x, *, special=False, adjoint=False, schedule=None, che
     if _v.is_empty(params, x2):
         y = _v.zeros(backend.xp, batch + x2.shape[-2:], cdt)
     else:
-        full = _full(_v.cast(params, rdt), sched.n, special, backend.xp)
+        full = _full(_v.cast(params, rdt), sched, special, backend.xp)
         y = backend.unitary_apply(full, _v.cast(x2, cdt), sched, adjoint)
     return y[..., 0] if vector else y
 
@@ -201,12 +204,12 @@ def unitary_vjp(params, cotangent, *, n=None, special=False, schedule=None, outp
         return _v.zeros(backend.xp, params.shape, params.dtype)
     rdt = _v.real_precision(params, cotangent, output)
     cdt = backend.complex_dtype(rdt)
-    full = _full(_v.cast(params, rdt), sched.n, special, backend.xp)
+    full = _full(_v.cast(params, rdt), sched, special, backend.xp)
     extra = {}
     if output is not None and _dispatch.accepts(backend, "unitary_vjp", "output"):
         extra["output"] = _v.cast(output, cdt)
     d = backend.unitary_vjp(full, _v.cast(cotangent, cdt), sched, **extra)
-    return _reduce(d, sched.n, special).astype(params.dtype, copy=False)
+    return _reduce(d, sched, special).astype(params.dtype, copy=False)
 
 
 def unitary_apply_vjp(params, x, cotangent, *, special=False, adjoint=False, schedule=None, output=None,
@@ -240,11 +243,11 @@ def unitary_apply_vjp(params, x, cotangent, *, special=False, adjoint=False, sch
         output = None if output is None else output[..., None]
     rdt = _v.real_precision(params, x, cotangent, output)
     cdt = backend.complex_dtype(rdt)
-    full = _full(_v.cast(params, rdt), sched.n, special, backend.xp)
+    full = _full(_v.cast(params, rdt), sched, special, backend.xp)
     d_full, d_x = backend.unitary_apply_vjp(
         full, _v.cast(x2, cdt), _v.cast(cotangent, cdt), sched, adjoint, _v.cast(output, cdt)
     )
-    d_params = _reduce(d_full, sched.n, special).astype(params.dtype, copy=False)
+    d_params = _reduce(d_full, sched, special).astype(params.dtype, copy=False)
     if vector:
         d_x = d_x[..., 0]
     if x.dtype.kind == "f":
@@ -272,8 +275,8 @@ def unitary_jvp(params, tangent, *, n=None, special=False, schedule=None, check_
     if _v.is_empty(params):
         return _v.zeros(backend.xp, params.shape[:-1] + (sched.n, sched.n), cdt)
     xp = backend.xp
-    full = _full(_v.cast(params, rdt), sched.n, special, xp)
-    full_t = _full(_v.cast(tangent, rdt), sched.n, special, xp)
+    full = _full(_v.cast(params, rdt), sched, special, xp)
+    full_t = _full(_v.cast(tangent, rdt), sched, special, xp)
     return backend.unitary_jvp(full, full_t, sched, cdt)
 
 
@@ -301,8 +304,8 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent=None, *, special=Fals
         dy = _v.zeros(backend.xp, batch + x2.shape[-2:], cdt)
         return dy[..., 0] if vector else dy
     xp = backend.xp
-    full = _full(_v.cast(params, rdt), sched.n, special, xp)
-    full_t = _full(_v.cast(params_tangent, rdt), sched.n, special, xp)
+    full = _full(_v.cast(params, rdt), sched, special, xp)
+    full_t = _full(_v.cast(params_tangent, rdt), sched, special, xp)
     xt2 = None if x_tangent is None else _v.cast(x_tangent[:, None] if vector else x_tangent, cdt)
     dy = backend.unitary_apply_jvp(full, _v.cast(x2, cdt), full_t, xt2, sched, adjoint)
     return dy[..., 0] if vector else dy

@@ -263,16 +263,23 @@ def resolve_so(shape, n=None, schedule=None, m=None, *, name="theta", n_name="n"
     return sched
 
 
-def num_unitary_params(n, special=False) -> int:
-    """``n*n`` real parameters of U(n), ``n*n - 1`` of SU(n)."""
+def num_unitary_params(n, special=False, schedule=None) -> int:
+    """``2*A + n`` real parameters of U(n) (``2*A + n - 1`` of SU(n)), ``A`` the schedule's rotation
+    count: ``n(n-1)/2`` for the full schedules (so ``n*n``, ``n*n - 1``), fewer for a truncation."""
     n = integer("n", n, 2)
-    return n * n - (1 if flag("special", special) else 0)
+    special = flag("special", special)
+    if schedule is None or (isinstance(schedule, str) and schedule in _sched.SCHEDULE_KINDS):
+        return n * n - (1 if special else 0)
+    return 2 * resolve_u((0,), n, special, schedule, check_count=False).num_angles + n - (1 if special else 0)
 
 
-def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_name="n"):
-    """The resolved full (unrestricted) schedule for U(n)/SU(n) parameters of shape ``shape``.
+def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_name="n", check_count=True):
+    """The resolved schedule for U(n)/SU(n) parameters of shape ``shape``.
 
     As :func:`resolve_so`: ``n`` from a Schedule, the argument or the count (``n*n`` or ``n*n - 1``).
+    Full schedules and their truncations (``Schedule.truncate``, ``Schedule.from_rounds``) are
+    accepted, Stiefel restrictions are not; the count is ``2*A + n`` (``- 1`` for SU(n)),
+    ``A = schedule.num_angles``, laid out ``[theta (A), phi (A), delta]``.
     """
     check_ndim(name, shape, 1)
     special = flag("special", special)
@@ -280,7 +287,8 @@ def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_n
     group = "SU(n)" if special else "U(n)"
     schedule, n = _schedule_and_n(schedule, n, n_name)
     if isinstance(schedule, _sched.Schedule) and schedule.m is not None:
-        raise ScheduleError(f"schedule must cover all pairs of {group}; got the Stiefel restriction {schedule!r}")
+        raise ScheduleError(f"schedule for {group} must be a full schedule (all pairs), a truncation or user "
+                            f"rounds, not a Stiefel restriction; got {schedule!r}")
     if n is None:
         n = math.isqrt(count + (1 if special else 0))
         if n < 2 or n * n - special != count:
@@ -292,18 +300,17 @@ def resolve_u(shape, n=None, special=False, schedule=None, *, name="params", n_n
             )
     n = integer(n_name, n, 2)
     a = n * (n - 1) // 2
-    if (schedule is None or schedule in _FULL_NAMES) and count != n * n - special:
+    if check_count and (schedule is None or schedule in _FULL_NAMES) and count != n * n - special:
         raise AngleCountError(
             f"{name} must hold {n * n - special} parameters of {group} for {n_name} = {n}, laid out as "
             f"[theta ({a}), phi ({a}), delta ({n - special})], on its last axis; got shape {tuple(shape)}"
         )
     sched = _sched.get_schedule(schedule, n)
-    if sched.num_angles != a:
-        raise ScheduleError(f"schedule must hold all n(n-1)/2 = {a} pairs of {group}; got {sched!r}")
-    expected = 2 * sched.num_angles + n - special
-    if count != expected:
+    a = sched.num_angles
+    expected = 2 * a + n - special
+    if check_count and count != expected:
         raise AngleCountError(
-            f"{name} must hold {expected} parameters of {group} for {n_name} = {n}, laid out as "
+            f"{name} must hold {expected} parameters of {group} for {n_name} = {n} ({sched!r}), laid out as "
             f"[theta ({a}), phi ({a}), delta ({n - special})], on its last axis; got shape {tuple(shape)}"
         )
     return sched

@@ -58,7 +58,7 @@ from . import _nulling
 from . import schedule as _sched
 from ._api import _check_m
 from .backends import numpy_backend as _nb
-from .errors import InverseMapError, MethodError, NotOrthogonalError, SettingError, ShapeError, SizeError
+from .errors import InverseMapError, MethodError, NotOrthogonalError, ScheduleError, SettingError, ShapeError, SizeError
 
 __all__ = [
     "angles_from_matrix",
@@ -590,6 +590,17 @@ def _check_orthonormal(name, Q, tol):
         )
 
 
+def _check_reach(sched, dim, group):
+    """Refuse a schedule with fewer rotations than ``dim`` (a truncation): its image is a thin subset of
+    ``group``, so a generic target has no preimage (it would otherwise fail inside the solve)."""
+    if sched.num_angles < dim:
+        raise ScheduleError(
+            f"schedule must reach every point of {group} (at least {dim} rotations) to be inverted; got "
+            f"{sched!r} with {sched.num_angles}. A truncated schedule reaches only part of {group}: invert "
+            "with the full schedule, or fit the truncation's angles by least squares on matrix()/unitary()"
+        )
+
+
 def _reorthonormalize(Q):
     """Nearest matrix with orthonormal columns (polar factor), so the solve targets an exact point."""
     u, _, vt = np.linalg.svd(Q, full_matrices=False)
@@ -674,6 +685,7 @@ def angles_from_matrix(U, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto",
             "yourself, or use angles_from_frame(U[..., :, :n-1], n-1), which accepts either sign"
         )
     sched = _sched.get_schedule(schedule, n)
+    _check_reach(sched, n * (n - 1) // 2, "SO(n)")
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
     if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)
@@ -716,6 +728,7 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto
         return angles_from_matrix(Q, schedule=schedule, tol=tol, atol=atol, solver=solver,
                                   restarts=restarts, sweeps=sweeps, max_steps=max_steps, time_limit=time_limit)
     sched = _sched.get_schedule(schedule, n, m)
+    _check_reach(sched, _sched.num_angles(n, m), "St(n, m)")
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, m))
     if _nulling.is_brick(sched):  # exact constructive inverse of the band, no solve (cupyortho/_nulling.py)
@@ -758,6 +771,7 @@ def params_from_unitary(U, *, schedule=None, tol=1e-6, atol=1e-10, restarts=8, m
             f"U must be unitary (U^H U = I) within tol = {tol:g} (max-abs of U^H U - I); got error {worst:.3g}"
         )
     sched = _sched.get_schedule(schedule, n)
+    _check_reach(sched, n * (n - 1) // 2, "U(n)")
     batch = A.shape[:-2]
     flat = A.reshape((-1, n, n))
     if _nulling.is_brick(sched):  # exact constructive inverse, no solve (cupyortho/_nulling.py)

@@ -55,6 +55,7 @@ __all__ = [
     "SCHEDULE_KINDS",
     "DEFAULT_TEAM_SIZE",
     "MAX_SCHEDULE_PAIRS",
+    "MAX_TOKEN_CHARS",
 ]
 
 SCHEDULE_KINDS = ("circle", "team", "brick")
@@ -268,9 +269,9 @@ class Schedule:
     @property
     def token(self) -> str:
         """A string naming this schedule, accepted wherever a schedule is (``schedule=token``) and by
-        :func:`from_token`.  Built-in schedules have readable tokens (``"team:100:t=4"``,
-        ``"brick:8:m=3"``); derived ones (``from_rounds``, ``truncate``) a digest registered in this
-        process (pickle the Schedule to move those between processes)."""
+        :func:`from_token`, in this process or another: ``"team:100:t=4"``, ``"brick:8:m=3"``,
+        ``"team:64:t=8|trunc=5"``, user rounds ``"rounds:6:z=..."`` (their pairs, compressed).  Only
+        user rounds beyond :data:`MAX_TOKEN_CHARS` get a digest valid in this process (pickle those)."""
         return _token_of(self)
 
     def __eq__(self, other):
@@ -632,55 +633,167 @@ def _from_key(key):
 
 
 # --------------------------------------------------------------------------- tokens
+#
+# Grammar (docs/conventions.md, "Tokens"):  token := base ("|" op)*
+#   base := "circle:N" | "team:N:t=T" | "brick:N"  (each optionally ":m=M", the built-in restriction)
+#         | "rounds:N:z=PAYLOAD"                    (user rounds, PAYLOAD below)
+#   op   := "trunc=K" (Schedule.truncate(K)) | "m=M" (Schedule.restrict(M) of a derived schedule)
+# PAYLOAD is the URL-safe base64 (no padding) of the zlib-compressed little-endian uint32 array
+# [R, count_0 .. count_{R-1}, i_0, j_0, i_1, j_1, ...] of the rounds as given to from_rounds.  A
+# token longer than MAX_TOKEN_CHARS falls back to "kind:N:#DIGEST", registered in this process only.
+
+MAX_TOKEN_CHARS = 1 << 18
+"""Longest self-describing token; user rounds that do not fit get a per-process digest token."""
 
 _TOKENS: dict = {}
 _TOKENS_LOCK = threading.Lock()
 
 
-def _token_of(s: Schedule) -> str:
-    key = s.key
+def _encode_rounds(n, offsets, flat) -> str:
+    import base64
+    import zlib
+
+    counts = np.diff(np.asarray(offsets, dtype=np.int64))
+    words = np.concatenate([[counts.size], counts, np.asarray(flat, dtype=np.int64)]).astype("<u4")
+    payload = base64.urlsafe_b64encode(zlib.compress(words.tobytes(), 9)).decode("ascii").rstrip("=")
+    return f"rounds:{n}:z={payload}"
+
+
+def _decode_rounds(token: str, n: int, payload: str) -> Schedule:
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        raw = zlib.decompress(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError, zlib.error) as exc:
+        raise ScheduleError(f"malformed schedule token {token[:80]!r}: the rounds do not decode ({exc})") from None
+    if len(raw) % 4:
+        raise ScheduleError(f"malformed schedule token {token[:80]!r}: the rounds do not decode")
+    words = np.frombuffer(raw, dtype="<u4").astype(np.int64)
+    if words.size < 1 or words.size < 1 + words[0] or words.size != 1 + words[0] + 2 * words[1:1 + words[0]].sum():
+        raise ScheduleError(f"malformed schedule token {token[:80]!r}: the round counts do not match the pairs")
+    R = int(words[0])
+    counts = words[1:1 + R]
+    pairs = words[1 + R:].reshape(-1, 2)
+    ends = np.cumsum(counts)
+    return Schedule.from_rounds(n, [pairs[e - c:e] for c, e in zip(counts.tolist(), ends.tolist())])
+
+
+def _builtin_token(key) -> str:
+    kind, n, m, t = key
+    return f"{kind}:{n}" + (f":t={t}" if t is not None else "") + (f":m={m}" if m is not None else "")
+
+
+def _readable_token(key):
+    """The self-describing token of ``key``, or None when it does not fit (huge user rounds)."""
     if len(key) == 4:
-        kind, n, m, t = key
-        return f"{kind}:{n}" + (f":t={t}" if t is not None else "") + (f":m={m}" if m is not None else "")
+        return _builtin_token(key)
+    _, n, _, _, (base_key, op, arg) = key
+    if op == "rounds":
+        offsets, flat = arg
+        if len(flat) > 32 * MAX_TOKEN_CHARS:  # would not compress into the limit: skip the work
+            return None
+        token = _encode_rounds(n, offsets, flat)
+        return token if len(token) <= MAX_TOKEN_CHARS else None
+    base = _readable_token(base_key)
+    if base is None:
+        return None
+    token = base + (f"|trunc={arg}" if op == "truncate" else f"|m={arg}")
+    return token if len(token) <= MAX_TOKEN_CHARS else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _token_of_key(key) -> str:
+    token = _readable_token(key)
+    if token is not None:
+        return token
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:20]
-    token = f"{s.kind}:{s.n}:#{digest}"
+    token = f"{key[0]}:{key[1]}:#{digest}"
     with _TOKENS_LOCK:
         _TOKENS[token] = key
     return token
 
 
-def from_token(token: str) -> Schedule:
-    """The schedule a :attr:`Schedule.token` names.
+def _token_of(s: Schedule) -> str:
+    return _token_of_key(s.key)
 
-    Raises:
-        ScheduleError: not a token, or a derived schedule's token not registered in this process.
-    """
-    if not isinstance(token, str):
-        raise ScheduleError(f"a schedule token must be a str, got {type(token).__name__}")
-    if token in _TOKENS:
-        return _from_key(_TOKENS[token])
-    parts = token.split(":")
-    if len(parts) < 2 or parts[0] not in SCHEDULE_KINDS or "#" in token:
+
+def _base_from_token(token: str, part: str) -> Schedule:
+    fields = part.split(":")
+    if len(fields) < 2 or fields[0] not in SCHEDULE_KINDS + ("rounds",):
         raise ScheduleError(
-            f"schedule token {token!r} is unknown: tokens are 'kind:n[:t=T][:m=M]' (kind in {SCHEDULE_KINDS}) "
-            "or the token of a schedule derived in this process"
+            f"schedule token {token[:80]!r} is unknown: tokens are 'kind:n[:t=T][:m=M]' (kind in {SCHEDULE_KINDS}), "
+            "'rounds:n:z=...' (user rounds), each optionally followed by '|trunc=K' / '|m=M'"
         )
     try:
-        n = int(parts[1])
-        opts = dict(p.split("=", 1) for p in parts[2:])
+        n = int(fields[1])
+        opts = dict(f.split("=", 1) for f in fields[2:])
+    except ValueError:
+        raise ScheduleError(f"malformed schedule token {token[:80]!r}") from None
+    if fields[0] == "rounds":
+        if set(opts) != {"z"}:
+            raise ScheduleError(f"malformed schedule token {token[:80]!r}: user rounds carry exactly 'z=...'")
+        return _decode_rounds(token, _check_int("n", n, 2), opts["z"])
+    try:
         t = int(opts.pop("t")) if "t" in opts else None
         m = int(opts.pop("m")) if "m" in opts else None
     except ValueError:
         raise ScheduleError(f"malformed schedule token {token!r}") from None
     if opts:
         raise ScheduleError(f"malformed schedule token {token!r}: unknown fields {sorted(opts)}")
-    if parts[0] == "team":
+    if fields[0] == "team":
         s = team_schedule(n, t)
     elif t is not None:
         raise ScheduleError(f"malformed schedule token {token!r}: only team schedules have t=")
     else:
-        s = circle_schedule(n) if parts[0] == "circle" else brick_schedule(n)
+        s = circle_schedule(n) if fields[0] == "circle" else brick_schedule(n)
     return s if m is None else s.restrict(m)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_token(token: str) -> Schedule:
+    parts = token.split("|")
+    s = _base_from_token(token, parts[0])
+    for op in parts[1:]:
+        name, _, value = op.partition("=")
+        try:
+            value = int(value)
+        except ValueError:
+            raise ScheduleError(f"malformed schedule token {token[:80]!r}: {op!r} is not 'trunc=K' or 'm=M'") from None
+        if name == "trunc":
+            s = s.truncate(value)
+        elif name == "m":
+            s = s.restrict(value)
+        else:
+            raise ScheduleError(f"malformed schedule token {token[:80]!r}: {op!r} is not 'trunc=K' or 'm=M'")
+    return s
+
+
+def from_token(token: str) -> Schedule:
+    """The schedule a :attr:`Schedule.token` names, in this process or any other.
+
+    Tokens describe their schedule (``"team:64:t=8"``, ``"brick:9|trunc=2|m=3"``, user rounds as
+    ``"rounds:6:z=..."``), so a token written by one process (a torch ``state_dict``, a message to a
+    DDP worker) resolves in another.  Only user rounds too large for :data:`MAX_TOKEN_CHARS` get a
+    digest token (``"rounds:n:#..."``) that resolves in the process that made it.
+
+    Raises:
+        ScheduleError: not a token, a malformed one, or a digest token made by another process.
+    """
+    if not isinstance(token, str):
+        raise ScheduleError(f"a schedule token must be a str, got {type(token).__name__}")
+    key = _TOKENS.get(token)
+    if key is not None:
+        return _from_key(key)
+    if "#" in token:
+        raise ScheduleError(
+            f"schedule token {token!r} names user rounds too large to describe in a token (more than "
+            f"MAX_TOKEN_CHARS = {MAX_TOKEN_CHARS} characters), registered only in the process that built them. "
+            "Pass the Schedule object itself (it pickles, e.g. to DDP workers or with torch.save), or build "
+            "it with Schedule.from_rounds in this process and use its token"
+        )
+    return _parse_token(token)
 
 
 # --------------------------------------------------------------------------- constructors

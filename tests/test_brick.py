@@ -435,9 +435,10 @@ def test_truncate(kind, n, k, rng):
     g = rng.normal(size=(n, n))
     np.testing.assert_allclose(co.matrix_vjp(theta, g, schedule=s),
                                central_gradient(lambda t: np.sum(g * co.matrix(t, schedule=s)), theta), atol=1e-8)
-    if s.num_angles < co.num_angles(n):  # U(n) needs a full parametrization (cupyortho._validate.resolve_u)
-        with pytest.raises(ScheduleError, match="pairs of U"):
-            co.unitary(np.zeros(2 * s.num_angles + n), schedule=s)
+    with pytest.raises(AngleCountError, match=r"\[theta \(%d\), phi \(%d\), delta \(%d\)\]" % (
+            s.num_angles, s.num_angles, n)):
+        co.unitary(np.zeros(n * n), schedule=s) if s.num_angles < co.num_angles(n) else co.unitary(
+            np.zeros(n * n + 1), schedule=s)
     with pytest.raises(SizeError, match="num_rounds"):
         base.truncate(base.num_rounds + 1)
     with pytest.raises(AngleCountError, match="angles"):
@@ -456,6 +457,65 @@ def test_tokens_name_every_schedule():
     assert co.brick_schedule(6).token == "brick:6" and co.team_schedule(12, 2).token == "team:12:t=2"
     for bad in ["brick", "brick:x", "spiral:4", "team:8:q=2", "circle:8:t=2", "rounds:4:#0000"]:
         with pytest.raises(ScheduleError):
+            co.from_token(bad)
+
+
+_MADE_ELSEWHERE = """
+import json, sys
+import cupyortho as co
+made = [co.team_schedule(64, 8).truncate(5), co.brick_schedule(9).truncate(2).restrict(3),
+        co.get_schedule("brick", 8, 3).truncate(2), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]),
+        co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]).truncate(2).restrict(4)]
+tokens = [s.token for s in made]
+co.schedule.MAX_TOKEN_CHARS = 40  # too small for user rounds: a digest token, valid only here
+big = co.Schedule.from_rounds(7, [[(0, 6), (1, 5)], [(2, 4)], [(3, 6)]]).token
+if len(sys.argv) > 1:
+    import torch, cupyortho.torch as ct
+    torch.save(ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2)).state_dict(), sys.argv[1])
+print(json.dumps(tokens + [big]))
+"""
+
+
+def test_tokens_resolve_in_another_process(tmp_path):
+    """Tokens describe their schedule: written by one process, resolved by another (a state_dict, a DDP
+    message).  User rounds beyond MAX_TOKEN_CHARS get a digest whose error says what to do."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    path = tmp_path / "layer.pt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(co.__file__))] + sys.path))
+    out = subprocess.run([sys.executable, "-c", _MADE_ELSEWHERE, str(path)], capture_output=True, text=True,
+                         env=env, timeout=240, check=True).stdout
+    *tokens, big = json.loads(out.strip().splitlines()[-1])
+    here = [co.team_schedule(64, 8).truncate(5), co.brick_schedule(9).truncate(2).restrict(3),
+            co.get_schedule("brick", 8, 3).truncate(2), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]),
+            co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]).truncate(2).restrict(4)]
+    assert tokens[0] == "team:64:t=8|trunc=5" and tokens[1] == "brick:9|trunc=2|m=3"
+    for token, s in zip(tokens, here):
+        r = co.from_token(token)
+        assert r is s and r.token == token
+        np.testing.assert_array_equal(r.pair_i, s.pair_i)
+        np.testing.assert_array_equal(r.pair_j, s.pair_j)
+    assert big.startswith("rounds:7:#")
+    with pytest.raises(ScheduleError, match="Pass the Schedule object itself"):
+        co.from_token(big)
+    state = torch.load(path)
+    layer = ct.Orthogonal(16, schedule=co.circle_schedule(16).truncate(2))
+    layer.load_state_dict(state)
+    with pytest.raises(co.errors.CupyorthoError, match="schedule"):
+        ct.Orthogonal(16, schedule=co.team_schedule(16, 4).truncate(2)).load_state_dict(state)
+    import base64
+    import zlib
+
+    wrong_counts = base64.urlsafe_b64encode(zlib.compress(np.array([2, 1, 1, 0, 1], "<u4").tobytes())).decode()
+    for bad in ["rounds:6:z=!!", "rounds:6:z=AAAA", f"rounds:6:z={wrong_counts}", "brick:8|cut=2",
+                "brick:8|trunc=x", "rounds:6:q=1"]:
+        with pytest.raises(ScheduleError, match="token"):
             co.from_token(bad)
 
 
@@ -509,12 +569,22 @@ def test_every_backend_runs_the_new_schedules(backend, rng):
             assert not any(backend.supports(op, s) for op in checks)
 
 
+def _unitary_schedules():
+    return [co.brick_schedule(5), co.brick_schedule(8), co.brick_schedule(8).truncate(3),
+            co.circle_schedule(9).truncate(4), co.team_schedule(16, 4).truncate(6),
+            co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]])]
+
+
 def test_every_backend_runs_unitary_brick(backend, rng):
-    for n in (5, 8):
-        s = co.brick_schedule(n)
+    """U(n) on brick, truncations and user rounds, every backend against the NumPy reference (which
+    test_truncated_unitary checks against a dense oracle)."""
+    ran = 0
+    for s in _unitary_schedules():
+        n, P = s.n, co.num_unitary_params(s.n, schedule=s)
         if not backend.supports("unitary_apply_vjp", s):
             continue
-        p, t = rng.uniform(-np.pi, np.pi, n * n), rng.standard_normal(n * n)
+        ran += 1
+        p, t = rng.uniform(-np.pi, np.pi, P), rng.standard_normal(P)
         z = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
         g = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
         _close(backend.unitary_apply(p, z, s), nu.unitary_apply(p, z, s))
@@ -522,6 +592,86 @@ def test_every_backend_runs_unitary_brick(backend, rng):
         for a, b in zip(backend.unitary_apply_vjp(p, z, z, s, True), nu.unitary_apply_vjp(p, z, z, s, True)):
             _close(a, b, scale=n)
         _close(backend.unitary_apply_jvp(p, z, t, z, s), nu.unitary_apply_jvp(p, z, t, z, s), scale=n)
+        _close(backend.unitary(p, s, np.complex128), nu.unitary(p, s, np.complex128))
+        _close(backend.unitary_jvp(p, t, s, np.complex128), nu.unitary_jvp(p, t, s, np.complex128), scale=n)
+    assert ran == len(_unitary_schedules()) or backend.name == "blocked"
+
+
+def _unitary_dense(p, s):
+    """U = D(delta) B_{R-1} ... B_0 from the truncated layout [theta (A), phi (A), delta (n)], pairs
+    applied as written (rows (a, b) of a pair (a, b), whatever their order)."""
+    n, A = s.n, s.num_angles
+    u = np.eye(n, dtype=complex)
+    for q, (a, b) in enumerate(zip(s.pair_i.tolist(), s.pair_j.tolist())):
+        u = cgivens(n, a, b, p[q], p[A + q]) @ u
+    return np.diag(np.exp(1j * p[2 * A:])) @ u
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_truncated_unitary(k, rng):
+    """U(n)/SU(n) on truncated schedules: [theta (A), phi (A), delta (n)], the first rounds' angles
+    and phases of the full layout (brick: the first A entries of each), then the full diagonal."""
+    for s in (co.brick_schedule(7).truncate(k), co.circle_schedule(6).truncate(k),
+              co.team_schedule(16, 4).truncate(k), co.Schedule.from_rounds(4, [[(3, 0), (1, 2)], [(0, 1)]])):
+        n, A = s.n, s.num_angles
+        assert co.num_unitary_params(n, schedule=s) == 2 * A + n
+        assert co.num_unitary_params(n, True, schedule=s.token) == 2 * A + n - 1
+        p = rng.uniform(-np.pi, np.pi, 2 * A + n)
+        U = co.unitary(p, schedule=s)
+        np.testing.assert_allclose(U, _unitary_dense(p, s), atol=1e-14)
+        z = rng.standard_normal((n, 2)) + 1j * rng.standard_normal((n, 2))
+        np.testing.assert_allclose(co.unitary_apply(p, z, schedule=s), U @ z, atol=1e-13)
+        np.testing.assert_allclose(co.unitary_apply(p, z, schedule=s, adjoint=True), U.conj().T @ z, atol=1e-13)
+        g = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+        fd = central_gradient(lambda q: np.real(np.sum(np.conj(g) * _unitary_dense(q, s))), p)
+        np.testing.assert_allclose(co.unitary_vjp(p, g, schedule=s), fd, atol=1e-8)
+        ps = p[:-1]  # SU(n): delta[n-1] = -sum(delta[:n-1])
+        Us = co.unitary(ps, special=True, schedule=s)
+        full = np.concatenate([ps, [-ps[2 * A:].sum()]])
+        np.testing.assert_allclose(Us, _unitary_dense(full, s), atol=1e-14)
+        fd = central_gradient(lambda q: np.real(np.sum(np.conj(g) * co.unitary(q, special=True, schedule=s))), ps)
+        np.testing.assert_allclose(co.unitary_vjp(ps, g, special=True, schedule=s), fd, atol=1e-8)
+    full = co.brick_schedule(7)  # brick's truncation is the prefix of the full layout
+    t = full.truncate(k)
+    p = rng.uniform(-np.pi, np.pi, 49)
+    A, F = t.num_angles, full.num_angles
+    keep = np.concatenate([p[:A], p[F:F + A], p[2 * F:]])
+    pz = p.copy()
+    pz[A:F] = 0.0
+    pz[F + A:2 * F] = 0.0
+    np.testing.assert_allclose(co.unitary(keep, schedule=t), co.unitary(pz, schedule="brick"), atol=1e-14)
+    with pytest.raises(ScheduleError, match="Stiefel"):
+        co.unitary(np.zeros(49), schedule=co.get_schedule("brick", 7, 3))
+    with pytest.raises(ScheduleError, match="reach every point of U"):  # a truncation is not onto U(n)
+        co.params_from_unitary(co.haar_unitary_matrix(7, rng=0), schedule=t)
+    with pytest.raises(ScheduleError, match="reach every point of SO"):
+        co.angles_from_matrix(co.haar_matrix(7, rng=0), schedule=t)
+
+
+def test_torch_and_jax_run_truncated_unitary(rng):
+    torch = pytest.importorskip("torch")
+    import cupyortho.torch as ct
+
+    s = co.brick_schedule(6).truncate(2)
+    p = rng.uniform(-np.pi, np.pi, co.num_unitary_params(6, schedule=s))
+    g = rng.standard_normal((6, 6)) + 1j * rng.standard_normal((6, 6))
+    t = torch.tensor(p, requires_grad=True)
+    u = ct.unitary(t, schedule=s)
+    np.testing.assert_allclose(u.detach().numpy(), co.unitary(p, schedule=s), atol=1e-14)
+    (u * torch.tensor(np.conj(g))).real.sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), co.unitary_vjp(p, g, schedule=s), atol=1e-12)
+    layer = ct.Unitary(6, schedule=s, dtype=torch.float64)
+    assert layer.theta.shape == (2 * s.num_angles + 6,)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    np.testing.assert_allclose(layer(x).detach().numpy(), x.numpy() @ co.unitary(layer.theta.detach().numpy(),
+                                                                                    schedule=s).T, atol=1e-12)
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import cupyortho.jax as cj
+
+    f = lambda q: jax.numpy.real(jax.numpy.sum(jax.numpy.conj(g) * cj.unitary(q, schedule=s)))  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.grad(f)(jax.numpy.asarray(p))), co.unitary_vjp(p, g, schedule=s),
+                               atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- adapters

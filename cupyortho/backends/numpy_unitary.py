@@ -53,7 +53,7 @@ class _Coefficients:
 
     def __init__(self, params, schedule, ndim, cdtype):
         n = schedule.n
-        a = n * (n - 1) // 2
+        a = schedule.num_angles
         theta = round_order(params[..., :a], schedule, ndim)
         self.c = np.cos(theta)
         self.s = np.sin(theta)
@@ -121,7 +121,7 @@ def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None
     ``d_params`` is summed to params' shape (real); ``d_x`` to x's shape (complex, :math:`U^H \bar g`).
     """
     n = schedule.n
-    a = n * (n - 1) // 2
+    a = schedule.num_angles  # n(n-1)/2, fewer for a truncated schedule
     y = unitary_apply(params, x, schedule, adjoint) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
     y = work(y, batch, x.dtype)
@@ -168,7 +168,7 @@ def unitary_vjp(params, cotangent, schedule, output=None):
     ``output`` may pass ``U`` to skip recomputing it.
     """
     n = schedule.n
-    a = n * (n - 1) // 2
+    a = schedule.num_angles  # n(n-1)/2, fewer for a truncated schedule
     u_mat = unitary(params, schedule, cotangent.dtype) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], cotangent.shape[:-2])
     w = work(np.matmul(cotangent, np.conj(np.swapaxes(u_mat, -1, -2))), batch, cotangent.dtype)
@@ -207,7 +207,7 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent, schedule, adjoint=Fa
     :math:`dy = D^\sigma dx + i\sigma\,d\delta\,y`.  ``x_tangent`` may be None (zero).
     """
     n = schedule.n
-    a = n * (n - 1) // 2
+    a = schedule.num_angles  # n(n-1)/2, fewer for a truncated schedule
     shapes = [params.shape[:-1], x.shape[:-2], params_tangent.shape[:-1]]
     if x_tangent is not None:
         shapes.append(x_tangent.shape[:-2])

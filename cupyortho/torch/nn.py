@@ -243,8 +243,8 @@ class _Trivialized(nn.Module):
         return (self.base if self.base.dtype == q.dtype else self.base.to(q.dtype)) @ q
 
     def _num_params(self) -> int:
-        if self._complex:
-            return self.n * self.n - (1 if self.special else 0)
+        if self._complex:  # 2*A + n (- 1): n*n for full schedules, fewer for a truncated one
+            return _v.num_unitary_params(self.n, self.special, _as_schedule(self.schedule))
         # the schedule's count (a truncated schedule holds fewer angles)
         return _sched.get_schedule(_as_schedule(self.schedule), self.n, self.m).num_angles
 

@@ -110,7 +110,7 @@ def _impl_unitary_apply_vjp(dev, params, x, cotangent, schedule, adjoint=False, 
         else:
             _launch.unitary_apply_vjp_round(dev, yr, gr, d_round, coef, rd.pair_i, rd.pair_j, q0, P, A, cb, sign)
     d_full = xp.concatenate([_from_round_order(xp, d_round, rd, A), d_delta], axis=-1)
-    d_params = _sum_to(d_full.reshape(batch + (n * n,)), params.shape)
+    d_params = _sum_to(d_full.reshape(batch + (2 * A + n,)), params.shape)
     d_x = _sum_to(g.reshape(batch + x.shape[-2:]), x.shape)
     return d_params, d_x
 
@@ -140,7 +140,7 @@ def _impl_unitary_vjp(dev, params, cotangent, schedule, output=None):
         _launch.unitary_matrix_vjp_round(dev, wr, d_round, coef, sl.slot_i, sl.slot_j, sl.slot_q, int(off[r]),
                                 int(off[r + 1] - off[r]), A, cb)
     d_full = xp.concatenate([_from_round_order(xp, d_round, rd, A), d_delta], axis=-1)
-    return _sum_to(d_full.reshape(batch + (n * n,)), params.shape)
+    return _sum_to(d_full.reshape(batch + (2 * A + n,)), params.shape)
 
 
 def _impl_unitary_apply_jvp(dev, params, x, params_tangent, x_tangent, schedule, adjoint=False):
