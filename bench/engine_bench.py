@@ -1,6 +1,6 @@
 """Benchmark of the compiled CPU engine against torch materialize-then-matmul, as ratios in one run.
 
-    python bench/engine_bench.py [--n 2048] [--ks 1 32 256] [--un 1024] [--uk 32] [--impl engine]
+    python bench/engine_bench.py [--n 2048] [--ks 1 32 256] [--un 1024] [--uk 32] [--impl engine] [--one-thread]
 
 * apply, float32, ``Y = U X`` forward+backward (``dL/dtheta``, ``dL/dX`` for a cotangent ``G``) at
   ``n``, ``k`` in ``--ks``: cupyortho's public ``apply`` + ``apply_vjp(output=Y)`` (default schedule,
@@ -11,7 +11,9 @@
   against torch's complex ``matrix_exp`` parametrization materialize-then-matmul.  Target >= 25x.
 
 Every figure is a ratio taken in the same run (to one ``n x n`` float32 matmul and to torch), with
-the load average printed next to it.  ``--crossover 256 1024 2048`` instead measures the strategy's
+the load average printed next to it.  ``--one-thread`` runs everything on one thread and times CPU
+time (``time.process_time``): the figure to trust on a shared machine.  Each forward gets a new
+angle vector (two are used in turn), as in training.  ``--crossover 256 1024 2048`` instead measures the strategy's
 team ``U(theta)`` crossover (engine against blocked stages, one thread each, CPU time per one-thread
 matmul), the numbers behind ``_strategy.ENGINE_MATRIX_MAX_N``.  ``--impl`` forces the CPU implementation of the apply passes
 (``engine``, ``blocked``, ``reference``) through ``cupyortho._strategy.FORCE`` to compare them.
@@ -34,14 +36,17 @@ import cupyortho as co  # noqa: E402
 from _timing import best_of  # noqa: E402
 
 
+CLOCK = time.perf_counter  # time.process_time under --one-thread
+
+
 def best(fn, repeat=5, min_time=0.5):
     """Minimum seconds of ``fn()`` over at least 2 and at most ``repeat`` calls after a warm-up."""
     fn()
     times, total = [], 0.0
     while len(times) < 2 or (total < min_time and len(times) < repeat):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
         total += times[-1]
     return min(times)
 
@@ -100,7 +105,20 @@ def main(argv=None):
     ap.add_argument("--skip-unitary", action="store_true")
     ap.add_argument("--crossover", type=int, nargs="*", default=None)
     ap.add_argument("--crossover-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--one-thread", action="store_true",
+                    help="one thread everywhere (numba, BLAS, torch), CPU time instead of wall time")
+    ap.add_argument("--one-thread-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one_thread:
+        import subprocess
+
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
+        rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--one-thread"]
+        return subprocess.run([sys.executable, __file__, "--one-thread-child"] + rest, env=env).returncode
+    if args.one_thread_child:
+        global CLOCK
+        CLOCK = time.process_time
     if args.crossover_child:
         return crossover_child(args.crossover_child)
     if args.crossover is not None:
@@ -117,11 +135,16 @@ def main(argv=None):
 
     if args.impl:
         _strategy.FORCE = args.impl
+    if args.one_thread_child:
+        torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__} threads {torch.get_num_threads()}; load {os.getloadavg()}")
+    clock = "CPU time, one thread" if args.one_thread_child else "wall time"
+    print(f"torch {torch.__version__} threads {torch.get_num_threads()}; {clock}; load {os.getloadavg()}")
     n = args.n
     a = rng.standard_normal((n, n)).astype(np.float32)
-    theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(np.float32)
+    # two angle vectors used in turn: like a training step, every forward sees new angles (the
+    # backward reuses its forward's cos/sin, see docs/engine.md)
+    thetas = [rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(np.float32) for _ in range(2)]
     print(f"\napply, float32, n = {n}, forward+backward")
     print(f"{'k':>5} {'cupyortho/mm':>13} {'cayley/mm':>10} {'speedup':>8}  target  load")
     targets = {1: 10, 32: 20, 256: 3}
@@ -130,8 +153,9 @@ def main(argv=None):
         g = rng.standard_normal((n, k)).astype(np.float32)
 
         def ours():
-            y = co.apply(theta, x)
-            return co.apply_vjp(theta, x, g, output=y)
+            thetas.reverse()
+            y = co.apply(thetas[0], x)
+            return co.apply_vjp(thetas[0], x, g, output=y)
 
         t_mm = best(lambda: a @ a)
         t_ours = best(ours)
@@ -144,14 +168,15 @@ def main(argv=None):
         return 0
     n, k = args.un, args.uk
     print(f"\nunitary apply, complex64, n = {n}, k = {k}, forward+backward")
-    p = rng.uniform(-np.pi, np.pi, n * n).astype(np.float32)
+    ps = [rng.uniform(-np.pi, np.pi, n * n).astype(np.float32) for _ in range(2)]
     z = (rng.standard_normal((n, k)) + 1j * rng.standard_normal((n, k))).astype(np.complex64)
     gz = (rng.standard_normal((n, k)) + 1j * rng.standard_normal((n, k))).astype(np.complex64)
     a = rng.standard_normal((n, n)).astype(np.float32)
 
     def ours_u():
-        y = co.unitary_apply(p, z)
-        return co.unitary_apply_vjp(p, z, gz, output=y)
+        ps.reverse()
+        y = co.unitary_apply(ps[0], z)
+        return co.unitary_apply_vjp(ps[0], z, gz, output=y)
 
     t_mm = best(lambda: a @ a)
     t_ours = best(ours_u)

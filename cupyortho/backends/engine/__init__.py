@@ -130,7 +130,9 @@ class _Plan:
         self.kind, self.idx = K.block_ops(self.pi, self.pj, gstart)
         aidx = np.asarray(schedule.angle_index, dtype=np.int64)[order]
         self.aidx = np.ascontiguousarray(aidx)
-        self.aidx32 = self.aidx.astype(np.int32)  # the kernels' copy (half the bytes to stream)
+        # the kernels' copies: int32 (half the bytes to stream) while the positions fit
+        small = np.int32 if aidx.size < 2**31 else np.int64
+        self.aidx32 = self.aidx.astype(small)
         self.num_angles = int(schedule.num_angles)
         # gradients scatter back by assignment when every angle has exactly one pair, else by sums
         self.bijective = aidx.size == self.num_angles and np.array_equal(
@@ -170,10 +172,14 @@ def _so_coef(theta, plan, dtype):
     if (ent is not None and ent[0] is plan and ent[1] == dtype and ent[2].shape == theta.shape
             and ent[2].dtype == theta.dtype and np.array_equal(ent[2], theta)):
         return ent[3], ent[4]
-    t = _gather(theta, theta.shape[:-1], plan.aidx)
-    if t.dtype != dtype:
-        t = t.astype(dtype)
-    c, s = np.cos(t), np.sin(t)
+    import numba
+
+    th = np.ascontiguousarray(theta.reshape(-1, theta.shape[-1]))
+    c = np.empty((th.shape[0], plan.aidx.size), dtype=dtype)
+    s = np.empty_like(c)
+    K = _k()
+    serial = c.size < SERIAL_WORK or numba.get_num_threads() == 1
+    (K.coefficients_serial if serial else K.coefficients)(th, plan.aidx32, c, s)
     if c.size <= COEF_CACHE_MAX:
         _coef_cache = (plan, np.dtype(dtype), theta.copy(), c, s)
     return c, s
