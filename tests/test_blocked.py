@@ -511,7 +511,7 @@ def test_compiled_round_blocks_and_block_vjp_match_numpy(n, t, dtype, rng):
     th = theta.astype(dtype)
     blocks = bl._block_range(np.ascontiguousarray(th), pl, s, 0, R, 1)
     _close(blocks, ref, dtype)
-    c, sn = bl._coefficients(th, rd.slots)
+    c, sn = bl._coefficients(bl._ext(th), rd.slots)
     split = np.full((Bt * R, L, L), np.nan, dtype)
     for j0, j1 in bl._ranges(Bt * R, 3):
         _eb().rounds_blocks(c, sn, rd.pi, rd.pj, split, rd.cw, j0, j1)
@@ -693,3 +693,16 @@ def test_slab_path_waits_for_every_worker_on_error():
     with pytest.raises(ValueError, match="chunk 0"):
         bl._run(fn, [0, 1, 2])
     assert sorted(done) == [1, 2]
+
+
+def test_without_numba_the_numpy_stages_run(rng, monkeypatch):
+    """The slab path needs Numba; without it (the strategy's fallback) the NumPy stages give U."""
+    from cupyortho import _strategy
+
+    n, t = 24, 8
+    s = S.team_schedule(n, t)
+    th = _theta(rng, s.num_angles, np.float64)
+    monkeypatch.setattr(_strategy, "engine_available", lambda: False)
+    assert not bl._fast(bl.plan(s, t))
+    monkeypatch.setattr(bl, "_engine", lambda: (_ for _ in ()).throw(ImportError("no numba")))
+    _close(bl.matrix(th, s), nb.rounds_matrix(th, s), np.float64, 10)

@@ -294,3 +294,67 @@ def test_torch_keeps_its_own_thread_count_across_engine_calls():
             "print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip().splitlines()[-1] == "1"
+
+
+def test_serial_blas_sets_one_thread_and_restores_after_the_last_context():
+    """The blocked slab path's context: BLAS single-threaded inside (nested and from two threads
+    sharing one override), the earlier counts back after the last one leaves, also on error; with
+    one worker nothing is touched."""
+    before = _blas()
+    with _threads.serial_blas(1) as w:
+        assert w == 1 and _blas() == before
+    if max(before) < 2:
+        pytest.skip("BLAS already single-threaded: nothing to observe")
+    with _threads.serial_blas(2) as w:
+        assert w == 2 and all(b == 1 for b in _blas())
+        with _threads.serial_blas(2):
+            assert all(b == 1 for b in _blas())
+        assert all(b == 1 for b in _blas())  # the inner exit keeps the outer's override
+        inside = []
+        th = threading.Thread(target=lambda: inside.append(_enter_and_report()))
+        th.start()
+        th.join()
+        assert inside and all(b == 1 for b in _blas())
+    assert _blas() == before
+    with pytest.raises(RuntimeError):
+        with _threads.serial_blas(2):
+            raise RuntimeError("inside")
+    assert _blas() == before and _threads._serial["depth"] == 0
+    # from another thread with no override in force: OpenBLAS may ignore the request (0.3.31 does);
+    # the context then says so by yielding one worker
+    alone = []
+    th = threading.Thread(target=lambda: alone.append(_enter_and_report()))
+    th.start()
+    th.join()
+    w, counts = alone[0]
+    assert (w == 2) == all(c == 1 for c in counts)
+    assert _blas() == before
+
+
+def _enter_and_report():
+    with _threads.serial_blas(2) as w:
+        return w, _blas()
+
+
+def test_blocked_slab_path_runs_blas_single_threaded_on_its_workers(monkeypatch):
+    """Inside the slab path's GEMMs (on the worker threads) BLAS reports one thread, and the
+    caller's counts are back afterwards."""
+    from cupyortho import schedule as S
+    from cupyortho.backends import blocked
+
+    before = _blas()
+    if max(before) < 2 or blocked.THREADS < 2:
+        pytest.skip("single-threaded BLAS or one CPU: nothing to observe")
+    seen = []
+    real = blocked._run
+
+    def spy(fn, chunks):
+        seen.append(_threads.blas_threads())
+        return real(fn, chunks)
+
+    monkeypatch.setattr(blocked, "_run", spy)
+    s = S.team_schedule(40, 8)
+    th = np.linspace(-1, 1, s.num_angles)
+    blocked.matrix(th, s)
+    assert seen and all(all(c == 1 for c in counts) for counts in seen)
+    assert _blas() == before

@@ -578,7 +578,11 @@ def _engine():
 
 
 def _fast(pl):
-    return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0
+    """Whether ``pl`` takes the compiled slab path (which needs Numba; without it the NumPy stages
+    run, the strategy's fallback when Numba is not installed)."""
+    from .. import _strategy
+
+    return pl.u == pl.t and pl.t >= FAST_MIN_TEAM and pl.num_meet > 0 and _strategy.engine_available()
 
 
 def _slab_layouts(pl):
@@ -654,9 +658,10 @@ def _rounds(schedule):
     return _team_plan._cached(schedule, "slab_rounds", lambda: _Rounds(schedule))
 
 
-def _coefficients(th2, slots):
-    """``(c, s)`` ``(Bt * R, P)`` of the rotations with angle slots ``slots`` ``(R, P)``."""
-    ang = _ext(th2)[:, slots].reshape(-1, slots.shape[-1])
+def _coefficients(ext, slots):
+    """``(c, s)`` ``(Bt * R, P)`` of the rotations with angle slots ``slots`` ``(R, P)``; ``ext``
+    ``(Bt, A + 1)``: the angles and the zero angle (:func:`_ext`)."""
+    ang = ext[:, slots].reshape(-1, slots.shape[-1])
     return np.cos(ang), np.sin(ang)
 
 
@@ -664,7 +669,7 @@ def _block_range(th2, pl, sched, r0, R, W):
     """Natural-order blocks ``(Bt, R, 2t, 2t)`` of the meeting blocks ``r0 .. r0 + R - 1`` (compiled,
     by rounds), split over ``W`` workers."""
     rd = _rounds(sched)
-    c, s = _coefficients(th2, rd.slots[r0: r0 + R])
+    c, s = _coefficients(_ext(th2), rd.slots[r0: r0 + R])
     L = 2 * pl.t
     out = np.empty((c.shape[0], L, L), dtype=th2.dtype)
     eb = _engine()
@@ -786,6 +791,7 @@ def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
     K = pl.num_meet
     order = (lays[K - 1][:, None] * t + np.arange(t)).reshape(-1)
     rd = _rounds(sched)
+    ext = _ext(th2)
     with _threads.serial_blas(_workers()) as W:
         a = np.empty((Bt, N, N), dtype=dt)
         _run(lambda jr: eb.antisym_gather(w, order, n, L, a, jr[0], jr[1]), _ranges(Bt * N, W))
@@ -801,7 +807,7 @@ def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
             diag = np.ascontiguousarray(a.reshape(Bt, NB, L, NB, L)[:, ar, :, ar, :].swapaxes(0, 1))
             diag = diag.reshape(Bt * NB, L, L)
             sl = rd.slots[k * NB: (k + 1) * NB]
-            c, s = _coefficients(th2, sl)
+            c, s = _coefficients(ext, sl)
             # the stage's angle cotangents and, from the same pass, its blocks
             _run(lambda jr: eb.rounds_blocks_vjp(c, s, rd.pi, rd.pj, diag, dk, blk, rd.cw, dt.type(0),
                                                  jr[0], jr[1]), _ranges(Bt * NB, W))
@@ -820,7 +826,6 @@ def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
         at = np.arange(T)
         arr = np.moveaxis(a.reshape(Bt, T, t, T, t)[:, at, :, at, :], 0, 1)
         del a
-        ext = _ext(th2)
         d[:, pl.rr_slots] = rr_vjp(ext[..., pl.rr_slots], arr, t)
     return d[:, :A].reshape(theta.shape)
 

@@ -61,40 +61,28 @@ def scatter_mirror(c, pos, t, out, p0, p1):
     read row panel ``p // 2`` only), so callers split the slabs over their threads: no two slabs
     write the same tile.
     """
-    tmp = np.empty((t, t), dtype=out.dtype)
     T = pos.shape[0]
-    for p in range(p0, p1):
+    for p in range(p0, p1):  # plain 2-D indexing throughout: a view per row costs more than its copy
         I = p // 2
-        half = p - 2 * I
+        r0 = (p - 2 * I) * t
         P = pos[p]
         for q in range(p, T):
             Q = pos[q]
-            for i in range(t):
-                src = c[I, half * t + i, q * t: q * t + t]
-                tr = tmp[i]
-                for j in range(t):
-                    tr[j] = src[j]
             if q == p:
                 for i in range(t):
-                    dst = out[P * t + i, P * t: P * t + t]
                     for j in range(t):
-                        dst[j] = 0.5 * (tmp[i, j] - tmp[j, i])
+                        out[P * t + i, P * t + j] = 0.5 * (c[I, r0 + i, q * t + j] - c[I, r0 + j, q * t + i])
                 continue
             # the next sweep reads only the upper block triangle (blocks of 2 slabs) and the
             # diagonal blocks: write X at (P, Q) and/or -X^T at (Q, P) where they land there
-            upper = P // 2 <= Q // 2
-            lower = P // 2 >= Q // 2
-            if upper:
+            if P // 2 <= Q // 2:
                 for i in range(t):
-                    dst = out[P * t + i, Q * t: Q * t + t]
-                    tr = tmp[i]
                     for j in range(t):
-                        dst[j] = tr[j]
-            if lower:
+                        out[P * t + i, Q * t + j] = c[I, r0 + i, q * t + j]
+            if P // 2 >= Q // 2:
                 for j in range(t):
-                    dst = out[Q * t + j, P * t: P * t + t]
                     for i in range(t):
-                        dst[i] = -tmp[i, j]
+                        out[Q * t + j, P * t + i] = -c[I, r0 + i, q * t + j]
 
 
 # --------------------------------------------------------------------------- blocks by rounds
