@@ -13,6 +13,9 @@ is invariant under left multiplication by SO(n) and hence Haar on SO(n)) and map
 :func:`cupyortho.inverse.angles_from_matrix`.  The matrix of the angles equals the drawn matrix to
 ``atol``, so it is Haar-distributed up to that error; the cost is that of the inverse map
 (``docs/init.md``).  Naive uniform angles on :math:`(-\pi, \pi]` are *not* Haar (tested).
+
+The brick schedule is the exception: its angles of Haar matrices are independent with known laws
+(``docs/init.md``, "Per-angle Haar laws of brick"), drawn directly with ``per_angle=True``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from . import _validate as _v
 from . import schedule as _sched
+from .errors import SettingError
 from .inverse import angles_from_frame, angles_from_matrix, params_from_unitary
 
 __all__ = [
@@ -92,7 +96,56 @@ def haar_matrix(n, *, shape=(), rng=None):
     return q
 
 
-def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
+def _brick_haar_beta(n):
+    r"""The exponent :math:`\beta_q` of each brick rotation (round-major): for Haar matrices the brick
+    angles are independent with :math:`\sin^2\theta_q \sim \mathrm{Beta}(\beta_q, 1)` (U(n)) and
+    :math:`\mathrm{Beta}(\beta_q/2, 1/2)` (SO(n)), where, for the rotation of pair ``(p, p+1)`` in
+    round ``l`` of ``R`` rounds, :math:`\beta = |C_{in}| + |C_{out}| - n - 1` with
+    :math:`C_{in} = [p - l, p + 1 + l]` and :math:`C_{out} = [p - a, p + 1 + a]`, ``a = R - 1 - l``
+    (the coordinates its rotation can reach from the input and the output, clipped to ``[0, n)``);
+    ``docs/init.md``, "Per-angle Haar laws of brick"."""
+    s = _sched.brick_schedule(n)
+    rnd = np.repeat(np.arange(s.num_rounds), np.diff(s.round_offsets))
+    p = s.pair_i
+    after = s.num_rounds - 1 - rnd
+    c_in = np.minimum(n - 1, p + 1 + rnd) - np.maximum(0, p - rnd) + 1
+    c_out = np.minimum(n - 1, p + 1 + after) - np.maximum(0, p - after) + 1
+    return c_in + c_out - n - 1, rnd, s.num_rounds
+
+
+def _per_angle_schedule(schedule, n):
+    s = _sched.get_schedule(schedule, n)
+    if s.kind != "brick" or s.m is not None:
+        raise SettingError(
+            f"per_angle=True needs the full brick schedule (schedule='brick'), the only one with derived "
+            f"per-angle Haar laws; got {s!r}. Use per_angle=False (invert a Haar matrix)"
+        )
+    return s
+
+
+def _brick_haar_real(n, shape, rng):
+    """Independent per-angle draws of Haar SO(n) brick angles ``(*shape, n(n-1)/2)``."""
+    beta, rnd, R = _brick_haar_beta(n)
+    g = _rng(rng)
+    shape = _shape(shape, beta.size)
+    t = np.arcsin(np.sqrt(g.beta(beta / 2, 0.5, size=shape + beta.shape)))
+    t = np.where(g.random(t.shape) < 0.5, t, np.pi - t)  # density ~ |sin t|^(beta - 1) on [0, pi)
+    full = (rnd == 0) | (rnd == R - 1)  # first and last rounds: on the whole circle
+    return np.where(full & (g.random(t.shape) < 0.5), -t, t)
+
+
+def _brick_haar_unitary(n, special, shape, rng):
+    """Independent per-angle draws of Haar U(n) (SU(n)) brick parameters."""
+    beta, _, _ = _brick_haar_beta(n)
+    g = _rng(rng)
+    A = beta.size
+    shape = _shape(shape, 2 * A + n)
+    theta = np.arcsin(np.sqrt(g.beta(beta, 1.0, size=shape + (A,))))  # on [0, pi/2]
+    phases = g.uniform(-np.pi, np.pi, size=shape + (A + n - (1 if special else 0),))
+    return np.concatenate([theta, phases], axis=-1)
+
+
+def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, per_angle=False, **solver):
     r"""Angles whose matrix ``matrix(theta, schedule=schedule)`` is Haar-distributed on SO(n).
 
     Draws :func:`haar_matrix` and inverts it with :func:`~cupyortho.inverse.angles_from_matrix`
@@ -104,10 +157,17 @@ def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, **sol
         n (int): size.  schedule: ``"circle"``, ``"team"``, a Schedule or None (default schedule).
         rng: None, int seed or ``numpy.random.Generator``.  shape: batch shape.
         dtype: of the result.
+        per_angle (bool): with ``schedule="brick"`` only, draw each angle from its own independent law
+            instead (``docs/init.md``, "Per-angle Haar laws of brick"): ``O(n^2)``, no matrix formed or
+            inverted; the same distribution, not the same draws.  SettingError for other schedules.
     Returns:
         ndarray ``(*shape, n(n-1)/2)``.
     """
     dtype = _v.dtype_setting("dtype", dtype)
+    if _v.flag("per_angle", per_angle):
+        n = _v.integer("n", n, 2)
+        _per_angle_schedule(schedule, n)
+        return _brick_haar_real(n, shape, rng).astype(dtype)
     U = haar_matrix(n, shape=shape, rng=rng)
     return angles_from_matrix(U, schedule=schedule, **solver).astype(dtype)
 
@@ -142,7 +202,8 @@ def haar_unitary_matrix(n, *, shape=(), rng=None):
     return q * d[..., None, :]
 
 
-def haar_unitary_params(n, *, special=False, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
+def haar_unitary_params(n, *, special=False, schedule=None, rng=None, shape=(), dtype=np.float64, per_angle=False,
+                        **solver):
     r"""Parameters whose ``cupyortho.unitary(p, special=special, schedule=schedule)`` is Haar on U(n)
     (on SU(n) with ``special=True``): draws :func:`haar_unitary_matrix` and inverts it with
     :func:`~cupyortho.inverse.params_from_unitary` (small n).
@@ -152,11 +213,20 @@ def haar_unitary_params(n, *, special=False, schedule=None, rng=None, shape=(), 
     trivially on the Haar measure), inverted, and the last diagonal phase dropped: it equals
     ``-sum`` of the others modulo 2 pi because ``det = 1``, which is exactly the SU(n) layout.
 
+    ``per_angle=True`` (``schedule="brick"`` only): each parameter from its own independent law
+    (``docs/init.md``): :math:`\sin^2\theta_q \sim \mathrm{Beta}(\beta_q, 1)` on :math:`[0, \pi/2]`,
+    phases and diagonal phases uniform (for SU(n) the first ``n - 1`` diagonal phases: the law of Haar
+    U(n) conditioned on det = 1, which is Haar on SU(n)); ``O(n^2)``.
+
     Returns:
         ``(*shape, n*n)`` (``n*n - 1`` with ``special=True``) in the layout ``[theta, phi, delta]``.
     """
     special = _v.flag("special", special)
     dtype = _v.dtype_setting("dtype", dtype)
+    if _v.flag("per_angle", per_angle):
+        n = _v.integer("n", n, 2)
+        _per_angle_schedule(schedule, n)
+        return _brick_haar_unitary(n, special, shape, rng).astype(dtype)
     U = haar_unitary_matrix(n, shape=shape, rng=rng)
     if special:
         det = np.linalg.det(U)

@@ -189,6 +189,59 @@ def test_brick_haar_unitary_params_against_scipy():
     _law_checks(ours[:, :a], ref[:, :a], np.random.default_rng(7).uniform(-np.pi, np.pi, (count, a)))
 
 
+def _matrix_statistics(U):
+    """Statistics of Haar matrices: every |U_ij|^2, Re tr U, |tr U|^2, Re tr U^2, |a 2x2 minor|^2 (n > 2:
+    at n = 2 it is |det U|^2 = 1)."""
+    n = U.shape[-1]
+    tr, tr2 = np.trace(U, axis1=-2, axis2=-1), np.trace(U @ U, axis1=-2, axis2=-1)
+    minor = U[:, 0, 0] * U[:, -1, -1] - U[:, 0, -1] * U[:, -1, 0]
+    return [np.abs(U[:, i, j]) ** 2 for i in range(n) for j in range(n)] + [
+        tr.real, np.abs(tr) ** 2, tr2.real] + ([np.abs(minor) ** 2] if n > 2 else [])
+
+
+def _same_law(ours, ref, uniform):
+    """Two-sample KS of every statistic: ours agrees with the reference (Bonferroni), uniform angles do
+    not (``uniform=None`` where they are Haar: SO(2))."""
+    agree = [_ks(a, b) for a, b in zip(_matrix_statistics(ours), _matrix_statistics(ref))]
+    assert min(agree) > 1e-3 / len(agree)
+    if uniform is not None:
+        assert min(_ks(a, b) for a, b in zip(_matrix_statistics(uniform), _matrix_statistics(ref))) < 1e-8
+
+
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_brick_per_angle_haar_laws(n):
+    """haar_angles / haar_unitary_params(per_angle=True): independent per-angle draws whose matrices
+    follow scipy's special_ortho_group / unitary_group on every statistic of _matrix_statistics, which
+    rejects uniform angles; and per slot the same laws as the exact inverse of Haar matrices."""
+    count, a = 1500, co.num_angles(n)
+    ours = co.haar_angles(n, schedule="brick", per_angle=True, shape=count, rng=21)
+    ref = special_ortho_group.rvs(n, size=count, random_state=22).reshape(count, n, n)
+    uniform = np.random.default_rng(23).uniform(-np.pi, np.pi, (count, a))
+    _same_law(co.matrix(ours, schedule="brick"), ref, co.matrix(uniform, schedule="brick") if n > 2 else None)
+    inverted = co.haar_angles(n, schedule="brick", shape=count, rng=24)
+    assert min(_ks(ours[:, q], inverted[:, q]) for q in range(a)) > 1e-3 / a
+    ours = co.haar_unitary_params(n, schedule="brick", per_angle=True, shape=count, rng=25)
+    ref = unitary_group.rvs(n, size=count, random_state=26).reshape(count, n, n)
+    uniform = np.random.default_rng(27).uniform(-np.pi, np.pi, (count, n * n))
+    _same_law(co.unitary(ours, schedule="brick"), ref, co.unitary(uniform, schedule="brick"))
+    inverted = co.haar_unitary_params(n, schedule="brick", shape=count, rng=28)
+    assert min(_ks(ours[:, q], inverted[:, q]) for q in range(n * n)) > 1e-3 / (n * n)
+    su = co.haar_unitary_params(n, special=True, schedule="brick", per_angle=True, shape=count, rng=29)
+    U = co.unitary(su, special=True, schedule="brick")
+    np.testing.assert_allclose(np.linalg.det(U), 1.0, atol=1e-12)
+    ref = ref / np.exp(1j * np.angle(np.linalg.det(ref)) / n)[:, None, None]  # Haar on SU(n)
+    _same_law(U, ref, co.unitary(uniform[:, :-1], special=True, schedule="brick"))
+
+
+def test_per_angle_needs_brick():
+    with pytest.raises(co.errors.SettingError, match="per_angle"):
+        co.haar_angles(5, per_angle=True)
+    with pytest.raises(co.errors.SettingError, match="per_angle"):
+        co.haar_unitary_params(5, schedule=co.brick_schedule(5).truncate(2), per_angle=True)
+    th = co.haar_angles(300, schedule="brick", per_angle=True, rng=0, dtype=np.float32)
+    assert th.shape == (co.num_angles(300),) and th.dtype == np.float32
+
+
 def test_haar_angles_at_large_n():
     th = co.haar_angles(200, schedule="brick", rng=0)
     U = co.haar_matrix(200, rng=0)

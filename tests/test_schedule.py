@@ -211,3 +211,18 @@ def test_block_paths_take_plain_team_schedules_only():
               co.Schedule.from_rounds(4, [[(0, 1)]])):
         assert not _strategy.team_blocks_pay(s)
         assert _strategy.cupy_impl("matrix", s) == "rounds" and _strategy.cpu_impl("matrix", s) != "blocked"
+
+
+def test_cupy_backend_takes_the_narrow_frame_rule_from_strategy():
+    """The CuPy backend's block-vs-rounds choice is _strategy's (team_blocks_pay, the CPU's narrow-frame
+    rule), not a copy: a narrow team frame (8m < n) sweeps, a wide one and the full schedule use blocks."""
+    from cupyortho import _strategy
+    from cupyortho.backends.cupy import so
+
+    n = 4096
+    narrow, wide = co.get_schedule("team", n, 8), co.get_schedule("team", n, n // 4)
+    for op in ("matrix", "matrix_vjp"):
+        assert so._use_blocked(op, narrow, None) is False and _strategy.cpu_impl(op, narrow) != "blocked"
+        assert so._use_blocked(op, wide, None) is True and so._use_blocked(op, co.team_schedule(64), None) is True
+        assert so._use_blocked(op, narrow, "blocked") is True  # an explicit path still forces blocks
+        assert so._use_blocked(op, wide, "rounds") is False

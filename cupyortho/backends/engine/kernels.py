@@ -184,29 +184,34 @@ def _coefficients_item(theta, aidx, c, s, w):
     p0 = (w % nb) * COEF_BLOCK
     m = min(P, p0 + COEF_BLOCK) - p0
     x = np.empty(m, dtype=c.dtype)
+    cv = c[t, p0:p0 + m]  # views: indices from range() need no negative-index wraparound, so
+    sv = s[t, p0:p0 + m]  # LLVM sees consecutive accesses and vectorizes
+    av = aidx[p0:p0 + m]
     single = c.itemsize == 4
     limit = TRIG_LIMIT32 if single else TRIG_LIMIT64
-    big = False
     for q in range(m):
-        v = theta[t, aidx[p0 + q]]
-        x[q] = v
-        big |= not np.abs(v) <= limit
+        x[q] = theta[t, av[q]]
     if single:
         for q in range(m):
             cc, ss = _sincos32(x[q])
-            c[t, p0 + q] = cc
-            s[t, p0 + q] = ss
+            cv[q] = cc
+            sv[q] = ss
     else:
         for q in range(m):
             cc, ss = _sincos64(x[q])
-            c[t, p0 + q] = cc
-            s[t, p0 + q] = ss
+            cv[q] = cc
+            sv[q] = ss
+    big = False  # a separate scan: a flag in the loops above stops LLVM vectorizing them
+    for q in range(m):
+        if not np.abs(x[q]) <= limit:
+            big = True
+            break
     if big:
         for q in range(m):
-            v = np.float64(theta[t, aidx[p0 + q]])
+            v = np.float64(theta[t, av[q]])
             if not np.abs(v) <= limit:  # large, inf or NaN: libm
-                c[t, p0 + q] = np.cos(v)
-                s[t, p0 + q] = np.sin(v)
+                cv[q] = np.cos(v)
+                sv[q] = np.sin(v)
 
 
 @njit(parallel=True, **_TRIG)
@@ -553,10 +558,12 @@ def _pack(buf, y, b, c0, c1):
     n, cw = buf.shape
     m = c1 - c0
     for r in range(n):
+        src = y[b, r, c0:c1]  # a view: range() indices, no wraparound, so the copy vectorizes
+        dst = buf[r]
         for col in range(m):
-            buf[r, col] = y[b, r, c0 + col]
+            dst[col] = src[col]
         for col in range(m, cw):
-            buf[r, col] = 0
+            dst[col] = 0
 
 
 @njit(**_OPTS)
@@ -564,8 +571,10 @@ def _unpack(y, buf, b, c0, c1):
     n = buf.shape[0]
     m = c1 - c0
     for r in range(n):
+        src = buf[r]
+        dst = y[b, r, c0:c1]
         for col in range(m):
-            y[b, r, c0 + col] = buf[r, col]
+            dst[col] = src[col]
 
 
 @njit(**_OPTS)
