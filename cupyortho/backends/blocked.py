@@ -651,7 +651,7 @@ class _Rounds:
         self.slots = np.ascontiguousarray(np.where(ang < 0, A, ang).reshape(-1, ang.shape[-2] * ang.shape[-1]))
         self.pi = np.ascontiguousarray(kt.local_i[1, 0].reshape(-1))
         self.pj = np.ascontiguousarray(kt.local_j[1, 0].reshape(-1))
-        self.cw = min(32, kt.L)
+        self.cw = min(64, kt.L)  # column chunk of the round kernels (measured: 64 > 32 > 16)
 
 
 def _rounds(schedule):
