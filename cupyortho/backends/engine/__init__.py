@@ -13,6 +13,9 @@ How a pass runs (``kernels.py``):
 * the work is split over Numba threads by independent items ``(batch entry, column chunk)``; inside
   an item every rotation of the schedule runs in sequence over the chunk's columns, so there is no
   barrier between rounds;
+* SO(n) apply and VJP run on 64-byte SIMD tiles emitted as LLVM vector IR, and the 4-round, 8-row
+  blocks of team meetings run as register blocks (:func:`kernels.block_ops`); the cos/sin of the
+  angles come from one compiled pass, kept for the backward of the same angles (:func:`_so_coef`);
 * the pairs run in a *locality order* (:func:`kernels.locality_stages`): consecutive rounds are
   grouped into stages whose pairs split into components of at most ``L`` rows (``L`` such that
   ``L`` rows of the chunk fill about half of L1), and a component's rotations for all the stage's

@@ -7,8 +7,10 @@ chunk ``h`` holds the columns ``[h*cw, min(k, (h+1)*cw))``.  Inside an item the 
 so no barrier is needed between rounds (a rotation only mixes two rows of the same columns).
 
 Coefficients are per processing position ``p``: ``c[t, p]``, ``s[t, p]`` (and ``u[t, p]`` for U(n)),
-``t = tmap[b]`` the row of the parameter batch that output batch ``b`` uses.  Signs (transpose,
-adjoint, undo) are folded into ``s`` by the caller; ``reverse`` walks ``p`` from last to first.
+``t = tmap[b]`` the row of the parameter batch that output batch ``b`` uses.  The SO(n) apply and
+VJP kernels take the sign of the rotations (transpose, undo) as ``sgn`` and walk an op stream of
+8-row register blocks and single rotations over 64-byte SIMD tiles (see "SIMD tiles" below); the
+other kernels take signs folded into ``s`` by the caller.  ``reverse`` walks ``p`` from last to first.
 
 Angle-gradient partials are written per item to ``part[b, h, p]``: one sum over the chunk's columns,
 in column order, by the same code whatever the number of threads; the caller adds the chunks in
