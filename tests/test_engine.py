@@ -283,6 +283,9 @@ def test_team_meetings_run_as_register_blocks():
             got = E.apply_vjp(th, x, g, team, tr, output=E.apply(th, x, team, tr))
             for a, b in zip(got, nb.rounds_apply_vjp(th, x, g, team, tr)):
                 close(a, b, dtype, "batched apply_vjp", scale=4)
+            tt = rand(rng, (2, 3, team.num_angles), dtype)  # a tangent batch wider than theta's
+            close(E.apply_jvp(th, x, tt, g[0], team, tr), nb.rounds_apply_jvp(th, x, tt, g[0], team, tr),
+                  dtype, "batched apply_jvp", scale=10)
     # one block of the pattern, and the same rotations with one pair written (j, i): not a block
     rounds = [[(2 * q, 2 * ((q + sh) % 4) + 1) for q in range(4)] for sh in (0, 2, 1, 3)]
     swapped = [list(r) for r in rounds]
