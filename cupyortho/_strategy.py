@@ -52,12 +52,24 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_MATRIX_MAX_N = 1536
-"""Team schedules: ``U`` itself (``matrix``, ``matrix_jvp``, ``matrix_vjp``) is built by the engine up
-to this ``n``, by the blocked GEMM stages (compiled slab path) beyond.  Measured crossover (one
-thread, CPU time per one ``n x n`` matmul, ``bench/engine_bench.py --crossover``, ``docs/engine.md``):
-``matrix`` engine 5.88 / 4.23 / 7.30 against blocked 14.40 / 5.47 / 5.89 at n = 256 / 1024 / 2048;
-``matrix_vjp(output=U)`` 20.96 / 10.51 / 13.97 against 48.30 / 14.04 / 10.60."""
+ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": 1536, "matrix_vjp": 3584}
+"""Team schedules: the largest ``n`` at which the engine runs each pass that forms ``U`` or its
+derivatives, the blocked GEMM stages (compiled slab path for ``matrix``/``matrix_vjp``) beyond; None:
+the engine at every ``n``.  Measured crossover (one thread, CPU time per one ``n x n`` float32
+matmul, ``bench/engine_bench.py --crossover``, 2026-12-02 00:55 UTC, load 1.8-2.8; docs/blocked.md),
+engine against blocked:
+
+=====  ===============  ===============================  =================
+n      ``matrix``       ``matrix_vjp(output=U)``         ``matrix_jvp``
+=====  ===============  ===============================  =================
+512    3.26 / 6.54      9.03 / 18.38
+1024   2.78 / 4.81      7.88 / 9.74                      12.3 / 16.4
+1536   2.58 / 4.00      7.25 / 8.54
+2048   2.74 / 4.71      7.07 / 8.14                      22.1 / 15.9
+3072   3.25 / 5.43      8.41 / 8.34
+4096   3.45 / 4.42      9.25 / 6.70
+=====  ===============  ===============================  =================
+"""
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,9 +93,9 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     ``op`` is a protocol function name (``"matrix"``, ``"apply_vjp"``, ``"unitary_apply"``, ...);
     ``k`` the number of columns of ``x`` for the apply passes.  Returns one of :data:`CPU_IMPLS`:
 
-    * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): forming ``U``
-      and its derivatives for team schedules above :data:`ENGINE_MATRIX_MAX_N` (there the stage
-      GEMMs beat rotations);
+    * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): the VJP and
+      the JVP of ``U`` for team schedules above their :data:`ENGINE_MATRIX_MAX_N` (there the stage
+      GEMMs beat rotations; ``U`` itself stays on the engine at every ``n`` measured);
     * ``"engine"`` (:mod:`cupyortho.backends.engine`): every other pass, SO(n) and U(n), every
       schedule and every ``k`` (sweeps over ``x`` beat the blocked stages at every ``k`` measured,
       up to ``k = 2n``), while Numba is importable;
@@ -99,7 +111,8 @@ def cpu_impl(op, schedule, dtype=None, k=None):
         return "blocked" if blocked_ok else "reference"
     if FORCE == "engine":
         return "engine"
-    if blocked_ok and op.startswith("matrix") and schedule.n > ENGINE_MATRIX_MAX_N:
+    limit = ENGINE_MATRIX_MAX_N.get(op, None) if op.startswith("matrix") else None
+    if blocked_ok and limit is not None and schedule.n > limit:
         return "blocked"
     return "engine"
 

@@ -341,7 +341,10 @@ def test_public_api_runs_the_engine():
     assert _strategy.cpu_impl("apply_vjp", sched, np.float32, 8) == "engine"
     assert _strategy.cpu_impl("unitary_apply", sched, np.complex64, 8) == "engine"
     assert _strategy.cpu_impl("matrix", sched, np.float32) == "engine"
-    assert _strategy.cpu_impl("matrix", S.team_schedule(4096), np.float32) == "blocked"
+    assert _strategy.cpu_impl("matrix", S.team_schedule(4096), np.float32) == "engine"
+    assert _strategy.cpu_impl("matrix_vjp", S.team_schedule(4096), np.float32) == "blocked"
+    assert _strategy.cpu_impl("matrix_vjp", S.team_schedule(2048), np.float32) == "engine"
+    assert _strategy.cpu_impl("matrix_jvp", S.team_schedule(2048), np.float32) == "blocked"
     assert _strategy.cpu_impl("matrix_vjp", S.circle_schedule(4096), np.float32) == "engine"
 
 

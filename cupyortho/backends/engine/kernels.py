@@ -7,8 +7,10 @@ chunk ``h`` holds the columns ``[h*cw, min(k, (h+1)*cw))``.  Inside an item the 
 so no barrier is needed between rounds (a rotation only mixes two rows of the same columns).
 
 Coefficients are per processing position ``p``: ``c[t, p]``, ``s[t, p]`` (and ``u[t, p]`` for U(n)),
-``t = tmap[b]`` the row of the parameter batch that output batch ``b`` uses.  Signs (transpose,
-adjoint, undo) are folded into ``s`` by the caller; ``reverse`` walks ``p`` from last to first.
+``t = tmap[b]`` the row of the parameter batch that output batch ``b`` uses.  The SO(n) apply and
+VJP kernels take the sign of the rotations (transpose, undo) as ``sgn`` and walk an op stream of
+8-row register blocks and single rotations over 64-byte SIMD tiles (see "SIMD tiles" below); the
+other kernels take signs folded into ``s`` by the caller.  ``reverse`` walks ``p`` from last to first.
 
 Angle-gradient partials are written per item to ``part[b, h, p]``: one sum over the chunk's columns,
 in column order, by the same code whatever the number of threads; the caller adds the chunks in
@@ -184,29 +186,34 @@ def _coefficients_item(theta, aidx, c, s, w):
     p0 = (w % nb) * COEF_BLOCK
     m = min(P, p0 + COEF_BLOCK) - p0
     x = np.empty(m, dtype=c.dtype)
+    cv = c[t, p0:p0 + m]  # views: indices from range() need no negative-index wraparound, so
+    sv = s[t, p0:p0 + m]  # LLVM sees consecutive accesses and vectorizes
+    av = aidx[p0:p0 + m]
     single = c.itemsize == 4
     limit = TRIG_LIMIT32 if single else TRIG_LIMIT64
-    big = False
     for q in range(m):
-        v = theta[t, aidx[p0 + q]]
-        x[q] = v
-        big |= not np.abs(v) <= limit
+        x[q] = theta[t, av[q]]
     if single:
         for q in range(m):
             cc, ss = _sincos32(x[q])
-            c[t, p0 + q] = cc
-            s[t, p0 + q] = ss
+            cv[q] = cc
+            sv[q] = ss
     else:
         for q in range(m):
             cc, ss = _sincos64(x[q])
-            c[t, p0 + q] = cc
-            s[t, p0 + q] = ss
+            cv[q] = cc
+            sv[q] = ss
+    big = False  # a separate scan: a flag in the loops above stops LLVM vectorizing them
+    for q in range(m):
+        if not np.abs(x[q]) <= limit:
+            big = True
+            break
     if big:
         for q in range(m):
-            v = np.float64(theta[t, aidx[p0 + q]])
+            v = np.float64(theta[t, av[q]])
             if not np.abs(v) <= limit:  # large, inf or NaN: libm
-                c[t, p0 + q] = np.cos(v)
-                s[t, p0 + q] = np.sin(v)
+                cv[q] = np.cos(v)
+                sv[q] = np.sin(v)
 
 
 @njit(parallel=True, **_TRIG)
@@ -553,10 +560,12 @@ def _pack(buf, y, b, c0, c1):
     n, cw = buf.shape
     m = c1 - c0
     for r in range(n):
+        src = y[b, r, c0:c1]  # a view: range() indices, no wraparound, so the copy vectorizes
+        dst = buf[r]
         for col in range(m):
-            buf[r, col] = y[b, r, c0 + col]
+            dst[col] = src[col]
         for col in range(m, cw):
-            buf[r, col] = 0
+            dst[col] = 0
 
 
 @njit(**_OPTS)
@@ -564,8 +573,10 @@ def _unpack(y, buf, b, c0, c1):
     n = buf.shape[0]
     m = c1 - c0
     for r in range(n):
+        src = buf[r]
+        dst = y[b, r, c0:c1]
         for col in range(m):
-            y[b, r, c0 + col] = buf[r, col]
+            dst[col] = src[col]
 
 
 @njit(**_OPTS)
