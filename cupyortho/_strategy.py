@@ -52,20 +52,22 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": 1536, "matrix_vjp": 3584}
+ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": 640, "matrix_vjp": 3584}
 """Team schedules: the largest ``n`` at which the engine runs each pass that forms ``U`` or its
-derivatives, the blocked GEMM stages (compiled slab path for ``matrix``/``matrix_vjp``) beyond; None:
-the engine at every ``n``.  Measured crossover (one thread, CPU time per one ``n x n`` float32
-matmul, ``bench/engine_bench.py --crossover``, 2026-12-02 00:55 UTC, load 1.8-2.8; docs/blocked.md),
-engine against blocked:
+derivatives, the blocked GEMM stages (compiled slab path) beyond; None: the engine at every ``n``.
+Measured crossover (one thread, CPU time per one ``n x n`` float32 matmul, 2026-12-02 00:55-01:10
+UTC, load 1.8-2.8; ``matrix`` and ``matrix_vjp`` by ``bench/engine_bench.py --crossover``; details
+in docs/blocked.md), engine / blocked:
 
 =====  ===============  ===============================  =================
 n      ``matrix``       ``matrix_vjp(output=U)``         ``matrix_jvp``
 =====  ===============  ===============================  =================
-512    3.26 / 6.54      9.03 / 18.38
-1024   2.78 / 4.81      7.88 / 9.74                      12.3 / 16.4
+256                                                      12.7 / 29.9
+512    3.26 / 6.54      9.03 / 18.38                     12.6 / 16.5
+768    3.20 / 5.62      8.52 / 11.85                     24.5 / 14.2
+1024   2.78 / 4.81      7.88 / 9.74                      25.1 / 14.8
 1536   2.58 / 4.00      7.25 / 8.54
-2048   2.74 / 4.71      7.07 / 8.14                      22.1 / 15.9
+2048   2.74 / 4.71      7.07 / 8.14                      22.0 / 12.8
 3072   3.25 / 5.43      8.41 / 8.34
 4096   3.45 / 4.42      9.25 / 6.70
 =====  ===============  ===============================  =================

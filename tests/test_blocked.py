@@ -564,15 +564,22 @@ def test_compiled_matrix_path_is_taken_and_matches_reference(n, t, rng, monkeypa
         sm = s.restrict(m)
         thm = th[:, : sm.num_angles]
         _close(bl.matrix_vjp(thm, g, sm), nb.rounds_matrix_vjp(thm, g, sm), np.float64, 100)
+    v = rng.standard_normal(th.shape)
+    jref = nb.rounds_matrix_jvp(th, v, s)
+    _close(bl.matrix_jvp(th, v, s), jref, np.float64, 100)
+    _close(bl.matrix_jvp(th, v[0], s), nb.rounds_matrix_jvp(th, np.broadcast_to(v[0], th.shape), s),
+           np.float64, 100)  # the tangent broadcast against a batch of angles
     th32, g32 = th.astype(np.float32), g.astype(np.float32)
     _close(bl.matrix(th32, s), ref, np.float32, 10)
     _close(bl.matrix_vjp(th32, g32, s), dref, np.float32, 100)
+    _close(bl.matrix_jvp(th32, v.astype(np.float32), s), jref, np.float32, 100)
     # and the NumPy stages give the same numbers
-    slow = (bl.matrix(th, s), bl.matrix_vjp(th, g, s))
+    slow = (bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.matrix_jvp(th, v, s))
     monkeypatch.setattr(bl, "FAST_MIN_TEAM", 10**9)
     assert not bl._fast(bl.plan(s, t))
     _close(slow[0], bl.matrix(th, s), np.float64, 10)
     _close(slow[1], bl.matrix_vjp(th, g, s), np.float64, 100)
+    _close(slow[2], bl.matrix_jvp(th, v, s), np.float64, 100)
 
 
 def test_antisymmetric_half_sweep_equals_full_conjugation(rng):
@@ -613,7 +620,7 @@ def test_antisymmetric_half_sweep_equals_full_conjugation(rng):
 
 def test_compiled_matrix_vjp_finite_differences_and_dot(rng):
     """float64 central differences along random directions and along single angles (one per
-    stage kind), and <d_theta, v> = <G, dU[v]> against the JVP."""
+    stage kind), for the VJP and the JVP (both on the slab path), and <d_theta, v> = <G, dU[v]>."""
     n, t = 17, 8
     s = S.team_schedule(n, t)
     assert bl._fast(bl.plan(s, t))
@@ -625,6 +632,8 @@ def test_compiled_matrix_vjp_finite_differences_and_dot(rng):
     for v in dirs:
         fd = (np.sum(g * bl.matrix(th + eps * v, s)) - np.sum(g * bl.matrix(th - eps * v, s))) / (2 * eps)
         np.testing.assert_allclose(d @ v, fd, atol=1e-7 * max(1.0, np.abs(v).sum()))
+        fdu = (bl.matrix(th + eps * v, s) - bl.matrix(th - eps * v, s)) / (2 * eps)
+        np.testing.assert_allclose(bl.matrix_jvp(th, v, s), fdu, atol=1e-7 * max(1.0, np.abs(v).sum()))
     v = rng.standard_normal(th.shape)
     np.testing.assert_allclose(d @ v, np.sum(g * bl.matrix_jvp(th, v, s)), rtol=1e-10)
 
@@ -644,7 +653,8 @@ def test_compiled_matrix_path_is_thread_count_invariant_and_pure(rng):
     for k in (1, 2):
         with co.threads(k):
             used.append(bl._workers())
-            res.append((bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.matrix_vjp(th, g, s, output=u)))
+            res.append((bl.matrix(th, s), bl.matrix_vjp(th, g, s), bl.matrix_vjp(th, g, s, output=u),
+                        bl.matrix_jvp(th, g[:, 0, :1] * th, s)))
     assert used == [1, min(2, bl.THREADS)]
     for a, b in zip(res[0], res[-1]):
         np.testing.assert_array_equal(a, b)

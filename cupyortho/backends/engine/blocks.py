@@ -181,3 +181,41 @@ def rounds_blocks_vjp(c, s, pi, pj, a, d, out, cw, zero, j0, j1):
                     out[b, c0 + col, r] = y[r, col]
         for p in range(P):
             d[b, p] = acc[p]
+
+
+@nb.njit(**_RK)
+def rounds_blocks_jvp(c, s, dth, pi, pj, out, dout, cw, j0, j1):
+    """:func:`rounds_blocks` and the tangents ``dout[b] = d/de R(theta + e dth)`` of the blocks, for
+    ``j0 <= b < j1``: per rotation ``dY <- R dY + dth R' Y`` (``R'`` the derivative of ``R``, applied
+    to ``Y`` before the rotation).  ``dth`` ``(B, P)`` the angle tangents in rotation order."""
+    L = out.shape[1]
+    P = pi.size
+    y = np.empty((L, cw), dtype=out.dtype)
+    dy = np.empty((L, cw), dtype=out.dtype)
+    for b in range(j0, j1):
+        for c0 in range(0, L, cw):
+            for r in range(L):
+                for col in range(cw):
+                    y[r, col] = 1 if r == c0 + col else 0
+                    dy[r, col] = 0
+            for p in range(P):
+                cc = c[b, p]
+                ss = s[b, p]
+                e = dth[b, p]
+                i = pi[p]
+                j = pj[p]
+                for col in range(cw):
+                    x = y[i, col]
+                    z = y[j, col]
+                    dx = dy[i, col]
+                    dz = dy[j, col]
+                    ya = cc * x - ss * z
+                    yb = ss * x + cc * z
+                    y[i, col] = ya
+                    y[j, col] = yb
+                    dy[i, col] = cc * dx - ss * dz - e * yb
+                    dy[j, col] = ss * dx + cc * dz + e * ya
+            for r in range(L):
+                for col in range(cw):
+                    out[b, r, c0 + col] = y[r, col]
+                    dout[b, r, c0 + col] = dy[r, col]
