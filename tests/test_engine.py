@@ -274,6 +274,18 @@ def test_team_meetings_run_as_register_blocks():
     assert blocks * K.BLOCK_ROTS == team.num_angles - first
     assert plan.kind.size == blocks + first and plan.idx.size == 8 * blocks + 2 * first
     assert int(E._so_plan(S.circle_schedule(n), np.float32).kind.sum()) == 0
+    # blocks with batches (theta (2, 1, A) against x (3, n, k)), several tiles (k = 37), both dtypes
+    for dtype in (np.float32, np.float64):
+        th = rng.uniform(-np.pi, np.pi, (2, 1, team.num_angles)).astype(dtype)
+        x, g = rand(rng, (3, n, 37), dtype), rand(rng, (2, 3, n, 37), dtype)
+        for tr in (False, True):
+            close(E.apply(th, x, team, tr), nb.rounds_apply(th, x, team, tr), dtype, "batched apply")
+            got = E.apply_vjp(th, x, g, team, tr, output=E.apply(th, x, team, tr))
+            for a, b in zip(got, nb.rounds_apply_vjp(th, x, g, team, tr)):
+                close(a, b, dtype, "batched apply_vjp", scale=4)
+            tt = rand(rng, (2, 3, team.num_angles), dtype)  # a tangent batch wider than theta's
+            close(E.apply_jvp(th, x, tt, g[0], team, tr), nb.rounds_apply_jvp(th, x, tt, g[0], team, tr),
+                  dtype, "batched apply_jvp", scale=10)
     # one block of the pattern, and the same rotations with one pair written (j, i): not a block
     rounds = [[(2 * q, 2 * ((q + sh) % 4) + 1) for q in range(4)] for sh in (0, 2, 1, 3)]
     swapped = [list(r) for r in rounds]

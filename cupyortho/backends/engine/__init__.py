@@ -314,14 +314,12 @@ def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
     y = _work(x, out, x.dtype)
     dy = (np.zeros_like(y) if x_tangent is None else _work(x_tangent, out, x.dtype))
     cw = chunk_width(k, False, y.shape[0])
-    plan = _plan(schedule, cw, x.dtype.itemsize, 2)
-    t = _gather(theta, pb, plan.aidx)
-    dt = _gather(theta_tangent, pb, plan.aidx)
-    c, s = np.cos(t), np.sin(t)
-    if transpose:
-        s, dt = -s, -dt
+    plan = _so_plan(schedule, x.dtype)
+    c, s = _so_coef(np.broadcast_to(theta, pb + theta.shape[-1:]), plan, x.dtype)
+    dt = _gather(theta_tangent, pb, plan.aidx).astype(x.dtype, copy=False)
     _run("so_apply_jvp", plan.pi.size * y.size // n,
-         y, cw, dy, c, s, dt, _tmap(pb, out), plan.pi, plan.pj, cw, bool(transpose))
+         y, cw, dy, c, s, dt, x.dtype.type(-1 if transpose else 1), _tmap(pb, out), plan.kind, plan.idx, cw,
+         _lanes(x.dtype), bool(transpose))
     return dy.reshape(out + (n, k))
 
 

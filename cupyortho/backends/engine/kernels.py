@@ -482,7 +482,69 @@ def _make_block_vjp(reverse):
     return block_vjp
 
 
+@intrinsic
+def _rot_jvp(typingctx, yb, db, oi, oj, c, s, dd):
+    """One rotation on the tiles of ``yb`` and its tangent on ``db``:
+    ``(y_i, y_j) <- G (y_i, y_j)``, ``(d_i, d_j) <- G (d_i, d_j) + dd (-y_j, y_i)`` (new ``y``)."""
+    def codegen(context, builder, sig, args):
+        y_, d_, oi_, oj_, c_, s_, dd_ = args
+        vt = _vec(context, sig.args[0].dtype)
+        yb_ = _data(context, builder, sig.args[0], y_)
+        db_ = _data(context, builder, sig.args[1], d_)
+        oi_, oj_ = _i64(builder, oi_), _i64(builder, oj_)
+        cv, sv = _splat(builder, c_, vt), _splat(builder, s_, vt)
+        nsv = _splat(builder, builder.fneg(s_), vt)
+        ddv, nddv = _splat(builder, dd_, vt), _splat(builder, builder.fneg(dd_), vt)
+        ya, yc = _rotate(builder, _vload(builder, yb_, oi_, vt), _vload(builder, yb_, oj_, vt), cv, sv, nsv)
+        e, f = _rotate(builder, _vload(builder, db_, oi_, vt), _vload(builder, db_, oj_, vt), cv, sv, nsv)
+        e, f = _fma(builder, nddv, yc, e), _fma(builder, ddv, ya, f)
+        for v, base, off in ((ya, yb_, oi_), (yc, yb_, oj_), (e, db_, oi_), (f, db_, oj_)):
+            _vstore(builder, v, base, off, vt)
+        return context.get_dummy_value()
+    return types.void(yb, db, oi, oj, c, s, dd), codegen
+
+
+def _make_block_jvp(reverse):
+    order = tuple(range(BLOCK_ROTS))[::-1] if reverse else tuple(range(BLOCK_ROTS))
+
+    @intrinsic
+    def block_jvp(typingctx, yb, db, idx, ip, c, s, dt, sgn, cf, stride, col):
+        def codegen(context, builder, sig, args):
+            y_, d_, ix, ip_, c_, s_, dt_, sg, cf_, st_, col_ = args
+            vt = _vec(context, sig.args[0].dtype)
+            yb_ = _data(context, builder, sig.args[0], y_)
+            db_ = _data(context, builder, sig.args[1], d_)
+            ixb = _data(context, builder, sig.args[2], ix)
+            cb = _data(context, builder, sig.args[4], c_)
+            sb = _data(context, builder, sig.args[5], s_)
+            tb = _data(context, builder, sig.args[6], dt_)
+            ip_, cf_, st_, col_ = (_i64(builder, v) for v in (ip_, cf_, st_, col_))
+            offs = _block_rows(builder, ixb, ip_, st_, col_)
+            step = -PREFETCH if reverse else PREFETCH
+            for ptr, o, stp in ((cb, cf_, step), (sb, cf_, step), (tb, cf_, step), (ixb, ip_, step // 2)):
+                _prefetch(builder, ptr, o, stp)
+            y = [_vload(builder, yb_, o, vt) for o in offs]
+            d = [_vload(builder, db_, o, vt) for o in offs]
+            for m in order:
+                i, j = BLOCK[m]
+                off = builder.add(cf_, ir.Constant(_I64, m))
+                cv, sv, nsv = _cs(builder, cb, sb, off, sg, vt)
+                _, ddv, nddv = _cs(builder, cb, tb, off, sg, vt)
+                y[i], y[j] = _rotate(builder, y[i], y[j], cv, sv, nsv)
+                e, f = _rotate(builder, d[i], d[j], cv, sv, nsv)
+                d[i], d[j] = _fma(builder, nddv, y[j], e), _fma(builder, ddv, y[i], f)
+            for v, o in zip(y, offs):
+                _vstore(builder, v, yb_, o, vt)
+            for v, o in zip(d, offs):
+                _vstore(builder, v, db_, o, vt)
+            return context.get_dummy_value()
+        return types.void(yb, db, idx, ip, c, s, dt, sgn, cf, stride, col), codegen
+
+    return block_jvp
+
+
 _block_fwd, _block_rev = _make_block(False), _make_block(True)
+_block_jvp_fwd, _block_jvp_rev = _make_block_jvp(False), _make_block_jvp(True)
 _block_vjp_fwd, _block_vjp_rev = _make_block_vjp(False), _make_block_vjp(True)
 
 
@@ -730,52 +792,75 @@ def so_apply_vjp_serial(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, 
 
 
 @njit(**_OPTS)
-def _so_apply_jvp_item(y, dy, c, s, dt, tmap, pi, pj, cw, reverse, w):
+def _so_apply_jvp_item(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse, w):
     B, n, k = y.shape
-    P = pi.size
+    P = c.shape[1]
     nc = (k + cw - 1) // cw
     b = w // nc
     c0 = (w % nc) * cw
     c1 = min(k, c0 + cw)
     t = tmap[b]
-    yb = np.empty((n, cw), dtype=y.dtype)
-    db = np.empty((n, cw), dtype=y.dtype)
+    cf = t * P
+    cwp = (cw + W - 1) // W * W
+    nt = cwp // W
+    yb = _tiles(y, n, cwp, W)
+    db = _tiles(y, n, cwp, W)
     _pack(yb, y, b, c0, c1)
     _pack(db, dy, b, c0, c1)
-    for p0 in range(P):
-        p = P - 1 - p0 if reverse else p0
-        cc = c[t, p]
-        ss = s[t, p]
-        dd = dt[t, p]
-        i = pi[p]
-        j = pj[p]
-        for col in range(cw):
-            a = yb[i, col]
-            d = yb[j, col]
-            ya = cc * a - ss * d
-            yc = ss * a + cc * d
-            yb[i, col] = ya
-            yb[j, col] = yc
-            e = db[i, col]
-            f = db[j, col]
-            db[i, col] = cc * e - ss * f - dd * yc
-            db[j, col] = ss * e + cc * f + dd * ya
+    if reverse:
+        p = P
+        ip = idx.size
+        for o in range(kind.size - 1, -1, -1):
+            if kind[o]:
+                p -= 16
+                ip -= 8
+                for tl in range(nt):
+                    _block_jvp_rev(yb, db, idx, ip, c, s, dt, sgn, cf + p, cwp, tl * W)
+            else:
+                p -= 1
+                ip -= 2
+                _single_jvp(yb, db, idx, ip, c, s, dt, sgn, t, p, cwp, nt, W)
+    else:
+        p = 0
+        ip = 0
+        for o in range(kind.size):
+            if kind[o]:
+                for tl in range(nt):
+                    _block_jvp_fwd(yb, db, idx, ip, c, s, dt, sgn, cf + p, cwp, tl * W)
+                p += 16
+                ip += 8
+            else:
+                _single_jvp(yb, db, idx, ip, c, s, dt, sgn, t, p, cwp, nt, W)
+                p += 1
+                ip += 2
     _unpack(y, yb, b, c0, c1)
     _unpack(dy, db, b, c0, c1)
 
 
+@njit(**_OPTS)
+def _single_jvp(yb, db, idx, ip, c, s, dt, sgn, t, p, cwp, nt, W):
+    oi = idx[ip] * cwp
+    oj = idx[ip + 1] * cwp
+    cc = c[t, p]
+    ss = sgn * s[t, p]
+    dd = sgn * dt[t, p]
+    for tl in range(nt):
+        _rot_jvp(yb, db, oi + tl * W, oj + tl * W, cc, ss, dd)
+
+
 @njit(parallel=True, **_OPTS)
-def so_apply_jvp(y, dy, c, s, dt, tmap, pi, pj, cw, reverse):
-    """In place: ``(y, dy) <- (B y, B dy + dt K y)`` rotation by rotation (signs folded in s, dt)."""
+def so_apply_jvp(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse):
+    """In place: ``(y, dy) <- (B y, B dy + dt K y)`` rotation by rotation along the op stream
+    (``sgn`` the sign of ``s`` and ``dt``: -1 for the transpose)."""
     for w in prange(y.shape[0] * ((y.shape[2] + cw - 1) // cw)):
-        _so_apply_jvp_item(y, dy, c, s, dt, tmap, pi, pj, cw, reverse, w)
+        _so_apply_jvp_item(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse, w)
 
 
 @njit(**_OPTS)
-def so_apply_jvp_serial(y, dy, c, s, dt, tmap, pi, pj, cw, reverse):
+def so_apply_jvp_serial(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse):
     """:func:`so_apply_jvp` on the calling thread (small passes: no parallel region)."""
     for w in range(y.shape[0] * ((y.shape[2] + cw - 1) // cw)):
-        _so_apply_jvp_item(y, dy, c, s, dt, tmap, pi, pj, cw, reverse, w)
+        _so_apply_jvp_item(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse, w)
 
 
 # --------------------------------------------------------------------------- U(n)
