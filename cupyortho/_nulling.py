@@ -5,44 +5,43 @@ angle, each chosen to null one entry of the strict lower triangle, taken along t
 ``i = 1..n-1`` (``docs/conventions.md``, "Exact inverse of brick"):
 
 * ``i`` odd: for ``j = 0..i-1`` null ``W[n-1-j, c]``, ``c = i-1-j``, by mixing **columns**
-  ``c, c+1``: ``W <- W G(c, c+1, t)^T`` with ``t = atan2(W[r, c], W[r, c+1])``.  These rotations are
-  the brick slots ``(round j, pair c)``, the ones with ``c + round <= n - 2``; they act first.
+  ``c, c+1``: ``W <- W G(c, c+1, t)^H``.  These rotations are the brick slots ``(round j, pair c)``,
+  the ones with ``c + round <= n - 2``; they act first.
 * ``i`` even: for ``j = 1..i`` null ``W[r+1, j-1]``, ``r = n-2+j-i``, by mixing **rows**
-  ``r, r+1``: ``W <- G(r, r+1, t)^T W`` with ``t = atan2(W[r+1, c], W[r, c])``: the slots
-  ``(round n-j, pair r)``, ``c + round >= n - 1``.
+  ``r, r+1``: ``W <- G(r, r+1, t)^H W``: the slots ``(round n-j, pair r)``, ``c + round >= n - 1``.
 
 Entries nulled earlier stay zero (Clements' ordering), so at the end ``W = D`` is diagonal and
 ``U = L^{-1} D R^{-1}`` with ``R^{-1}`` the column rotations (first rounds) and ``L^{-1}`` the row
-rotations (last rounds).  The diagonal is moved to the far left through ``L^{-1}``:
-``G D = D (D^{-1} G D)``, which for SO(n) (``D = diag(+-1)``) multiplies each angle of ``L^{-1}`` by
-``d_r d_{r+1}`` and for U(n) (``D = diag(e^{i mu})``) adds ``mu_r - mu_{r+1}`` to its phase.  For U(n)
-``D`` is then the ``D(delta)`` of the parametrization.  For SO(n) (``det D = det U = +1``) ``D`` is a
-product of ``F_k = G(k, k+1, pi)`` (``F_k`` present when an odd number of ``d_0..d_k`` are -1); each
-``F_k`` at the far left is absorbed into the last round holding pair ``(k, k+1)``: round ``n-1``
-(angle + pi) or, through round ``n-1`` (which negates the angles of pairs ``(k-1, k)`` and
-``(k+1, k+2)`` there), round ``n-2``.
+rotations (last rounds).
 
-Frames (St(n, m), ``1 <= m <= n - 1``): brick's band (``docs/conventions.md``, "Brick: the band
-St(n, m)") is nulled the same way on the ``n x m`` frame ``W = Q``.  The slots of the band with
+U(n) (:func:`brick_unitary_params`, ``_sweep_complex``): ``D = diag(e^{i mu})`` is moved to the far
+left through ``L^{-1}``: ``G D = D (D^{-1} G D)`` adds ``mu_r - mu_{r+1}`` to the phase of each left
+rotation, and ``D`` is the ``D(delta)`` of the parametrization.
+
+SO(n) and St(n, m) (:func:`brick_angles` is the case ``m = n`` of :func:`brick_frame_angles`,
+``_sweep_frame``): brick's band (``docs/conventions.md``, "Brick: the band St(n, m)"; all of brick
+for ``m >= n - 1``) is nulled on the ``n x m`` frame ``W = Q``.  The slots of the band with
 ``s = round + pair <= m - 2`` (the top-left triangle of the (round, pair) grid) rotate only the first
 ``m`` coordinates and act before every other band slot that touches them, so on ``I[:, :m]`` they are
 a right factor ``R_m`` in SO(m): they are undone as **column** steps on ``W``; the other band slots
 are **row** steps.  The order is Clements' alternation of groups of equal ``s``: column groups
 ``s = 0, 2, ..., <= m - 2`` (rounds ascending) alternate with row groups of ``s`` descending (rounds
-descending), and once the column groups are used up the remaining row groups follow.  The ``g``-th
-group (counting both kinds) nulls the matrix anti-diagonal ``r - c = n - 1 - g``: a column step on
-pair ``p`` nulls ``W[p + a, p]``, a row step on pair ``p`` nulls ``W[p + 1, p + 1 - a]``,
-``a = n - 1 - g``.  Entries nulled earlier stay zero (checked symbolically for every n <= 25 and
-every m, and by the round trips in ``tests/test_brick.py``), so ``W = I[:, :m] D`` at the end,
-``Q = L I[:, :m] D R_m``.  ``D R_m = R_m' D`` (column-step angles times ``d_p d_{p+1}``), and
-``I[:, :m] D`` (no determinant condition for ``m < n``) is absorbed by adding pi to the angle of a
-round-0/1 slot: on pair ``(i, i+1)`` that inserts -1 on coordinates ``i, i+1``, which, moved to the
-input, negates the round-0 angles of pairs ``i - 1, i + 1`` (when the slot is in round 1) and flips
-columns ``i, i+1`` of ``I[:, :m]``; pair ``(m-1, m)`` flips column ``m - 1`` alone.  Every step rotates
-two rows (``O(m)``) or two columns (``O(n)``, only the ``~m^2/4`` column steps): ``O(n m^2)``.
+descending), and once the column groups are used up the remaining row groups follow (for ``m = n``
+exactly the anti-diagonal order above).  The ``g``-th group (counting both kinds) nulls the matrix
+anti-diagonal ``r - c = a = n - 1 - g``: a column step on pair ``p`` nulls ``W[p + a, p]``, a row
+step on pair ``p`` nulls ``W[p + 1, p + 1 - a]``.  Entries nulled earlier stay zero (checked on
+sparsity patterns for every n <= 16 and every m in ``tests/test_brick.py``, and by its round trips),
+so ``W = I[:, :m] D`` at the end, ``Q = L I[:, :m] D R_m``.  ``D R_m = R_m' D`` (column-step angles
+times ``d_p d_{p+1}``), and ``I[:, :m] D`` is absorbed by adding pi to the angle of a round-0/1 slot:
+on pair ``(i, i+1)`` that inserts -1 on coordinates ``i, i+1``, which, moved to the input, negates
+the round-0 angles of pairs ``i - 1, i + 1`` (when the slot is in round 1) and flips columns
+``i, i+1`` of ``I[:, :m]``; pair ``(m-1, m)`` flips column ``m - 1`` alone (``m < n``: no
+determinant condition; for ``m = n``, ``det D = det U = +1`` leaves an even number of -1, which the
+pair flips clear).  Every step rotates two rows (``O(m)``) or two columns (``O(n)``, only the
+``~m^2/4`` column steps): ``O(n m^2)``.
 
-The sweeps run in compiled loops (numba, ``cache=True``, compiled at first use); each of the
-``n(n-1)/2`` steps rotates two rows or two columns: ``O(n^3)`` in all.
+The sweeps run in compiled loops (numba, ``cache=True``, compiled at first use) on row-padded work
+arrays (:func:`_work`).
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ import functools
 import numpy as np
 
 from . import schedule as _sched
+from .errors import NotOrthogonalError
 
 __all__ = ["is_brick", "brick_angles", "brick_unitary_params", "brick_frame_angles"]
 
@@ -61,40 +61,6 @@ def is_brick(schedule) -> bool:
     if isinstance(schedule, str):
         return schedule == "brick" or schedule.startswith("brick:")
     return isinstance(schedule, _sched.Schedule) and schedule.kind == "brick"
-
-
-def _sweep_real(W, offsets, theta):  # pragma: no cover - compiled by numba
-    n = W.shape[0]
-    for i in range(1, n):
-        if i % 2 == 1:
-            for j in range(i):
-                r = n - 1 - j
-                c = i - 1 - j
-                t = np.arctan2(W[r, c], W[r, c + 1])
-                co = np.cos(t)
-                si = np.sin(t)
-                for k in range(r + 1):  # rows below r are zero in both columns already
-                    x = W[k, c]
-                    y = W[k, c + 1]
-                    W[k, c] = co * x - si * y
-                    W[k, c + 1] = si * x + co * y
-                W[r, c] = 0.0
-                theta[offsets[j] + (c - j % 2) // 2] = t
-        else:
-            for j in range(1, i + 1):
-                r = n - 2 + j - i
-                c = j - 1
-                t = np.arctan2(W[r + 1, c], W[r, c])
-                co = np.cos(t)
-                si = np.sin(t)
-                for k in range(c, n):  # columns left of c are zero in both rows already
-                    x = W[r, k]
-                    y = W[r + 1, k]
-                    W[r, k] = co * x + si * y
-                    W[r + 1, k] = co * y - si * x
-                W[r + 1, c] = 0.0
-                rnd = n - j
-                theta[offsets[rnd] + (r - rnd % 2) // 2] = t
 
 
 def _sweep_complex(W, offsets, theta, phi):  # pragma: no cover - compiled by numba
@@ -169,45 +135,24 @@ def _slots(sched):
     return rnd, sched.pair_i
 
 
-def _slot(sched, rnd, c):
-    """Index of the angle of pair (c, c+1) in round rnd, or -1 when brick has no such slot."""
-    n = sched.n
-    if rnd < 0 or rnd >= sched.num_rounds or c < 0 or c > n - 2 or (c - rnd) % 2:
-        return -1
-    return int(sched.round_offsets[rnd]) + (c - rnd % 2) // 2
-
-
 def _wrap(a):
     return np.angle(np.exp(1j * a))
 
 
-def _one_real(U, sched):
-    n = sched.n
-    W = np.array(U, dtype=np.float64, order="C", copy=True)
-    theta = np.zeros(sched.num_angles)
-    _jit("_sweep_real")(W, np.ascontiguousarray(sched.round_offsets), theta)
-    d = np.where(np.diagonal(W) < 0, -1.0, 1.0)
-    rnd, c = _slots(sched)
-    left = c + rnd >= n - 1
-    theta[left] *= d[c[left]] * d[c[left] + 1]
-    parity = np.cumsum(d < 0) % 2
-    last = sched.num_rounds - 1
-    for k in np.flatnonzero(parity[: n - 1]):
-        q = _slot(sched, last, k)
-        if q >= 0:
-            theta[q] += np.pi
-            continue
-        for nb in (k - 1, k + 1):
-            q = _slot(sched, last, nb)
-            if q >= 0:
-                theta[q] = -theta[q]
-        theta[_slot(sched, last - 1, k)] += np.pi
-    return _wrap(theta)
+def _work(A, dtype):
+    """A C-order copy of ``A`` (n, m) whose rows are padded to ``m + 8`` entries: with ``m`` a power of
+    two the column steps (one entry per row, a row length apart) would otherwise map to the same cache
+    sets (3x slower at n = 1024)."""
+    n, m = A.shape
+    buf = np.empty((n, m + 8), dtype=dtype)
+    W = buf[:, :m]
+    W[...] = A
+    return W
 
 
 def _one_complex(U, sched):
     n = sched.n
-    W = np.array(U, dtype=np.complex128, order="C", copy=True)
+    W = _work(U, np.complex128)
     theta = np.zeros(sched.num_angles)
     phi = np.zeros(sched.num_angles)
     _jit("_sweep_complex")(W, np.ascontiguousarray(sched.round_offsets), theta, phi)
@@ -220,12 +165,12 @@ def _one_complex(U, sched):
 
 def brick_angles(flat):
     """Brick angles of each SO(n) matrix of ``flat`` ``(B, n, n)`` (float64, checked orthogonal with
-    det +1 by the caller): ``(B, n(n-1)/2)`` in brick's round-major layout, in :math:`(-\\pi, \\pi]`."""
-    n = flat.shape[-1]
-    sched = _sched.brick_schedule(n)
-    out = np.empty((flat.shape[0], sched.num_angles))
-    for b in range(flat.shape[0]):
-        out[b] = _one_real(flat[b], sched)
+    det +1 by the caller): ``(B, n(n-1)/2)`` in brick's round-major layout, in :math:`(-\\pi, \\pi]`.
+    The frame nulling with ``m = n`` (the band is all of brick)."""
+    B, n, _ = flat.shape
+    out = np.empty((B, n * (n - 1) // 2))
+    for b in range(B):
+        out[b] = _one_frame(flat[b], n, n)
     return out
 
 
@@ -241,13 +186,14 @@ def brick_unitary_params(flat):
 
 @functools.lru_cache(maxsize=64)
 def _frame_plan(n: int, m: int):
-    """Nulling plan of brick's St(n, m) band (``1 <= m <= n - 1``), in nulling order.
+    """Nulling plan of brick's St(n, m) band (``1 <= m <= n``), in nulling order.
 
-    Returns int64 arrays ``(kind, q, p, target)``: ``kind`` 0 = column step on columns ``p, p+1``
+    ``m = n`` is the full SO(n) nulling (Clements' own order).  Returns int64 arrays
+    ``(kind, q, p, target)``: ``kind`` 0 = column step on columns ``p, p+1``
     nulling ``W[target, p]``, 1 = row step on rows ``p, p+1`` nulling ``W[p+1, target]``; ``q`` the
     angle index in the band's round-major layout.  See the module docstring ("Frames").
     """
-    sched = _sched.brick_schedule(n).restrict(m)
+    sched = _sched.brick_schedule(n) if m == n else _sched.brick_schedule(n).restrict(m)
     rnd = np.repeat(np.arange(sched.num_rounds), np.diff(sched.round_offsets))
     p = sched.pair_i
     s = rnd + p                      # anti-diagonal of the (round, pair) grid, always even
@@ -305,7 +251,7 @@ def _band_slot(sched, rnd, i):
 
 def _one_frame(Q, n, m):
     (kind, qs, ps, targets), sched = _frame_plan(n, m)
-    W = np.array(Q, dtype=np.float64, order="C", copy=True)
+    W = _work(Q, np.float64)
     theta = np.zeros(sched.num_angles)
     _jit("_sweep_frame")(W, kind, qs, ps, targets, theta)
     # W = I[:, :m] D.  Q = L I D R_m (R_m: the column steps, inside the first m coordinates), and
@@ -316,13 +262,17 @@ def _one_frame(Q, n, m):
     # Q = L R_m' I D: flip the columns with d = -1.  Adding pi to the angle of the first-or-second
     # round pair (i, i+1) inserts -1 on coordinates i, i+1 there; moved to the input it negates the
     # round-0 angles of pairs i-1, i+1 (when it sits in round 1) and flips columns i, i+1 (< m) of
-    # I[:, :m].  Flips of (i, i+1), i = 0..m-2, then (m-1, m), which flips column m-1 alone.
+    # I[:, :m].  Flips of (i, i+1), i = 0..m-2, then (m-1, m), which flips column m-1 alone (m < n;
+    # for m = n, det D = det U = +1 leaves an even number of flips, so column n-1 never needs one).
     flips = d < 0
     for i in range(m):
         if not flips[i]:
             continue
         r = i % 2
-        theta[_band_slot(sched, r, i)] += np.pi
+        q = _band_slot(sched, r, i)
+        if q < 0:  # only for i = n - 1, m = n: det U = -1, refused by the callers
+            raise NotOrthogonalError("brick nulling met det = -1: the matrix is not in SO(n)")
+        theta[q] += np.pi
         if r == 1:
             for nb in (i - 1, i + 1):
                 q = _band_slot(sched, 0, nb)

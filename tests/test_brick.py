@@ -545,9 +545,9 @@ def test_tokens_resolve_in_another_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", _MADE_ELSEWHERE, str(path)], capture_output=True, text=True,
                          env=env, timeout=240, check=True).stdout
     *tokens, big = json.loads(out.strip().splitlines()[-1])
+    user = co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]])
     here = [co.team_schedule(64, 8).truncate(5), co.brick_schedule(9).truncate(2).restrict(3),
-            co.get_schedule("brick", 8, 3).truncate(2), co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]),
-            co.Schedule.from_rounds(6, [[(5, 0), (1, 2)], [(2, 3)], [(0, 1)]]).truncate(2).restrict(4)]
+            co.get_schedule("brick", 8, 3).truncate(2), user, user.truncate(2).restrict(4)]
     assert tokens[0] == "team:64:t=8|trunc=5" and tokens[1] == "brick:9|trunc=2|m=3"
     for token, s in zip(tokens, here):
         r = co.from_token(token)

@@ -52,7 +52,6 @@ class _Coefficients:
     all with ``ndim`` batch axes (leading ones of size 1 added)."""
 
     def __init__(self, params, schedule, ndim, cdtype):
-        n = schedule.n
         a = schedule.num_angles
         theta = round_order(params[..., :a], schedule, ndim)
         self.c = np.cos(theta)
@@ -167,7 +166,6 @@ def unitary_vjp(params, cotangent, schedule, output=None):
     :math:`\partial G/\partial\phi = i(E_j G - G E_j)`.)  Every gradient is a few entries of W: no sums.
     ``output`` may pass ``U`` to skip recomputing it.
     """
-    n = schedule.n
     a = schedule.num_angles  # n(n-1)/2, fewer for a truncated schedule
     u_mat = unitary(params, schedule, cotangent.dtype) if output is None else output
     batch = np.broadcast_shapes(params.shape[:-1], cotangent.shape[:-2])
@@ -206,7 +204,6 @@ def unitary_apply_jvp(params, x, params_tangent, x_tangent, schedule, adjoint=Fa
     on rows ``(i, j)``, :math:`K y = (-\bar u y_j, u y_i)`; the diagonal:
     :math:`dy = D^\sigma dx + i\sigma\,d\delta\,y`.  ``x_tangent`` may be None (zero).
     """
-    n = schedule.n
     a = schedule.num_angles  # n(n-1)/2, fewer for a truncated schedule
     shapes = [params.shape[:-1], x.shape[:-2], params_tangent.shape[:-1]]
     if x_tangent is not None:
