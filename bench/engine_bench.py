@@ -15,8 +15,9 @@ the load average printed next to it.  ``--one-thread`` runs everything on one th
 time (``time.process_time``): the figure to trust on a shared machine.  Each forward gets a new
 angle vector (two are used in turn), as in training.  ``--crossover 256 1024 2048`` instead measures the strategy's
 team ``U(theta)`` crossover (engine against blocked stages, one thread each, CPU time per one-thread
-matmul), the numbers behind ``_strategy.ENGINE_MATRIX_MAX_N``.  ``--impl`` forces the CPU implementation of the apply passes
-(``engine``, ``blocked``, ``reference``) through ``cupyortho._strategy.FORCE`` to compare them.
+matmul), the numbers behind ``_strategy.ENGINE_MATRIX_MAX_N``.  ``--impl`` forces the CPU
+implementation of the apply passes (``engine``, ``blocked``, ``reference``) through
+``cupyortho._strategy.FORCE`` to compare them.
 """
 
 from __future__ import annotations

@@ -212,7 +212,10 @@ def _so_grad(plan, part, sign, out_shape):
     """The angle gradient ``(..., A)`` from the partials ``part (B, nc, P)``: chunks added in order,
     times ``sign``, scattered to the public layout."""
     B, nc, P = part.shape
-    d = part.sum(axis=1) if nc else np.zeros((B, P), dtype=part.dtype)
+    if nc == 0:
+        d = np.zeros((B, P), dtype=part.dtype)
+    else:
+        d = part[:, 0] if nc == 1 else part.sum(axis=1)  # (part is this pass's own scratch)
     if sign < 0:
         np.negative(d, out=d)
     return _scatter(plan, d).reshape(out_shape + (plan.num_angles,))
@@ -257,7 +260,6 @@ def _work(x, out, dtype):
 
 def apply(theta, x, schedule, transpose=False):
     """``U(theta) @ x`` or ``U(theta).T @ x``: theta ``(..., A)``, x ``(..., n, k)`` -> ``(..., n, k)``."""
-    K = _k()
     out = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2])
     y = _work(x, out, x.dtype)
     n, k = x.shape[-2:]
@@ -266,7 +268,8 @@ def apply(theta, x, schedule, transpose=False):
     pb = theta.shape[:-1]
     c, s = _so_coef(theta, plan, x.dtype)
     _run("so_apply", plan.pi.size * y.size // n,
-         y, cw, c, s, x.dtype.type(-1 if transpose else 1), _tmap(pb, out), plan.kind, plan.idx, cw, _lanes(x.dtype), bool(transpose))
+         y, cw, c, s, x.dtype.type(-1 if transpose else 1), _tmap(pb, out), plan.kind, plan.idx, cw,
+         _lanes(x.dtype), bool(transpose))
     return y.reshape(out + (n, k))
 
 
@@ -278,7 +281,6 @@ def matrix(theta, schedule):
 def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     """``(d_theta, d_x)`` of ``y = apply(theta, x)``: one backward pass that undoes every rotation on
     ``y`` (``output`` when given), pulls the cotangent back and sums the angle partials."""
-    K = _k()
     y = apply(theta, x, schedule, transpose) if output is None else output
     out = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
     n, k = x.shape[-2:]
@@ -292,8 +294,8 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     nc = -(-k // cw) if k else 0
     part = np.empty((B, nc, plan.pi.size), dtype=x.dtype)
     _run("so_apply_vjp", plan.pi.size * yw.size // n,
-         yw, cw, gw, c, s, x.dtype.type(1 if transpose else -1), _tmap(pb, out), plan.kind, plan.idx, cw, _lanes(x.dtype), not transpose, part,
-         x.dtype.type(0))
+         yw, cw, gw, c, s, x.dtype.type(1 if transpose else -1), _tmap(pb, out), plan.kind, plan.idx, cw,
+         _lanes(x.dtype), not transpose, part, x.dtype.type(0))
     d_theta = _so_grad(plan, part, -1 if transpose else 1, out)
     return _sum_to(d_theta, theta.shape), _sum_to(gw.reshape(out + (n, k)), x.shape)
 
@@ -306,7 +308,6 @@ def matrix_vjp(theta, cotangent, schedule, output=None):
 
 def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
     """Tangent of ``y = apply(theta, x)`` along ``(theta_tangent, x_tangent)`` (None: zero)."""
-    K = _k()
     pb = _param_batch(theta, theta_tangent)
     xb = [x.shape[:-2]] + ([] if x_tangent is None else [x_tangent.shape[:-2]])
     out = np.broadcast_shapes(pb, *xb)
@@ -351,7 +352,6 @@ def _ucoef(params, pb, plan, n, cdtype, adjoint):
 
 def unitary_apply(params, x, schedule, adjoint=False):
     """``U(params) @ x`` (``U^H @ x``): params ``(..., n*n)`` real, x ``(..., n, k)`` complex."""
-    K = _k()
     out = np.broadcast_shapes(params.shape[:-1], x.shape[:-2])
     y = _work(x, out, x.dtype)
     n, k = x.shape[-2:]
@@ -372,7 +372,6 @@ def unitary(params, schedule, cdtype):
 def unitary_apply_vjp(params, x, cotangent, schedule, adjoint=False, output=None):
     """``(d_params, d_x)`` of ``y = unitary_apply(params, x)`` (``docs/unitary.md``): real
     ``d_params`` shaped like params, complex ``d_x`` shaped like x."""
-    K = _k()
     y = unitary_apply(params, x, schedule, adjoint) if output is None else output
     out = np.broadcast_shapes(params.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
     n, k = x.shape[-2:]
@@ -412,7 +411,6 @@ def unitary_vjp(params, cotangent, schedule, output=None):
 
 def unitary_apply_jvp(params, x, params_tangent, x_tangent, schedule, adjoint=False):
     """Tangent of ``y = unitary_apply(params, x)`` along ``(params_tangent, x_tangent)`` (None: zero)."""
-    K = _k()
     pb = _param_batch(params, params_tangent)
     xb = [x.shape[:-2]] + ([] if x_tangent is None else [x_tangent.shape[:-2]])
     out = np.broadcast_shapes(pb, *xb)
