@@ -34,7 +34,8 @@ blocks, the biggest GEMMs); sweeps over ``x`` at ``u = APPLY_GRANULARITY`` (chea
 stages).  Blocks are stored in a bit-reversed local order (see "Storage order" below); the stage
 row orders absorb it.  Block construction and the block-to-angle maps run in ``THREADS`` threads over
 independent blocks.  Costs at ``u = t``: forward ``4N^3`` flops in stage GEMMs; the materialized VJP
-one GEMM for ``W``, ``8N^3`` for the two-sided sweep, plus ``O(N^2 log t)`` block work.
+one GEMM for ``W``, ``8N^3`` for the two-sided sweep (``4N^3`` on the compiled slab path, which forms
+only the upper block triangle of the antisymmetric ``A``), plus ``O(N^2 t)`` block work.
 """
 
 from __future__ import annotations
@@ -556,18 +557,19 @@ def _sweep(blocks, pl, x, transpose):
 
 # --------------------------------------------------------------------------- compiled materialize (u = t)
 #
-# ``U`` and its VJP at ``u = t`` with the block work compiled (:mod:`.engine.blocks`) and no row
-# gathers: every meeting block acts on two whole teams, i.e. two slabs of ``t`` consecutive rows.
+# ``U``, its VJP and its JVP at ``u = t`` with the block work compiled (:mod:`.engine.blocks`:
+# blocks built round by round) and no row gathers: every meeting block acts on two whole teams, i.e. two slabs of ``t`` consecutive rows.
 # A stage reads its rows in a *slab layout* where the two teams of block ``j`` sit at slab positions
 # ``2j, 2j + 1``, and each of its GEMMs writes its output slab straight to that team's position in
 # the next stage's layout (``np.matmul(..., out=slab)``), so the permutation between stages costs
 # nothing.  The two-sided sweep of the VJP, ``A <- S^T A S``, uses that ``A`` stays antisymmetric:
 # only the blocks ``I <= J`` of ``P_I^T A_IJ P_J`` are formed (half the flops of the full
 # conjugation) and a compiled pass scatters them, and their negative transposes, into the next
-# layout.
+# layout.  All parallel work (blocks, per-block GEMMs with single-threaded BLAS, panels, scatters)
+# runs on cupyortho's worker threads (:func:`_run`), not on Numba's pool: docs/threads.md.
 
 FAST_MIN_TEAM = 8
-"""Smallest team size that takes the compiled slab path for ``matrix``/``matrix_vjp`` at ``u = t``
+"""Smallest team size that takes the compiled slab path for ``matrix``/``matrix_vjp``/``matrix_jvp`` at ``u = t``
 (below it the blocks are too small for GEMMs to pay, and the NumPy stages are used)."""
 
 
