@@ -813,21 +813,25 @@ def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
             # the stage's angle cotangents and, from the same pass, its blocks
             _run(lambda jr: eb.rounds_blocks_vjp(c, s, rd.pi, rd.pj, diag, dk, blk, rd.cw, dt.type(0),
                                                  jr[0], jr[1]), _ranges(Bt * NB, W))
-            del diag, c, s
+            del c, s
             d[:, sl] = dk.reshape(Bt, NB, t * t)
-            if k == 0 and not pl.rr_v:
+            if k == 0:
                 break
-            nxt = _inverse(lays[k - 1]) if k > 0 else natural
-            to_next = nxt[lays[k]]
+            del diag
+            to_next = _inverse(lays[k - 1])[lays[k]]
             blk4 = blk.reshape(Bt, NB, L, L)
             for b in range(Bt):
                 _conjugate(a[b], blk4[b], to_next, t, a2[b], pan, zbufs, W)
             a, a2 = a2, a
-        del a2, pan, zbufs, blk
+        del a, a2, pan, zbufs
     if pl.rr_v:
-        at = np.arange(T)
-        arr = np.moveaxis(a.reshape(Bt, T, t, T, t)[:, at, :, at, :], 0, 1)
-        del a
+        # the round robins RR(t) read only the T diagonal team tiles of S^T A S for the first
+        # meeting stage: from its blocks' diagonal blocks of A, P^T A_II P, not a whole conjugation
+        c2 = np.matmul(np.swapaxes(blk, -1, -2), np.matmul(diag, blk)).reshape(Bt, NB, 2, t, 2, t)
+        arr = np.empty((Bt, T, t, t), dtype=dt)
+        teams = pl.meet_teams[0]
+        arr[:, teams[:, 0]] = c2[:, :, 0, :, 0, :]
+        arr[:, teams[:, 1]] = c2[:, :, 1, :, 1, :]
         d[:, pl.rr_slots] = rr_vjp(ext[..., pl.rr_slots], arr, t)
     return d[:, :A].reshape(theta.shape)
 
