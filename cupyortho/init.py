@@ -174,7 +174,9 @@ def haar_angles(n, *, schedule=None, rng=None, shape=(), dtype=np.float64, per_a
 
 def haar_frame_angles(n, m, *, schedule=None, rng=None, shape=(), dtype=np.float64, **solver):
     r"""Angles whose frame ``frame(theta, n, m, schedule=schedule)`` is uniform on St(n, m) (the first
-    ``m`` columns of a Haar rotation).  Returns ``(*shape, num_angles(n, m))``."""
+    ``m`` columns of a Haar rotation, inverted by :func:`~cupyortho.inverse.angles_from_frame`: exact
+    for brick at every m and n, numerical and small-n for circle/team).  Returns
+    ``(*shape, num_angles(n, m))``."""
     _count(n, m)
     dtype = _v.dtype_setting("dtype", dtype)
     U = haar_matrix(n, shape=shape, rng=rng)

@@ -714,8 +714,11 @@ def angles_from_frame(Q, m, *, schedule=None, tol=1e-6, atol=1e-10, solver="auto
     r"""Angles :math:`\theta` with ``frame(theta, n, m, schedule=schedule) == Q`` (Stiefel inverse map).
 
     The frame is the first ``m`` columns of the rotation built from the ``num_angles(n, m)`` pairs
-    ``i < j`` with ``i < m`` (:func:`cupyortho.frame`); every point of St(n, m) is reached.  For
-    ``m < n`` there is no determinant condition: any orthonormal ``n x m`` matrix is accepted.
+    ``i < j`` with ``i < m`` (:func:`cupyortho.frame`; for brick its band, ``docs/conventions.md``);
+    every point of St(n, m) is reached.  For ``m < n`` there is no determinant condition: any
+    orthonormal ``n x m`` matrix is accepted.  With ``schedule="brick"`` the frame is inverted exactly
+    by nulling, for every m, in ``O(n m^2)`` (no solve; the solver settings other than ``tol`` are
+    unused).
 
     Args:
         Q (array_like): ``(n, m)`` or ``(..., n, m)`` with orthonormal columns within ``tol``.

@@ -634,7 +634,7 @@ def _from_key(key):
 
 # --------------------------------------------------------------------------- tokens
 #
-# Grammar (docs/conventions.md, "Tokens"):  token := base ("|" op)*
+# Grammar (docs/conventions.md, "Schedules and round order"):  token := base ("|" op)*
 #   base := "circle:N" | "team:N:t=T" | "brick:N"  (each optionally ":m=M", the built-in restriction)
 #         | "rounds:N:z=PAYLOAD"                    (user rounds, PAYLOAD below)
 #   op   := "trunc=K" (Schedule.truncate(K)) | "m=M" (Schedule.restrict(M) of a derived schedule)

@@ -192,7 +192,7 @@ def _schedule_definition(schedule, n: int):
     """What of ``schedule`` defines the weights: (kind, team size), resolved without building it."""
     schedule = _as_schedule(schedule)
     if isinstance(schedule, _sched.Schedule):
-        if schedule.kind in ("truncated", "rounds"):  # derived: the token (a digest of its recipe) defines it
+        if schedule.kind in ("truncated", "rounds"):  # derived: its token (which describes it) defines it
             return schedule.token, None
         return schedule.kind, schedule.team_size
     kind = _sched.DEFAULT_SCHEDULE if schedule is None else schedule
