@@ -662,9 +662,15 @@ def _rounds(schedule):
 
 def _coefficients(ext, slots):
     """``(c, s)`` ``(Bt * R, P)`` of the rotations with angle slots ``slots`` ``(R, P)``; ``ext``
-    ``(Bt, A + 1)``: the angles and the zero angle (:func:`_ext`)."""
-    ang = ext[:, slots].reshape(-1, slots.shape[-1])
-    return np.cos(ang), np.sin(ang)
+    ``(Bt, A + 1)``: the angles and the zero angle (:func:`_ext`).  The engine's coefficient pass
+    (one compiled gather + vectorized cos/sin; :mod:`.engine.kernels`)."""
+    from .engine import kernels
+
+    Bt, (R, P) = ext.shape[0], slots.shape
+    c = np.empty((Bt, R * P), dtype=ext.dtype)
+    s = np.empty_like(c)
+    kernels.coefficients_serial(ext, np.ascontiguousarray(slots).reshape(-1), c, s)
+    return c.reshape(Bt * R, P), s.reshape(Bt * R, P)
 
 
 def _block_range(th2, pl, sched, r0, R, W):
