@@ -52,24 +52,23 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": 640, "matrix_vjp": 3584}
+ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": None, "matrix_vjp": 3584}
 """Team schedules: the largest ``n`` at which the engine runs each pass that forms ``U`` or its
 derivatives, the blocked GEMM stages (compiled slab path) beyond; None: the engine at every ``n``.
-Measured crossover (one thread, CPU time per one ``n x n`` float32 matmul, 2026-12-02 00:55-01:10
-UTC, load 1.8-2.8; ``matrix`` and ``matrix_vjp`` by ``bench/engine_bench.py --crossover``; details
-in docs/blocked.md), engine / blocked:
+Measured crossover (one thread, CPU time per one ``n x n`` float32 matmul, 2026-12-02 00:55-01:17
+UTC, load 1.8-3.0; ``matrix`` and ``matrix_vjp`` by ``bench/engine_bench.py --crossover``,
+``matrix_jvp`` after the engine's SIMD JVP landed; details in docs/blocked.md), engine / blocked:
 
 =====  ===============  ===============================  =================
 n      ``matrix``       ``matrix_vjp(output=U)``         ``matrix_jvp``
 =====  ===============  ===============================  =================
-256                                                      12.7 / 29.9
-512    3.26 / 6.54      9.03 / 18.38                     12.6 / 16.5
-768    3.20 / 5.62      8.52 / 11.85                     24.5 / 14.2
-1024   2.78 / 4.81      7.88 / 9.74                      25.1 / 14.8
+512    3.26 / 6.54      9.03 / 18.38                     6.74 / 17.0
+768    3.20 / 5.62      8.52 / 11.85
+1024   2.78 / 4.81      7.88 / 9.74                      6.86 / 13.3
 1536   2.58 / 4.00      7.25 / 8.54
-2048   2.74 / 4.71      7.07 / 8.14                      22.0 / 12.8
+2048   2.74 / 4.71      7.07 / 8.14                      8.13 / 14.0
 3072   3.25 / 5.43      8.41 / 8.34
-4096   3.45 / 4.42      9.25 / 6.70
+4096   3.45 / 4.42      9.25 / 6.70                      9.50 / 13.7
 =====  ===============  ===============================  =================
 """
 
@@ -95,9 +94,9 @@ def cpu_impl(op, schedule, dtype=None, k=None):
     ``op`` is a protocol function name (``"matrix"``, ``"apply_vjp"``, ``"unitary_apply"``, ...);
     ``k`` the number of columns of ``x`` for the apply passes.  Returns one of :data:`CPU_IMPLS`:
 
-    * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): the VJP and
-      the JVP of ``U`` for team schedules above their :data:`ENGINE_MATRIX_MAX_N` (there the stage
-      GEMMs beat rotations; ``U`` itself stays on the engine at every ``n`` measured);
+    * ``"blocked"`` (block-diagonal GEMM stages, :mod:`cupyortho.backends.blocked`): the VJP of
+      ``U`` for team schedules above its :data:`ENGINE_MATRIX_MAX_N` (there the stage GEMMs beat
+      rotations; ``U`` itself and its JVP stay on the engine at every ``n`` measured);
     * ``"engine"`` (:mod:`cupyortho.backends.engine`): every other pass, SO(n) and U(n), every
       schedule and every ``k`` (sweeps over ``x`` beat the blocked stages at every ``k`` measured,
       up to ``k = 2n``), while Numba is importable;

@@ -356,7 +356,7 @@ def test_public_api_runs_the_engine():
     assert _strategy.cpu_impl("matrix", S.team_schedule(4096), np.float32) == "engine"
     assert _strategy.cpu_impl("matrix_vjp", S.team_schedule(4096), np.float32) == "blocked"
     assert _strategy.cpu_impl("matrix_vjp", S.team_schedule(2048), np.float32) == "engine"
-    assert _strategy.cpu_impl("matrix_jvp", S.team_schedule(1024), np.float32) == "blocked"
+    assert _strategy.cpu_impl("matrix_jvp", S.team_schedule(4096), np.float32) == "engine"
     assert _strategy.cpu_impl("matrix_vjp", S.circle_schedule(4096), np.float32) == "engine"
 
 

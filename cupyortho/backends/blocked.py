@@ -34,7 +34,8 @@ blocks, the biggest GEMMs); sweeps over ``x`` at ``u = APPLY_GRANULARITY`` (chea
 stages).  Blocks are stored in a bit-reversed local order (see "Storage order" below); the stage
 row orders absorb it.  Block construction and the block-to-angle maps run in ``THREADS`` threads over
 independent blocks.  Costs at ``u = t``: forward ``4N^3`` flops in stage GEMMs; the materialized VJP
-one GEMM for ``W``, ``8N^3`` for the two-sided sweep, plus ``O(N^2 log t)`` block work.
+one GEMM for ``W``, ``8N^3`` for the two-sided sweep (``4N^3`` on the compiled slab path, which forms
+only the upper block triangle of the antisymmetric ``A``), plus ``O(N^2 t)`` block work.
 """
 
 from __future__ import annotations
@@ -556,18 +557,19 @@ def _sweep(blocks, pl, x, transpose):
 
 # --------------------------------------------------------------------------- compiled materialize (u = t)
 #
-# ``U`` and its VJP at ``u = t`` with the block work compiled (:mod:`.engine.blocks`) and no row
-# gathers: every meeting block acts on two whole teams, i.e. two slabs of ``t`` consecutive rows.
+# ``U``, its VJP and its JVP at ``u = t`` with the block work compiled (:mod:`.engine.blocks`:
+# blocks built round by round) and no row gathers: every meeting block acts on two whole teams, i.e. two slabs of ``t`` consecutive rows.
 # A stage reads its rows in a *slab layout* where the two teams of block ``j`` sit at slab positions
 # ``2j, 2j + 1``, and each of its GEMMs writes its output slab straight to that team's position in
 # the next stage's layout (``np.matmul(..., out=slab)``), so the permutation between stages costs
 # nothing.  The two-sided sweep of the VJP, ``A <- S^T A S``, uses that ``A`` stays antisymmetric:
 # only the blocks ``I <= J`` of ``P_I^T A_IJ P_J`` are formed (half the flops of the full
 # conjugation) and a compiled pass scatters them, and their negative transposes, into the next
-# layout.
+# layout.  All parallel work (blocks, per-block GEMMs with single-threaded BLAS, panels, scatters)
+# runs on cupyortho's worker threads (:func:`_run`), not on Numba's pool: docs/threads.md.
 
 FAST_MIN_TEAM = 8
-"""Smallest team size that takes the compiled slab path for ``matrix``/``matrix_vjp`` at ``u = t``
+"""Smallest team size that takes the compiled slab path for ``matrix``/``matrix_vjp``/``matrix_jvp`` at ``u = t``
 (below it the blocks are too small for GEMMs to pay, and the NumPy stages are used)."""
 
 
@@ -811,21 +813,25 @@ def _matrix_vjp_fast(theta, cotangent, pl, output, sched):
             # the stage's angle cotangents and, from the same pass, its blocks
             _run(lambda jr: eb.rounds_blocks_vjp(c, s, rd.pi, rd.pj, diag, dk, blk, rd.cw, dt.type(0),
                                                  jr[0], jr[1]), _ranges(Bt * NB, W))
-            del diag, c, s
+            del c, s
             d[:, sl] = dk.reshape(Bt, NB, t * t)
-            if k == 0 and not pl.rr_v:
+            if k == 0:
                 break
-            nxt = _inverse(lays[k - 1]) if k > 0 else natural
-            to_next = nxt[lays[k]]
+            del diag
+            to_next = _inverse(lays[k - 1])[lays[k]]
             blk4 = blk.reshape(Bt, NB, L, L)
             for b in range(Bt):
                 _conjugate(a[b], blk4[b], to_next, t, a2[b], pan, zbufs, W)
             a, a2 = a2, a
-        del a2, pan, zbufs, blk
+        del a, a2, pan, zbufs
     if pl.rr_v:
-        at = np.arange(T)
-        arr = np.moveaxis(a.reshape(Bt, T, t, T, t)[:, at, :, at, :], 0, 1)
-        del a
+        # the round robins RR(t) read only the T diagonal team tiles of S^T A S for the first
+        # meeting stage: from its blocks' diagonal blocks of A, P^T A_II P, not a whole conjugation
+        c2 = np.matmul(np.swapaxes(blk, -1, -2), np.matmul(diag, blk)).reshape(Bt, NB, 2, t, 2, t)
+        arr = np.empty((Bt, T, t, t), dtype=dt)
+        teams = pl.meet_teams[0]
+        arr[:, teams[:, 0]] = c2[:, :, 0, :, 0, :]
+        arr[:, teams[:, 1]] = c2[:, :, 1, :, 1, :]
         d[:, pl.rr_slots] = rr_vjp(ext[..., pl.rr_slots], arr, t)
     return d[:, :A].reshape(theta.shape)
 
