@@ -184,7 +184,7 @@ def brick_unitary_params(flat):
     return out
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a plan is 4 int64 per rotation (16 MB at n = 1024)
 def _frame_plan(n: int, m: int):
     """Nulling plan of brick's St(n, m) band (``1 <= m <= n``), in nulling order.
 

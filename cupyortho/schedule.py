@@ -703,7 +703,7 @@ def _readable_token(key):
     return token if len(token) <= MAX_TOKEN_CHARS else None
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)  # as _derived: the keys hold user rounds' pairs
 def _token_of_key(key) -> str:
     token = _readable_token(key)
     if token is not None:
