@@ -558,7 +558,8 @@ def _sweep(blocks, pl, x, transpose):
 # --------------------------------------------------------------------------- compiled materialize (u = t)
 #
 # ``U``, its VJP and its JVP at ``u = t`` with the block work compiled (:mod:`.engine.blocks`:
-# blocks built round by round) and no row gathers: every meeting block acts on two whole teams, i.e. two slabs of ``t`` consecutive rows.
+# blocks built round by round) and no row gathers: every meeting block acts on two whole teams,
+# i.e. two slabs of ``t`` consecutive rows.
 # A stage reads its rows in a *slab layout* where the two teams of block ``j`` sit at slab positions
 # ``2j, 2j + 1``, and each of its GEMMs writes its output slab straight to that team's position in
 # the next stage's layout (``np.matmul(..., out=slab)``), so the permutation between stages costs
@@ -569,8 +570,9 @@ def _sweep(blocks, pl, x, transpose):
 # runs on cupyortho's worker threads (:func:`_run`), not on Numba's pool: docs/threads.md.
 
 FAST_MIN_TEAM = 8
-"""Smallest team size that takes the compiled slab path for ``matrix``/``matrix_vjp``/``matrix_jvp`` at ``u = t``
-(below it the blocks are too small for GEMMs to pay, and the NumPy stages are used)."""
+"""Smallest team size that takes the compiled slab path for ``matrix``, ``matrix_vjp`` and
+``matrix_jvp`` at ``u = t`` (below it the blocks are too small for GEMMs to pay, and the NumPy
+stages are used)."""
 
 
 def _engine():
@@ -650,7 +652,8 @@ class _Rounds:
         kt = _team_plan.kernel_tables(schedule)
         A = schedule.num_angles
         ang = kt.block_angle[1:]
-        self.slots = np.ascontiguousarray(np.where(ang < 0, A, ang).reshape(-1, ang.shape[-2] * ang.shape[-1]))
+        slots = np.where(ang < 0, A, ang)
+        self.slots = np.ascontiguousarray(slots.reshape(-1, ang.shape[-2] * ang.shape[-1]))
         self.pi = np.ascontiguousarray(kt.local_i[1, 0].reshape(-1))
         self.pj = np.ascontiguousarray(kt.local_j[1, 0].reshape(-1))
         self.cw = min(64, kt.L)  # column chunk of the round kernels (measured: 64 > 32 > 16)
