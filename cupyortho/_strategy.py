@@ -70,6 +70,11 @@ n      ``matrix``       ``matrix_vjp(output=U)``         ``matrix_jvp``
 3072   3.25 / 5.43      8.41 / 8.34
 4096   3.45 / 4.42      9.25 / 6.70                      9.50 / 13.7
 =====  ===============  ===============================  =================
+
+A second one-thread run after the slab VJP's last change (01:26, load 1.4-2.5), ``matrix_vjp``:
+7.07 / 7.49 (2048), 7.95 / 7.40 (3072), 9.66 / 7.44 (4096); two threads, wall time per two-thread
+matmul (01:28-01:30, load 1.2-1.6): 7.24 / 8.51 (2048), 7.04 / 7.17 (3072), 8.34 / 7.75 (4096).
+The limit 3584 lies between the one-thread (~2560) and two-thread (~3584) crossovers.
 """
 
 
