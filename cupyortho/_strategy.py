@@ -52,7 +52,7 @@ FORCE = None
 """Benchmarks and tests may set this to one of :data:`CPU_IMPLS` to force every pass that
 implementation has; None (default) lets :func:`cpu_impl` decide."""
 
-ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": None, "matrix_vjp": 3584}
+ENGINE_MATRIX_MAX_N = {"matrix": None, "matrix_jvp": None, "matrix_vjp": 2560}
 """Team schedules: the largest ``n`` at which the engine runs each pass that forms ``U`` or its
 derivatives, the blocked GEMM stages (compiled slab path) beyond; None: the engine at every ``n``.
 Measured crossover (one thread, CPU time per one ``n x n`` float32 matmul, 2026-12-02 00:55-01:17
@@ -73,8 +73,10 @@ n      ``matrix``       ``matrix_vjp(output=U)``         ``matrix_jvp``
 
 A second one-thread run after the slab VJP's last change (01:26, load 1.4-2.5), ``matrix_vjp``:
 7.07 / 7.49 (2048), 7.95 / 7.40 (3072), 9.66 / 7.44 (4096); two threads, wall time per two-thread
-matmul (01:28-01:30, load 1.2-1.6): 7.24 / 8.51 (2048), 7.04 / 7.17 (3072), 8.34 / 7.75 (4096).
-The limit 3584 lies between the one-thread (~2560) and two-thread (~3584) crossovers.
+matmul (01:28-01:30, load 1.2-1.6): 7.24 / 8.51 (2048), 7.04 / 7.17 (3072), 8.34 / 7.75 (4096);
+again (01:34, load 0.9-1.8): 6.54 / 8.99, 8.38 / 7.98, 7.79 / 7.05.  At 3072 the slab path is
+level with the engine or up to 7% ahead in all four runs, at 2048 behind in all: limit 2560.  (It
+also holds fewer buffers: about 7 ``n x n`` at the peak against 10.)
 """
 
 
