@@ -74,9 +74,10 @@ n      ``matrix``       ``matrix_vjp(output=U)``         ``matrix_jvp``
 A second one-thread run after the slab VJP's last change (01:26, load 1.4-2.5), ``matrix_vjp``:
 7.07 / 7.49 (2048), 7.95 / 7.40 (3072), 9.66 / 7.44 (4096); two threads, wall time per two-thread
 matmul (01:28-01:30, load 1.2-1.6): 7.24 / 8.51 (2048), 7.04 / 7.17 (3072), 8.34 / 7.75 (4096);
-again (01:34, load 0.9-1.8): 6.54 / 8.99, 8.38 / 7.98, 7.79 / 7.05.  At 3072 the slab path is
-level with the engine or up to 7% ahead in all four runs, at 2048 behind in all: limit 2560.  (It
-also holds fewer buffers: about 7 ``n x n`` at the peak against 10.)
+again (01:34, load 0.9-1.8): 6.54 / 8.99, 8.38 / 7.98, 7.79 / 7.05; one thread at load 0.9-1.0
+(01:37): 6.81 / 7.33, 7.68 / 7.71, 8.24 / 7.12 (``matrix``: 2.76 / 4.13, 3.11 / 5.45, 3.38 / 5.14).
+At 3072 the slab path is level with the engine or up to 7% ahead in all five runs, at 2048 behind
+in all: limit 2560.  (It also holds fewer buffers: about 7 ``n x n`` at the peak against 10.)
 """
 
 
