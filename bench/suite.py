@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import pathlib
@@ -188,6 +189,7 @@ def apply_rows(n, ks, dtype, rng):
     rows = []
     theta = rng.uniform(-np.pi, np.pi, co.num_angles(n)).astype(dtype)
     a = rng.standard_normal((n, n)).astype(dtype)
+    thetas = [theta, rng.uniform(-np.pi, np.pi, theta.size).astype(dtype)]
     for k in ks:
         x = rng.standard_normal((n, k)).astype(dtype)
         g = rng.standard_normal((n, k)).astype(dtype)
@@ -196,9 +198,15 @@ def apply_rows(n, ks, dtype, rng):
         ld = load()
         res = {}
         for method in ("auto", "rounds", "materialize"):
-            f = lambda m=method: co.apply(theta, x, schedule="team", method=m)  # noqa: E731
-            fb = lambda m=method: co.apply_vjp(theta, x, g, schedule="team", method=m,  # noqa: E731
-                                               output=co.apply(theta, x, schedule="team", method=m))
+            # new angles every step, as in training (two angle vectors in turn), so no call finds the
+            # previous step's cos/sin kept; within a step the backward shares its forward's angles
+            step = itertools.cycle(thetas)
+            f = lambda m=method: co.apply(next(step), x, schedule="team", method=m)  # noqa: E731
+
+            def fb(m=method):
+                th = next(step)
+                return co.apply_vjp(th, x, g, schedule="team", method=m,
+                                    output=co.apply(th, x, schedule="team", method=m))
             res[f"cupyortho team method={method}"] = (best(f), best(fb))
         for label, kind in torch_methods(n):
             f, fb = torch_fns(n, kind, dtype, g, x)

@@ -48,10 +48,10 @@ __all__ = [
 
 CHUNK = 16
 """Columns per chunk at least (one AVX-512 vector of float32)."""
-MAX_GRAD_CHUNKS = 8
+MAX_GRAD_CHUNKS = 4
 """At most this many column chunks in a gradient pass: the partials take ``MAX_GRAD_CHUNKS`` values per
-angle and batch entry (at ``n = 2048``, 4 ``n x n`` matrices), and bound the threads a single-matrix
-gradient pass can use."""
+angle and batch entry (``matrix_vjp`` at ``n = 2048``: 2 ``n x n`` matrices; 4 with 8 chunks, which put its
+peak at 10.5 ``n x n``), and bound the threads a single-matrix gradient pass can use."""
 L1_BYTES = 16384
 """Bytes of the working rows of one component (about half of a 32 KiB L1 data cache)."""
 
@@ -282,10 +282,14 @@ def matrix(theta, schedule):
 def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
     """``(d_theta, d_x)`` of ``y = apply(theta, x)``: one backward pass that undoes every rotation on
     ``y`` (``output`` when given), pulls the cotangent back and sums the angle partials."""
-    y = apply(theta, x, schedule, transpose) if output is None else output
+    own = output is None
+    y = apply(theta, x, schedule, transpose) if own else output
     out = np.broadcast_shapes(theta.shape[:-1], x.shape[:-2], cotangent.shape[:-2])
     n, k = x.shape[-2:]
-    yw = _work(y, out, x.dtype)
+    if own and y.shape == out + (n, k):  # our own C-contiguous result: undone in place, no copy
+        yw = y.reshape((math.prod(out), n, k))
+    else:
+        yw = _work(y, out, x.dtype)
     gw = _work(cotangent, out, x.dtype)
     cw = chunk_width(k, True)
     plan = _so_plan(schedule, x.dtype)
@@ -302,9 +306,14 @@ def apply_vjp(theta, x, cotangent, schedule, transpose=False, output=None):
 
 
 def matrix_vjp(theta, cotangent, schedule, output=None):
-    """``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU`` (the apply VJP with ``x = I``)."""
-    eye = np.eye(schedule.n, dtype=theta.dtype)
-    return apply_vjp(theta, eye, cotangent, schedule, False, output)[0]
+    """``d_theta`` of ``U = matrix(theta)`` for ``cotangent = dL/dU`` (the apply VJP with ``x = I``).
+    Given ``output``, ``x`` is only a shape and dtype: a zero-stride view instead of an identity."""
+    n = schedule.n
+    if output is None:
+        x = np.eye(n, dtype=theta.dtype)
+    else:
+        x = np.broadcast_to(np.zeros((), dtype=theta.dtype), (n, n))
+    return apply_vjp(theta, x, cotangent, schedule, False, output)[0]
 
 
 def apply_jvp(theta, x, theta_tangent, x_tangent, schedule, transpose=False):
