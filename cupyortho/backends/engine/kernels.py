@@ -642,13 +642,20 @@ def _unpack(y, buf, b, c0, c1):
 
 
 @njit(**_OPTS)
+def _item(w, k, cw):
+    """Work item ``w`` of a pass over ``k`` columns in chunks of ``cw``: ``(batch b, chunk h, number of
+    chunks, first column, end column)``; items run batch-major, chunk ``h`` holds ``[h*cw, min(k, (h+1)*cw))``."""
+    nc = (k + cw - 1) // cw
+    h = w % nc
+    c0 = h * cw
+    return w // nc, h, nc, c0, min(k, c0 + cw)
+
+
+@njit(**_OPTS)
 def _so_apply_item(y, c, s, sgn, tmap, kind, idx, cw, W, reverse, w):
     B, n, k = y.shape
     P = c.shape[1]
-    nc = (k + cw - 1) // cw
-    b = w // nc
-    c0 = (w % nc) * cw
-    c1 = min(k, c0 + cw)
+    b, _, _, c0, c1 = _item(w, k, cw)
     t = tmap[b]
     cf = t * P
     cwp = (cw + W - 1) // W * W
@@ -713,11 +720,7 @@ def so_apply_serial(y, c, s, sgn, tmap, kind, idx, cw, W, reverse):
 def _so_apply_vjp_item(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, zero, w):
     B, n, k = y.shape
     P = c.shape[1]
-    nc = (k + cw - 1) // cw
-    b = w // nc
-    h = w % nc
-    c0 = h * cw
-    c1 = min(k, c0 + cw)
+    b, h, nc, c0, c1 = _item(w, k, cw)
     t = tmap[b]
     cf = t * P
     pf = (b * nc + h) * P
@@ -795,10 +798,7 @@ def so_apply_vjp_serial(y, g, c, s, sgn, tmap, kind, idx, cw, W, reverse, part, 
 def _so_apply_jvp_item(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse, w):
     B, n, k = y.shape
     P = c.shape[1]
-    nc = (k + cw - 1) // cw
-    b = w // nc
-    c0 = (w % nc) * cw
-    c1 = min(k, c0 + cw)
+    b, _, _, c0, c1 = _item(w, k, cw)
     t = tmap[b]
     cf = t * P
     cwp = (cw + W - 1) // W * W
@@ -872,10 +872,7 @@ def so_apply_jvp_serial(y, dy, c, s, dt, sgn, tmap, kind, idx, cw, W, reverse):
 def _u_apply_item(y, c, s, u, dg, tmap, pi, pj, cw, reverse, diag, w):
     B, n, k = y.shape
     P = pi.size
-    nc = (k + cw - 1) // cw
-    b = w // nc
-    c0 = (w % nc) * cw
-    c1 = min(k, c0 + cw)
+    b, _, _, c0, c1 = _item(w, k, cw)
     t = tmap[b]
     if diag < 0:
         for r in range(n):
@@ -919,11 +916,7 @@ def u_apply_serial(y, c, s, u, dg, tmap, pi, pj, cw, reverse, diag):
 def _u_apply_vjp_item(y, g, c, s, u, dg, tmap, pi, pj, cw, reverse, diag, part_t, part_p, part_d, zero, w):
     B, n, k = y.shape
     P = pi.size
-    nc = (k + cw - 1) // cw
-    b = w // nc
-    h = w % nc
-    c0 = h * cw
-    c1 = min(k, c0 + cw)
+    b, h, nc, c0, c1 = _item(w, k, cw)
     t = tmap[b]
     if diag > 0:
         for r in range(n):
@@ -1000,10 +993,7 @@ def u_apply_vjp_serial(y, g, c, s, u, dg, tmap, pi, pj, cw, reverse, diag, part_
 def _u_apply_jvp_item(y, dy, c, s, u, dg, dt, dp, dd, tmap, pi, pj, cw, reverse, diag, sigma, w):
     B, n, k = y.shape
     P = pi.size
-    nc = (k + cw - 1) // cw
-    b = w // nc
-    c0 = (w % nc) * cw
-    c1 = min(k, c0 + cw)
+    b, _, _, c0, c1 = _item(w, k, cw)
     t = tmap[b]
     if diag < 0:
         for r in range(n):
